@@ -1,0 +1,40 @@
+# The two commands a user needs: `make run` and `make test`. Everything is installed
+# into .venv from package registries; nothing needs to be installed by hand.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+# The CPU build of torch where there is no NVIDIA driver (an unpinned torch would
+# pull a multi-GB CUDA build); the default CUDA build where there is one.
+TORCH_CPU  ?= torch==2.13.0
+TORCH_CUDA ?= torch==2.13.0
+HAS_CUDA   := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+TORCH_SPEC := $(if $(HAS_CUDA),$(TORCH_CUDA),$(TORCH_CPU))
+PORT ?= 8080
+ARGS ?=
+
+.PHONY: install run test bench lint clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/torpor serve --demo --port $(PORT) $(ARGS)
+
+test: install
+	$(PY) -m pytest $(ARGS)
+
+bench: install
+	$(PY) -m loadtest.bench_overhead
+
+lint: install
+	$(VENV)/bin/ruff check . || true
+
+clean:
+	rm -rf $(VENV) .torpor build *.egg-info

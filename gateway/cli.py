@@ -1,0 +1,200 @@
+"""The `torpor` command: serve, and a client for the HTTP API (deploy, invoke, ls, rm)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from shared.config import ServeConfig, env, format_size, parse_devices, parse_size
+from shared.errors import InvalidInput
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.serve import serve
+
+    devices = parse_devices(args.devices)
+    cfg = ServeConfig(
+        host=args.host,
+        port=args.port,
+        devices=devices,
+        device_memory=parse_size(args.device_memory, "--device-memory") if args.device_memory else None,
+        state_dir=Path(args.state_dir),
+        demo=args.demo,
+        compute_threads=args.compute_threads,
+        max_body_bytes=parse_size(args.max_body, "--max-body"),
+        swap_group_bytes=parse_size(args.swap_group, "--swap-group"),
+        log_level=args.log_level,
+    )
+    return serve(cfg)
+
+
+# -- client commands ------------------------------------------------------------------
+def _http(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    import httpx
+
+    try:
+        r = httpx.request(method, args.url.rstrip("/") + path, json=body, timeout=args.timeout)
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"torpor: cannot reach {args.url}: {exc}") from exc
+    try:
+        data = r.json()
+    except ValueError:
+        data = {"error": r.text}
+    if r.status_code >= 400:
+        raise SystemExit(f"torpor: {method} {path} failed ({r.status_code}): {data.get('error', data)}")
+    return data, r
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    model: dict[str, Any] = {"zoo": args.zoo} if args.zoo else {"path": os.path.abspath(args.file)}
+    if args.zoo and args.seed is not None:
+        model["seed"] = args.seed
+    body: dict[str, Any] = {"model": model, "slo_ms": args.slo_ms}
+    if args.input_spec:
+        body["input_spec"] = json.loads(Path(args.input_spec).read_text())
+    data, r = _http(args, "PUT", f"/v1/functions/{args.name}", body)
+    verb = "deployed" if r.status_code == 201 else "replaced"
+    print(f"{verb} {data['name']}: {format_size(data['model_bytes'])}, SLO {data['slo_ms']:g} ms")
+    return 0
+
+
+def random_inputs(inputs: list[dict[str, Any]], batch: int = 1) -> list[dict[str, Any]]:
+    """A valid random request for an input spec (-1 dims become `batch`, then 8)."""
+    import numpy as np
+
+    rng = np.random.default_rng()
+    out = []
+    for spec in inputs:
+        shape = [(batch if i == 0 else 8) if d == -1 else d for i, d in enumerate(spec["shape"])]
+        n = int(np.prod(shape))
+        dt = spec["datatype"]
+        if dt == "BOOL":
+            data: list[Any] = rng.integers(0, 2, n).astype(bool).tolist()
+        elif dt.startswith(("INT", "UINT")):
+            data = rng.integers(0, 100, n).tolist()  # small: valid token ids and class indices
+        else:
+            data = rng.standard_normal(n).astype("float32").tolist()
+        out.append({"name": spec["name"], "shape": shape, "datatype": dt, "data": data})
+    return out
+
+
+def _invoke(args: argparse.Namespace) -> int:
+    if args.random:
+        meta, _ = _http(args, "GET", f"/v2/models/{args.name}")
+        body = {"inputs": random_inputs(meta["inputs"], args.batch)}
+    elif args.data:
+        body = json.loads(Path(args.data).read_text())
+    else:
+        raise SystemExit("torpor invoke: give --random or --data FILE")
+    data, r = _http(args, "POST", f"/v1/functions/{args.name}/invoke", body)
+    h = r.headers
+    print(
+        f"device {h['x-torpor-device']} {'cold' if h['x-torpor-cold'] == '1' else 'warm'}: "
+        f"queue {float(h['x-torpor-queue-ms']):.1f} ms, swap {float(h['x-torpor-swap-ms']):.1f} ms, "
+        f"exec {float(h['x-torpor-exec-ms']):.1f} ms",
+        file=sys.stderr,
+    )
+    for o in data["outputs"]:
+        preview = o["data"][:8]
+        print(f"{o['name']} {o['datatype']}{o['shape']}: {preview}{' ...' if len(o['data']) > 8 else ''}")
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    fns, _ = _http(args, "GET", "/v1/functions")
+    devs, _ = _http(args, "GET", "/v1/devices")
+    rows = [("FUNCTION", "MODEL", "SIZE", "SLO", "QUEUED", "RESIDENT ON")]
+    for f in fns["functions"]:
+        model = f["model"].get("zoo") or Path(f["model"].get("pt2", "?")).name
+        where = ",".join(str(d) for d in f["resident_on"]) or "-"
+        rows.append((f["name"], model, format_size(f["model_bytes"]), f"{f['slo_ms']:g} ms", str(f["queue_depth"]), where))
+    _table(rows)
+    print()
+    rows = [("DEVICE", "KIND", "STATE", "RESIDENT", "BUDGET", "THREADS", "MODELS")]
+    for d in devs["devices"]:
+        state = "offline" if not d["online"] else ("busy" if d["busy"] else "idle")
+        threads = f"{d.get('compute_threads', '?')}+{d.get('copy_threads', '?')} copy"
+        rows.append((str(d["device"]), d["label"], state, format_size(d["resident_bytes"]),
+                     format_size(d["budget_bytes"]), threads, str(len(d["resident"]))))
+    _table(rows)
+    return 0
+
+
+def _rm(args: argparse.Namespace) -> int:
+    data, _ = _http(args, "DELETE", f"/v1/functions/{args.name}")
+    print(f"deleted {data['deleted']}")
+    return 0
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="torpor", description="Serverless inference on shared accelerators.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gateway and one worker per device")
+    s.add_argument("--host", default=env("HOST", "127.0.0.1"))
+    s.add_argument("--port", type=int, default=int(env("PORT", "8080") or 8080))
+    s.add_argument("--devices", default=env("DEVICES", "cpu:2"), help="cpu:N, cuda, or cuda:0,1 (default cpu:2)")
+    s.add_argument("--device-memory", default=env("DEVICE_MEMORY"), help="per-device budget, e.g. 512MiB, 2GiB")
+    s.add_argument("--state-dir", default=env("STATE_DIR", ".torpor"), help="where deployed functions persist")
+    s.add_argument("--demo", action="store_true", default=env("DEMO") == "1", help="deploy demo functions")
+    s.add_argument("--compute-threads", type=int, default=None, help="torch threads per CPU device")
+    s.add_argument("--max-body", default=env("MAX_BODY", "64MiB"), help="largest request body")
+    s.add_argument("--swap-group", default=env("SWAP_GROUP", "2MiB"), help="swap-in copy group size")
+    s.add_argument("--log-level", default=env("LOG_LEVEL", "info"))
+    s.set_defaults(func=_serve)
+
+    def client(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help)
+        c.add_argument("--url", default=env("URL", DEFAULT_URL))
+        c.add_argument("--timeout", type=float, default=300.0)
+        return c
+
+    d = client("deploy", "deploy a model as a named function")
+    d.add_argument("name")
+    g = d.add_mutually_exclusive_group(required=True)
+    g.add_argument("--zoo", help="a model of the built-in zoo (mlp, resnet18, resnet50, resnet152, bert-base)")
+    g.add_argument("--file", help="a torch.export program saved with torch.export.save (.pt2)")
+    d.add_argument("--seed", type=int, default=None)
+    d.add_argument("--slo-ms", type=float, default=1000.0)
+    d.add_argument("--input-spec", help="JSON file with a list of {name, datatype, shape}")
+    d.set_defaults(func=_deploy)
+
+    i = client("invoke", "invoke a function")
+    i.add_argument("name")
+    i.add_argument("--random", action="store_true", help="a random valid input built from the input spec")
+    i.add_argument("--batch", type=int, default=1)
+    i.add_argument("--data", help="a JSON file with an OIP request body")
+    i.set_defaults(func=_invoke)
+
+    client("ls", "list functions and devices").set_defaults(func=_ls)
+    r = client("rm", "delete a function")
+    r.add_argument("name")
+    r.set_defaults(func=_rm)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except InvalidInput as exc:
+        print(f"torpor: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Turning a deploy request into a packed model image (the only gateway code that imports torch).
+
+`parse` validates the request without side effects; `build` runs in a thread:
+it builds the model, derives its signature and packs its weights into shared
+memory in first-use order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared import shm
+from shared.config import format_size
+from shared.errors import InvalidInput
+from shared.modelstore import ModelImage
+from shared.specs import TensorSpec, specs_from_json
+
+MAX_SEED = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    name: str
+    model: dict[str, Any]  # {"zoo": name, "seed": n} or {"path": user file}
+    slo_ms: float
+    input_spec: tuple[TensorSpec, ...] | None
+
+
+def parse(name: str, body: object) -> DeploySpec:
+    if not isinstance(body, dict):
+        raise InvalidInput("body: expected a JSON object with 'model' and 'slo_ms'")
+    unknown = sorted(set(body) - {"model", "slo_ms", "input_spec"})
+    if unknown:
+        raise InvalidInput(f"body: unknown field(s) {unknown}; expected model, slo_ms, input_spec")
+    model = body.get("model")
+    if not isinstance(model, dict) or len({"zoo", "path"} & set(model)) != 1:
+        raise InvalidInput('model: expected {"zoo": NAME} or {"path": FILE}')
+    if "zoo" in model:
+        from shared import zoo
+
+        if model["zoo"] not in zoo.names():
+            raise InvalidInput(f"model.zoo: unknown model {model['zoo']!r}; known: {', '.join(zoo.names())}")
+        seed = model.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+            raise InvalidInput(f"model.seed: expected an integer from 0 to {MAX_SEED}")
+        extra = sorted(set(model) - {"zoo", "seed"})
+        if extra:
+            raise InvalidInput(f"model: unknown field(s) {extra} beside 'zoo'")
+        model = {"zoo": model["zoo"], "seed": seed}
+    else:
+        path = model["path"]
+        if not isinstance(path, str) or not path:
+            raise InvalidInput("model.path: expected a file path")
+        if not os.path.isfile(path):
+            raise InvalidInput(f"model.path: no such file {path!r} on the server")
+        model = {"path": path}
+    slo = body.get("slo_ms")
+    if not isinstance(slo, (int, float)) or isinstance(slo, bool) or not 0 < slo <= 3_600_000:
+        raise InvalidInput("slo_ms: expected a number of milliseconds > 0")
+    spec = body.get("input_spec")
+    inputs = specs_from_json(spec, "input_spec") if spec is not None else None
+    return DeploySpec(name, model, float(slo), inputs)
+
+
+def store_artifact(path: str, artifacts: Path, name: str) -> Path:
+    """Copy a user's model file into the state dir, so it outlives the original."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    dest = artifacts / f"{name}-{h.hexdigest()[:16]}.pt2"
+    if not dest.exists():
+        fd, tmp = tempfile.mkstemp(dir=artifacts, suffix=".tmp")
+        os.close(fd)
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, dest)
+    return dest
+
+
+@dataclass
+class Built:
+    source: dict[str, Any]
+    image: ModelImage
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+def build(source: dict[str, Any], model_id: str, budget: int, input_spec: tuple[TensorSpec, ...] | None) -> Built:
+    """Build, check and pack a model (runs in a worker thread of the gateway)."""
+    import torch
+
+    from shared import program
+    from shared.modelstore import layout, pack
+
+    gm = program.build(source, meta=False)
+    if "zoo" in source:
+        from shared import zoo
+
+        entry = zoo.entry(source["zoo"])
+        inputs, outputs = entry.inputs, entry.outputs
+    else:
+        inputs, outputs = program.exported_signature(Path(source["pt2"]))
+    if input_spec is not None:
+        if len(input_spec) != len(inputs):
+            raise InvalidInput(f"input_spec: the model takes {len(inputs)} input(s), the spec lists {len(input_spec)}")
+        for given, actual in zip(input_spec, inputs, strict=True):
+            if given.datatype != actual.datatype or len(given.shape) != len(actual.shape):
+                raise InvalidInput(
+                    f"input_spec: {given.describe()} does not match the model's input {actual.describe()}"
+                )
+        inputs = input_spec
+    tensors = program.state_tensors(gm)
+    ordered = [(n, tensors[n]) for n in program.first_use_order(gm)]
+    table = layout(ordered)
+    if table.nbytes > budget:
+        raise InvalidInput(
+            f"model: needs {format_size(table.nbytes)} of device memory but a device holds {format_size(budget)}"
+        )
+    with torch.inference_mode():
+        image = pack(ordered, shm.segment_name(f"model-{_safe(model_id)}"))
+    return Built(source, image, inputs, outputs)
+
+
+def _safe(model_id: str) -> str:
+    return model_id.replace("@", "_v")

@@ -1,0 +1,120 @@
+"""Deployed functions and their persistence under --state-dir.
+
+The registry file is replaced atomically (write a temporary file, fsync, rename),
+so a crash mid-deploy leaves either the old registry or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.errors import InvalidInput, NotFound
+from shared.modelstore import ModelImage
+from shared.specs import TensorSpec, specs_from_json, specs_to_json
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+REGISTRY_FILE = "functions.json"
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name) or ".." in name:
+        raise InvalidInput(
+            f"function name {name!r}: expected 1-63 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass
+class Function:
+    name: str
+    source: dict[str, Any]  # {"zoo": name, "seed": n} or {"pt2": artifact path}
+    slo_ms: float
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    model_bytes: int
+    version: int = 1
+    created: float = field(default_factory=time.time)
+    image: ModelImage | None = None  # set once packed in this process
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.source,
+            "slo_ms": self.slo_ms,
+            "inputs": specs_to_json(self.inputs),
+            "outputs": specs_to_json(self.outputs),
+            "model_bytes": self.model_bytes,
+            "version": self.version,
+            "created": self.created,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Function:
+        return cls(
+            name=obj["name"],
+            source=obj["model"],
+            slo_ms=float(obj["slo_ms"]),
+            inputs=specs_from_json(obj["inputs"], "inputs"),
+            outputs=specs_from_json(obj["outputs"], "outputs"),
+            model_bytes=int(obj["model_bytes"]),
+            version=int(obj.get("version", 1)),
+            created=float(obj.get("created", time.time())),
+        )
+
+
+class Registry:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.functions: dict[str, Function] = {}
+
+    @property
+    def artifacts(self) -> Path:
+        return self.state_dir / "artifacts"
+
+    def get(self, name: str) -> Function:
+        fn = self.functions.get(name)
+        if fn is None:
+            raise NotFound(f"function {name!r} is not deployed")
+        return fn
+
+    def load(self) -> list[Function]:
+        """Functions saved by an earlier run (not yet packed)."""
+        path = self.state_dir / REGISTRY_FILE
+        if not path.exists():
+            return []
+        data = json.loads(path.read_text())
+        return [Function.from_json(f) for f in data.get("functions", [])]
+
+    def save(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        payload = json.dumps(
+            {"functions": [f.to_json() for f in self.functions.values()]}, indent=1, sort_keys=True
+        ).encode()
+        fd, tmp = tempfile.mkstemp(dir=self.state_dir, prefix=".functions-", suffix=".json")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.state_dir / REGISTRY_FILE)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(self.state_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)

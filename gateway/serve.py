@@ -1,0 +1,53 @@
+"""`torpor serve`: the gateway under uvicorn, workers started in the app's lifespan."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from gateway.app import build_app
+from gateway.service import Service
+from shared.config import ServeConfig, format_size
+
+
+def serve(cfg: ServeConfig) -> int:
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s gateway %(levelname)s %(message)s")
+    log = logging.getLogger("torpor.gateway")
+    service = Service(cfg)
+    log.info(
+        "devices %s, %s each, %d compute thread(s) per CPU device, state in %s",
+        ",".join(d.label for d in cfg.devices), format_size(service.budget), cfg.threads_per_device, cfg.state_dir,
+    )
+    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: anyone who can reach it can deploy and delete functions", cfg.host)
+    config = uvicorn.Config(
+        build_app(service),
+        host=cfg.host,
+        port=cfg.port,
+        log_level=cfg.log_level,
+        access_log=False,  # per-request logging would cost more than the hop itself
+        lifespan="on",
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    finally:
+        # If start-up failed half-way, lifespan shutdown may not have run.
+        if not service.stopping:
+            import asyncio
+
+            asyncio.run(_cleanup(service))
+    return 0 if server.started else 1
+
+
+async def _cleanup(service: Service) -> None:
+    service.stopping = True
+    for fn in service.registry.functions.values():
+        if fn.image is not None:
+            fn.image.unlink()
+    for name in list(service.pool.arenas.values()):
+        from shared import shm
+
+        shm.unlink(name)

@@ -1,0 +1,209 @@
+"""The running torpor service: registry, host model store, workers and dispatcher together.
+
+Owns every shared-memory segment it creates; `stop` releases them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from gateway import deploy
+from gateway.dispatcher import Dispatcher, Invocation, Outcome
+from gateway.registry import Function, Registry, check_name
+from gateway.scheduler import FunctionInfo, Scheduler
+from gateway.workers import WorkerPool
+from shared import shm
+from shared.config import ServeConfig, format_size
+from shared.errors import InvalidInput, TorporError, Unavailable
+from shared.protocol import Kind
+
+log = logging.getLogger("torpor.gateway")
+
+CPU_DEFAULT_BUDGET = 1 << 30
+DEMO = (("mlp", "mlp", 50.0), ("resnet18", "resnet18", 500.0), ("resnet50", "resnet50", 1000.0), ("bert", "bert-base", 2000.0))
+
+
+class Service:
+    def __init__(self, cfg: ServeConfig) -> None:
+        self.cfg = cfg
+        self.budget = cfg.device_memory or default_budget(cfg)
+        self.registry = Registry(cfg.state_dir)
+        self.pool = WorkerPool(cfg, self.budget, self._worker_lost)
+        self.scheduler = Scheduler([self.budget] * len(cfg.devices), time.monotonic)
+        self.dispatcher = Dispatcher(self.scheduler, self.pool)
+        self._deploy_lock = asyncio.Lock()
+        self.ready = False
+        self.stopping = False
+
+    # -- lifecycle ---------------------------------------------------------------
+    async def start(self) -> None:
+        for name in shm.reclaim_stale():
+            log.warning("reclaimed shared memory %s left by a crashed run", name)
+        await self.pool.start_all()
+        saved = self.registry.load()
+        for i, fn in enumerate(saved, 1):
+            log.info("restoring function %s (%d/%d)", fn.name, i, len(saved))
+            try:
+                await self._install(fn, fn.source, persist=False)
+            except TorporError as exc:
+                log.error("could not restore function %s: %s", fn.name, exc.message)
+        if self.cfg.demo:
+            for name, zoo_name, slo in DEMO:
+                if name not in self.registry.functions:
+                    log.info("deploying demo function %s (%s)", name, zoo_name)
+                    await self.deploy(name, {"model": {"zoo": zoo_name}, "slo_ms": slo})
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.stopping = True
+        self.ready = False
+        await self.dispatcher.drain()
+        await self.pool.stop_all()
+        for fn in self.registry.functions.values():
+            if fn.image is not None:
+                fn.image.unlink()
+        for name in shm.owned_by(_pid()):
+            shm.unlink(name)
+
+    # -- functions -----------------------------------------------------------------
+    async def deploy(self, name: str, body: object) -> tuple[Function, bool]:
+        check_name(name)
+        spec = deploy.parse(name, body)
+        async with self._deploy_lock:
+            old = self.registry.functions.get(name)
+            source = dict(spec.model)
+            if "path" in source:
+                artifact = await asyncio.to_thread(
+                    deploy.store_artifact, source.pop("path"), self.registry.artifacts, name
+                )
+                source = {"pt2": str(artifact)}
+            fn = Function(name, source, spec.slo_ms, (), (), 0, version=(old.version + 1) if old else 1)
+            await self._install(fn, source, persist=True, input_spec=spec.input_spec)
+            return fn, old is None
+
+    async def _install(
+        self, fn: Function, source: dict[str, Any], persist: bool, input_spec: Any = None
+    ) -> None:
+        started = time.perf_counter()
+        built = await asyncio.to_thread(deploy.build, source, fn.model_id, self.budget, input_spec)
+        fn.inputs, fn.outputs, fn.image, fn.model_bytes = built.inputs, built.outputs, built.image, built.image.nbytes
+        try:
+            await self._prepare_everywhere(fn)
+            old = self.registry.functions.get(fn.name)
+            self.registry.functions[fn.name] = fn
+            if persist:
+                try:
+                    self.registry.save()
+                except OSError as exc:
+                    if old is None:
+                        del self.registry.functions[fn.name]
+                    else:
+                        self.registry.functions[fn.name] = old
+                    raise Unavailable(f"could not persist the registry: {exc}") from exc
+        except BaseException:
+            await self.pool.broadcast(Kind.FORGET, {"model_id": fn.model_id})
+            built.image.unlink()
+            raise
+        if old is not None:
+            await self._retire(old)
+        self.dispatcher.function_added(FunctionInfo(fn.name, fn.model_id, fn.model_bytes))
+        log.info(
+            "deployed %s (%s, %s) in %.2f s", fn.name, _describe(source), format_size(fn.model_bytes),
+            time.perf_counter() - started,
+        )
+
+    async def _prepare_everywhere(self, fn: Function) -> None:
+        assert fn.image is not None
+        body = {"model_id": fn.model_id, "source": fn.source, "image": fn.image.to_wire()}
+        results = await self.pool.broadcast(Kind.PREPARE, body)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            err = errors[0]
+            raise err if isinstance(err, InvalidInput) else InvalidInput(f"model: workers could not load it: {err}")
+
+    async def remove(self, name: str) -> Function:
+        async with self._deploy_lock:
+            fn = self.registry.get(name)
+            del self.registry.functions[name]
+            self.registry.save()
+            await self._retire(fn)
+            return fn
+
+    async def _retire(self, fn: Function) -> None:
+        self.dispatcher.function_removed(fn.name)
+        await self.pool.broadcast(Kind.FORGET, {"model_id": fn.model_id})
+        if fn.image is not None:
+            fn.image.unlink()  # workers that still map it keep their mapping until they forget it
+
+    # -- requests ------------------------------------------------------------------
+    async def invoke(self, fn: Function, inputs: list[dict[str, Any]]) -> Outcome:
+        if self.stopping:
+            raise Unavailable("the server is shutting down")
+        inv = Invocation(fn.name, inputs, [o.name for o in fn.outputs])
+        return await self.dispatcher.invoke(inv)
+
+    # -- workers -------------------------------------------------------------------
+    def _worker_lost(self, device: int, reason: str) -> None:
+        log.error("device %d lost: %s", device, reason)
+        self.dispatcher.device_lost(device)
+        if not self.stopping:
+            asyncio.get_running_loop().create_task(self._restart(device))
+
+    async def _restart(self, device: int) -> None:
+        try:
+            await self.pool.start(device)
+            client = self.pool.client(device)
+            for fn in list(self.registry.functions.values()):
+                if fn.image is not None:
+                    await client.call(
+                        Kind.PREPARE, {"model_id": fn.model_id, "source": fn.source, "image": fn.image.to_wire()}
+                    )
+            self.dispatcher.apply(self.scheduler.device_added(device))
+            log.info("device %d restarted", device)
+        except TorporError as exc:
+            log.error("could not restart device %d: %s", device, exc.message)
+
+    async def device_stats(self) -> list[dict[str, Any]]:
+        out = []
+        for i, spec in enumerate(self.cfg.devices):
+            d = self.scheduler.devices[i]
+            entry: dict[str, Any] = {
+                "device": i,
+                "kind": spec.kind,
+                "label": spec.label,
+                "online": d.online,
+                "busy": d.running is not None,
+                "budget_bytes": d.layout.capacity,
+                "resident_bytes": d.layout.used,
+                "resident": list(d.resident),
+            }
+            with contextlib.suppress(TorporError, asyncio.TimeoutError):
+                stats = await self.pool.client(i).call(Kind.STATS, {}, timeout=2.0)
+                entry.update(
+                    {k: stats[k] for k in ("compute_threads", "copy_threads", "backend", "counters") if k in stats}
+                )
+            out.append(entry)
+        return out
+
+
+def default_budget(cfg: ServeConfig) -> int:
+    if all(d.kind == "cpu" for d in cfg.devices):
+        return CPU_DEFAULT_BUDGET
+    from gpuworker.backends import cuda_free_memory
+
+    reserve = 2 << 30  # room for activations and the framework's own allocations
+    return max(1 << 30, min(cuda_free_memory(d.index) for d in cfg.devices) - reserve)
+
+
+def _describe(source: dict[str, Any]) -> str:
+    return f"zoo:{source['zoo']}" if "zoo" in source else "pt2"
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()

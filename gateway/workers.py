@@ -1,0 +1,244 @@
+"""Worker processes and the gateway's asyncio clients to them.
+
+A `WorkerClient` owns one Unix-socket connection: requests get increasing ids,
+replies resolve their futures, and when the connection ends every pending
+future fails with WorkerLost. A `WorkerPool` starts one process per device
+(spawn context), owns the CPU arenas' shared memory and the private runtime dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpuworker.config import WorkerConfig
+from shared import shm
+from shared.config import DeviceSpec, ServeConfig
+from shared.errors import ProtocolError, TorporError, WorkerLost, from_wire
+from shared.protocol import HEADER, Kind, decode_payload, encode, frame_length
+
+log = logging.getLogger("torpor.gateway")
+
+START_TIMEOUT_S = 120.0
+STOP_GRACE_S = 10.0
+
+
+class WorkerClient:
+    def __init__(self, device: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.device = device
+        self._reader = reader
+        self._writer = writer
+        self._next = 1
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.ready: dict[str, Any] = {}
+        self.closed = asyncio.get_running_loop().create_future()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        frame = await self._read_frame()
+        if frame is None or frame.kind is not Kind.READY:
+            raise WorkerLost(f"worker {self.device} did not report READY")
+        self.ready = frame.body
+        self._task = asyncio.create_task(self._read_loop(), name=f"worker{self.device}-reader")
+
+    def request(self, kind: Kind, body: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
+        """Send a frame now; the returned future resolves with the reply body."""
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        if self.closed.done():
+            fut.set_exception(WorkerLost(f"worker {self.device} is not running"))
+            return fut
+        rid, self._next = self._next, self._next + 1
+        self._pending[rid] = fut
+        self._writer.write(encode(kind, rid, body))
+        return fut
+
+    async def call(self, kind: Kind, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        return await asyncio.wait_for(self.request(kind, body), timeout)
+
+    async def _read_frame(self) -> Any:
+        try:
+            header = await self._reader.readexactly(HEADER.size)
+            payload = await self._reader.readexactly(frame_length(header))
+        except asyncio.IncompleteReadError:
+            return None
+        except (ConnectionError, OSError):
+            return None
+        return decode_payload(payload)
+
+    async def _read_loop(self) -> None:
+        reason = f"worker {self.device} closed its connection"
+        try:
+            while (frame := await self._read_frame()) is not None:
+                fut = self._pending.pop(frame.rid, None)
+                if fut is None or fut.done():
+                    if frame.kind is Kind.ERROR:
+                        log.warning("worker %d: %s", self.device, frame.body.get("message"))
+                    continue
+                if frame.kind is Kind.OK:
+                    fut.set_result(frame.body)
+                elif frame.kind is Kind.ERROR:
+                    fut.set_exception(from_wire(frame.body))
+                else:
+                    fut.set_exception(ProtocolError(f"unexpected {frame.kind.name} reply"))
+        except ProtocolError as exc:
+            reason = f"worker {self.device} sent a malformed frame: {exc.message}"
+        finally:
+            self._fail_all(WorkerLost(reason))
+
+    def _fail_all(self, exc: TorporError) -> None:
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        if not self.closed.done():
+            self.closed.set_result(exc.message)
+        with contextlib.suppress(Exception):
+            self._writer.close()
+
+    async def close(self) -> None:
+        self._fail_all(WorkerLost(f"worker {self.device} is shutting down"))
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
+@dataclass
+class WorkerHandle:
+    spec: DeviceSpec
+    config: WorkerConfig
+    process: multiprocessing.process.BaseProcess
+    client: WorkerClient | None = None
+    started: float = field(default_factory=time.time)
+
+
+class WorkerPool:
+    """Starts, watches and stops one worker process per device."""
+
+    def __init__(self, cfg: ServeConfig, budget: int, on_lost: Callable[[int, str], None]) -> None:
+        self.cfg = cfg
+        self.budget = budget
+        self.on_lost = on_lost
+        self.runtime_dir = tempfile.mkdtemp(prefix="torpor-run-")
+        os.chmod(self.runtime_dir, 0o700)  # sockets inside are the service user's alone
+        self.arenas: dict[int, str] = {}
+        self.handles: dict[int, WorkerHandle] = {}
+        self._ctx = multiprocessing.get_context("spawn")
+
+    def _worker_config(self, index: int, spec: DeviceSpec) -> WorkerConfig:
+        peers = tuple((i, n) for i, n in self.arenas.items() if i != index)
+        return WorkerConfig(
+            device=index,
+            kind=spec.kind,
+            ordinal=spec.index,
+            budget=self.budget,
+            socket_path=os.path.join(self.runtime_dir, f"worker{index}.sock"),
+            arena_segment=self.arenas.get(index),
+            peer_segments=peers,
+            compute_threads=self.cfg.threads_per_device,
+            group_bytes=self.cfg.swap_group_bytes,
+            log_level=self.cfg.log_level,
+        )
+
+    async def start_all(self) -> None:
+        for i, spec in enumerate(self.cfg.devices):
+            if spec.kind == "cpu":
+                name = shm.segment_name(f"arena{i}")
+                shm.create(name, self.budget).close()
+                self.arenas[i] = name
+        await asyncio.gather(*(self.start(i) for i in range(len(self.cfg.devices))))
+
+    async def start(self, index: int) -> WorkerClient:
+        from gpuworker.main import run
+
+        spec = self.cfg.devices[index]
+        wcfg = self._worker_config(index, spec)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(wcfg.socket_path)
+        proc = self._ctx.Process(target=run, args=(wcfg,), name=f"torpor-worker{index}", daemon=False)
+        proc.start()
+        handle = WorkerHandle(spec, wcfg, proc)
+        self.handles[index] = handle
+        client = await self._connect(handle)
+        handle.client = client
+        loop = asyncio.get_running_loop()
+        # The sentinel becomes readable when the process exits: notice a crash at once.
+        loop.add_reader(proc.sentinel, self._exited, index, proc)
+        client.closed.add_done_callback(lambda f, i=index, p=proc: self._client_closed(i, p, f.result()))
+        log.info("worker %d (%s) ready, pid %d", index, spec.label, proc.pid)
+        return client
+
+    async def _connect(self, handle: WorkerHandle) -> WorkerClient:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not handle.process.is_alive():
+                raise WorkerLost(f"worker {handle.config.device} exited during start (code {handle.process.exitcode})")
+            try:
+                reader, writer = await asyncio.open_unix_connection(handle.config.socket_path, limit=1 << 20)
+            except (FileNotFoundError, ConnectionRefusedError):
+                await asyncio.sleep(0.05)
+                continue
+            client = WorkerClient(handle.config.device, reader, writer)
+            await client.start()
+            return client
+        raise WorkerLost(f"worker {handle.config.device} did not start within {START_TIMEOUT_S:.0f} s")
+
+    def _exited(self, index: int, proc: multiprocessing.process.BaseProcess) -> None:
+        asyncio.get_running_loop().remove_reader(proc.sentinel)
+        proc.join(0)
+        handle = self.handles.get(index)
+        if handle is not None and handle.process is proc and handle.client is not None:
+            handle.client._fail_all(WorkerLost(f"worker {index} exited (code {proc.exitcode})"))
+
+    def _client_closed(self, index: int, proc: multiprocessing.process.BaseProcess, reason: str) -> None:
+        handle = self.handles.get(index)
+        if handle is not None and handle.process is proc and not self._stopping:
+            self.on_lost(index, reason)
+
+    _stopping = False
+
+    def client(self, index: int) -> WorkerClient:
+        handle = self.handles.get(index)
+        if handle is None or handle.client is None:
+            raise WorkerLost(f"worker {index} is not running")
+        return handle.client
+
+    async def broadcast(self, kind: Kind, body: dict[str, Any], timeout: float | None = None) -> list[Any]:
+        clients = [h.client for h in self.handles.values() if h.client is not None and not h.client.closed.done()]
+        return await asyncio.gather(*(c.call(kind, body, timeout) for c in clients), return_exceptions=True)
+
+    async def stop_all(self) -> None:
+        self._stopping = True
+        handles = list(self.handles.values())
+        for h in handles:
+            if h.client is not None and not h.client.closed.done():
+                h.client.request(Kind.SHUTDOWN, {})
+        await asyncio.gather(*(self._reap(h) for h in handles))
+        for name in self.arenas.values():
+            shm.unlink(name)
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+    async def _reap(self, h: WorkerHandle) -> None:
+        proc = h.process
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(proc.sentinel)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while proc.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if proc.is_alive():
+            proc.terminate()  # SIGTERM, then SIGKILL after a grace period
+            await asyncio.to_thread(proc.join, 3)
+        if proc.is_alive():
+            proc.kill()
+            await asyncio.to_thread(proc.join, 3)
+        if h.client is not None:
+            await h.client.close()

@@ -1,0 +1,68 @@
+"""A CPU "device": an arena in shared memory and a fixed number of compute threads.
+
+The arena lives in shared memory (created by the gateway) so that another CPU
+device can read a resident model straight out of it for a peer copy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gpuworker.config import WorkerConfig
+from shared import shm
+
+
+class CpuBackend:
+    name = "cpu"
+
+    def __init__(self, cfg: WorkerConfig) -> None:
+        assert cfg.arena_segment is not None
+        torch.set_num_threads(cfg.compute_threads)
+        self._cfg = cfg
+        self._arena_seg = shm.attach(cfg.arena_segment, writable=True)
+        self.arena = torch.frombuffer(self._arena_seg.buf, dtype=torch.uint8)
+        self._hosts: dict[str, shm.Segment] = {}
+        self._peers: dict[int, tuple[shm.Segment, torch.Tensor]] = {}
+
+    def host_buffer(self, segment: str) -> torch.Tensor:
+        seg = self._hosts.get(segment)
+        if seg is None:
+            seg = self._hosts[segment] = shm.attach(segment, writable=False)
+        return torch.frombuffer(seg.buf, dtype=torch.uint8)
+
+    def release_host_buffer(self, segment: str) -> None:
+        seg = self._hosts.pop(segment, None)
+        if seg is not None:
+            seg.close()
+
+    def peer_arena(self, device: int) -> torch.Tensor:
+        if device not in self._peers:
+            name = dict(self._cfg.peer_segments).get(device)
+            if name is None:
+                raise KeyError(f"no arena known for peer device {device}")
+            seg = shm.attach(name, writable=False)
+            self._peers[device] = (seg, torch.frombuffer(seg.buf, dtype=torch.uint8))
+        return self._peers[device][1]
+
+    def copy(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        dst.copy_(src)
+
+    def prepare_inputs(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        return tensors
+
+    def finish_outputs(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        return tensors
+
+    def info(self) -> dict[str, object]:
+        return {
+            "backend": "cpu",
+            "compute_threads": torch.get_num_threads(),
+            "copy_threads": 1,
+        }
+
+    def close(self) -> None:
+        for seg in self._hosts.values():
+            seg.close()
+        for seg, _ in self._peers.values():
+            seg.close()
+        self._arena_seg.close()

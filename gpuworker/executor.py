@@ -1,0 +1,222 @@
+"""What a worker does with each operation: prepare, load (swap in), evict, infer, forget.
+
+All of it runs on the worker's main thread except the copy itself (SwapEngine).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx
+
+from gpuworker.backends import Backend
+from gpuworker.gate import SwapGate, gated
+from gpuworker.swap import Swap, SwapEngine, SwapPlan, plan_groups
+from shared import program
+from shared.errors import InvalidInput, RequestFailed
+from shared.modelstore import ModelImage, views
+from shared.protocol import check_wire_tensor, tensor_to_wire
+
+
+@dataclass
+class Program:
+    """A prepared model: weight-less graph (plain and gated) and its swap plan."""
+
+    model_id: str
+    image: ModelImage
+    plain: torch.fx.GraphModule
+    gated: torch.fx.GraphModule
+    gate: SwapGate
+    plan: SwapPlan
+    names: list[str]
+
+
+@dataclass
+class Residency:
+    model_id: str
+    offset: int
+    nbytes: int
+    swap: Swap | None  # the swap that brought it in; done once .swap.done is set
+    source: str
+
+
+class Executor:
+    def __init__(self, backend: Backend, group_bytes: int, send_reply: Callable[[int, dict | Exception], None]) -> None:
+        self.backend = backend
+        self.group_bytes = group_bytes
+        self.programs: dict[str, Program] = {}
+        self.resident: dict[str, Residency] = {}
+        self.engine = SwapEngine(backend)
+        self._reply = send_reply
+        self.counters = {"swaps": 0, "swap_bytes": 0, "infers": 0, "busy_s": 0.0}
+
+    # -- operations ---------------------------------------------------------
+    def prepare(self, body: dict[str, Any]) -> dict[str, Any]:
+        model_id = body["model_id"]
+        image = ModelImage.from_wire(body["image"])
+        gm = program.build(body["source"], meta=True)
+        names = list(program.state_tensors(gm))
+        missing = sorted(set(names) - {e.name for e in image.table.entries})
+        if missing:
+            raise InvalidInput(f"model {model_id}: image lacks tensors {missing[:5]}")
+        plan = plan_groups(image.table, self.group_bytes)
+        gated_gm, gate = gated(gm, plan.group_of)
+        self.programs[model_id] = Program(model_id, image, gm, gated_gm, gate, plan, names)
+        return {"groups": plan.groups}
+
+    def load(self, rid: int, body: dict[str, Any]) -> None:
+        """Start a swap-in; the reply is sent by the copy thread when the copy ends."""
+        prog = self._program(body["model_id"])
+        offset, nbytes = int(body["offset"]), prog.image.nbytes
+        if body["model_id"] in self.resident:
+            raise InvalidInput(f"model {body['model_id']} is already resident")
+        if offset < 0 or offset + nbytes > self.backend.arena.numel():
+            raise InvalidInput(f"slice [{offset}, {offset + nbytes}) is outside the arena")
+        self._check_overlap(offset, nbytes)
+        peer = body.get("peer")
+        if peer is None:
+            src = self.backend.host_buffer(prog.image.segment_name)[:nbytes]
+            source = "host"
+        else:
+            src = self.backend.peer_arena(int(peer["device"]))[int(peer["offset"]) : int(peer["offset"]) + nbytes]
+            source = f"peer:{peer['device']}"
+        dst = self.backend.arena[offset : offset + nbytes]
+        tensors = views(self.backend.arena, offset, prog.image.table)
+        program.bind(prog.plain, tensors)
+        program.bind(prog.gated, tensors)
+
+        def done(swap: Swap) -> None:
+            if swap.error is None:
+                self.counters["swaps"] += 1
+                self.counters["swap_bytes"] += nbytes
+                self._reply(rid, {"swap_ms": swap.seconds * 1e3, "bytes": nbytes, "source": source})
+            else:
+                # A failed or cancelled swap leaves nothing resident and the slice free.
+                if self.resident.get(prog.model_id) is res:
+                    self._drop(prog.model_id)
+                self._reply(rid, RequestFailed(f"swap-in of {prog.model_id} failed: {swap.error}"))
+
+        swap = Swap(prog.model_id, prog.plan, dst, src, done)
+        res = Residency(prog.model_id, offset, nbytes, swap, source)
+        self.resident[prog.model_id] = res
+        self.engine.submit(swap)
+
+    def evict(self, body: dict[str, Any]) -> dict[str, Any]:
+        res = self.resident.get(body["model_id"])
+        if res is None:
+            return {"evicted": False}
+        if res.swap is not None and not res.swap.done.is_set():
+            res.swap.cancel()
+            res.swap.done.wait()
+        self._drop(body["model_id"])
+        return {"evicted": True}
+
+    def infer(self, body: dict[str, Any]) -> dict[str, Any]:
+        model_id = body["model_id"]
+        prog = self._program(model_id)
+        res = self.resident.get(model_id)
+        if res is None:
+            raise RequestFailed(f"model {model_id} is not resident on this device")
+        inputs = [_to_tensor(check_wire_tensor(t)) for t in body["inputs"]]
+        inputs = self.backend.prepare_inputs(inputs)
+        swap = res.swap if res.swap is not None and not res.swap.done.is_set() else None
+        if res.swap is not None and res.swap.error is not None:
+            raise RequestFailed(f"swap-in of {model_id} failed: {res.swap.error}")
+        module = prog.plain
+        if swap is not None:
+            module, prog.gate.swap, prog.gate.waited_s = prog.gated, swap, 0.0
+        t0 = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                out = module(*inputs)
+            outputs = self.backend.finish_outputs(_flatten(out))
+        except RequestFailed:
+            raise
+        except Exception as exc:
+            raise RequestFailed(f"model {model_id} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            prog.gate.swap = None
+        exec_s = time.perf_counter() - t0
+        self.counters["infers"] += 1
+        self.counters["busy_s"] += exec_s
+        names = body.get("output_names") or []
+        wire = [
+            tensor_to_wire(names[i] if i < len(names) else f"output{i}", _kserve(t), tuple(t.shape), _raw(t))
+            for i, t in enumerate(outputs)
+        ]
+        return {"outputs": wire, "exec_ms": exec_s * 1e3, "wait_ms": prog.gate.waited_s * 1e3 if swap else 0.0}
+
+    def forget(self, body: dict[str, Any]) -> dict[str, Any]:
+        model_id = body["model_id"]
+        if model_id in self.resident:
+            self.evict({"model_id": model_id})
+        prog = self.programs.pop(model_id, None)
+        if prog is not None:
+            self.backend.release_host_buffer(prog.image.segment_name)
+        return {"forgotten": prog is not None}
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "resident": [
+                {"model_id": r.model_id, "offset": r.offset, "bytes": r.nbytes, "source": r.source}
+                for r in list(self.resident.values())
+            ],
+            "prepared": len(self.programs),
+            "counters": dict(self.counters),
+            **self.backend.info(),
+        }
+
+    def close(self) -> None:
+        self.engine.close()
+
+    # -- helpers -------------------------------------------------------------
+    def _program(self, model_id: str) -> Program:
+        prog = self.programs.get(model_id)
+        if prog is None:
+            raise RequestFailed(f"model {model_id} was not prepared on this worker")
+        return prog
+
+    def _check_overlap(self, offset: int, nbytes: int) -> None:
+        for r in self.resident.values():
+            if offset < r.offset + r.nbytes and r.offset < offset + nbytes:
+                raise InvalidInput(f"slice [{offset}, {offset + nbytes}) overlaps resident model {r.model_id}")
+
+    def _drop(self, model_id: str) -> None:
+        self.resident.pop(model_id, None)
+        prog = self.programs.get(model_id)
+        if prog is not None:
+            program.unbind(prog.plain, prog.names)
+            program.unbind(prog.gated, prog.names)
+
+
+def _to_tensor(t: dict[str, Any]) -> torch.Tensor:
+    dtype = program.KSERVE_TO_TORCH.get(t["datatype"])
+    if dtype is None:
+        raise InvalidInput(f"input {t['name']!r}: unsupported datatype {t['datatype']}")
+    data = bytearray(t["data"])  # writable copy: torch refuses read-only buffers
+    if not data:
+        return torch.empty(t["shape"], dtype=dtype)
+    return torch.frombuffer(data, dtype=dtype).reshape(t["shape"])
+
+
+def _flatten(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _flatten(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _flatten(o)]
+    raise RequestFailed(f"model returned {type(out).__name__}, expected tensors")
+
+
+def _kserve(t: torch.Tensor) -> str:
+    return program.TORCH_TO_KSERVE[t.dtype]
+
+
+def _raw(t: torch.Tensor) -> bytes:
+    t = t.detach().to("cpu").contiguous().reshape(-1)
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""

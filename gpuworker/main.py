@@ -1,0 +1,126 @@
+"""Worker process entry point: set up the device, listen, serve frames until told to stop.
+
+Started by the gateway with the `spawn` context and one picklable WorkerConfig.
+The READY frame is sent only after the backend and arena are set up, so a
+connected gateway can route work at once. The worker exits when its gateway's
+connection closes, so a gateway killed with SIGKILL leaves no orphan workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+from gpuworker.config import WorkerConfig
+from shared.errors import ProtocolError, TorporError
+from shared.protocol import Frame, Kind, encode, recv_frame
+
+log = logging.getLogger("torpor.worker")
+
+
+class Connection:
+    """The gateway connection; replies may come from the main or the copy thread."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, kind: Kind, rid: int, body: dict[str, Any]) -> None:
+        data = encode(kind, rid, body)
+        with self._lock:
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                pass  # gateway gone; the reader sees EOF and the worker exits
+
+    def reply(self, rid: int, result: dict[str, Any] | Exception) -> None:
+        if isinstance(result, Exception):
+            err = result if isinstance(result, TorporError) else TorporError(f"{type(result).__name__}: {result}")
+            self.send(Kind.ERROR, rid, err.to_wire())
+        else:
+            self.send(Kind.OK, rid, result)
+
+
+def run(cfg: WorkerConfig) -> None:
+    """Module-level entry for multiprocessing (spawn)."""
+    logging.basicConfig(level=cfg.log_level.upper(), format=f"%(asctime)s worker{cfg.device} %(levelname)s %(message)s")
+    # Ctrl-C goes to the whole process group; the gateway decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from gpuworker.backends import make_backend
+    from gpuworker.executor import Executor
+
+    backend = make_backend(cfg)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(cfg.socket_path)
+    os.chmod(cfg.socket_path, 0o600)
+    listener.listen(1)
+    conn_sock, _ = listener.accept()
+    listener.close()
+    conn = Connection(conn_sock)
+    executor = Executor(backend, cfg.group_bytes, conn.reply)
+    conn.send(Kind.READY, 0, {"device": cfg.device, "pid": os.getpid(), "budget": cfg.budget, **backend.info()})
+    work: queue.Queue[Frame | None] = queue.Queue()
+    reader = threading.Thread(target=_read, args=(conn, executor, work), name="reader", daemon=True)
+    reader.start()
+    try:
+        _serve(conn, executor, work)
+    finally:
+        executor.close()
+        backend.close()
+        conn_sock.close()
+
+
+def _read(conn: Connection, executor: Any, work: queue.Queue[Frame | None]) -> None:
+    """Reads frames; answers STATS at once (so a busy device still reports), queues the rest."""
+    while True:
+        try:
+            frame = recv_frame(conn.sock)
+        except ProtocolError as exc:
+            if "undecodable" in exc.message or "unknown frame kind" in exc.message or "frame id" in exc.message:
+                conn.reply(0, exc)  # the stream is still in sync: answer and go on
+                continue
+            conn.reply(0, exc)  # framing is lost: no way to resync
+            frame = None
+        except OSError:
+            frame = None
+        if frame is None or frame.kind is Kind.SHUTDOWN:
+            work.put(frame)
+            return
+        if frame.kind is Kind.STATS:
+            conn.reply(frame.rid, executor.stats())
+        else:
+            work.put(frame)
+
+
+def _serve(conn: Connection, executor: Any, work: queue.Queue[Frame | None]) -> None:
+    handlers = {
+        Kind.PREPARE: executor.prepare,
+        Kind.EVICT: executor.evict,
+        Kind.INFER: executor.infer,
+        Kind.FORGET: executor.forget,
+    }
+    while (frame := work.get()) is not None:
+        if frame.kind is Kind.SHUTDOWN:
+            conn.reply(frame.rid, {"bye": True})
+            return
+        try:
+            if frame.kind is Kind.LOAD:
+                executor.load(frame.rid, frame.body)  # replies from the copy thread
+                continue
+            handler = handlers.get(frame.kind)
+            if handler is None:
+                raise ProtocolError(f"a worker does not accept {frame.kind.name} frames")
+            started = time.perf_counter()
+            result = handler(frame.body)
+            log.debug("%s %d took %.2f ms", frame.kind.name, frame.rid, (time.perf_counter() - started) * 1e3)
+            conn.reply(frame.rid, result)
+        except KeyError as exc:
+            conn.reply(frame.rid, ProtocolError(f"{frame.kind.name} frame lacks field {exc}"))
+        except Exception as exc:  # one request's failure must not end the worker
+            conn.reply(frame.rid, exc)

@@ -1,0 +1,118 @@
+"""The swap engine: copy a model's packed image into its arena slice, group by group.
+
+Groups are ~2 MB runs of whole tensors in first-use order (Torpor found ~2 MB to
+be the knee of the transfer-size curve). One copy thread per device plays the
+role of a GPU's copy engine; each group has an event that execution waits on
+just before the first operation that reads it, so compute overlaps the copy.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from gpuworker.backends import Backend
+from shared.errors import RequestFailed
+from shared.modelstore import TensorTable
+
+
+@dataclass(frozen=True)
+class SwapPlan:
+    """Byte ranges [bounds[k], bounds[k+1]) of the image, and each tensor's group."""
+
+    bounds: tuple[int, ...]
+    group_of: dict[str, int]
+
+    @property
+    def groups(self) -> int:
+        return len(self.bounds) - 1
+
+
+def plan_groups(table: TensorTable, group_bytes: int) -> SwapPlan:
+    bounds = [0]
+    group_of: dict[str, int] = {}
+    for e in sorted(table.entries, key=lambda e: e.offset):
+        # Close the current group before a tensor that starts past the size target,
+        # so a group is never cut through the middle of a tensor.
+        if e.offset - bounds[-1] >= group_bytes and e.offset > bounds[-1]:
+            bounds.append(e.offset)
+        group_of[e.name] = len(bounds) - 1
+    if table.nbytes > bounds[-1] or len(bounds) == 1:
+        bounds.append(table.nbytes)
+    return SwapPlan(tuple(bounds), group_of)
+
+
+@dataclass
+class Swap:
+    """One in-flight copy; execution waits on its per-group events."""
+
+    model_id: str
+    plan: SwapPlan
+    dst: torch.Tensor
+    src: torch.Tensor
+    on_done: Callable[[Swap], None]
+    events: list[threading.Event] = field(init=False)
+    error: str | None = None
+    cancelled: bool = False
+    started: float = 0.0
+    finished: float = 0.0
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.events = [threading.Event() for _ in range(self.plan.groups)]
+
+    def wait_group(self, k: int) -> None:
+        self.events[k].wait()
+        if self.error is not None:
+            raise RequestFailed(f"swap-in of model {self.model_id} failed: {self.error}")
+
+    @property
+    def seconds(self) -> float:
+        return self.finished - self.started
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class SwapEngine:
+    """A single copy thread: swaps on one device run one after another, like one DMA engine."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._jobs: queue.Queue[Swap | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="swap-copy", daemon=True)
+        self._thread.start()
+
+    def submit(self, swap: Swap) -> Swap:
+        self._jobs.put(swap)
+        return swap
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while (swap := self._jobs.get()) is not None:
+            self._copy(swap)
+
+    def _copy(self, swap: Swap) -> None:
+        swap.started = time.perf_counter()
+        b = swap.plan.bounds
+        try:
+            for k in range(swap.plan.groups):
+                if swap.cancelled:
+                    raise RequestFailed("cancelled by an eviction")
+                self._backend.copy(swap.dst[b[k] : b[k + 1]], swap.src[b[k] : b[k + 1]])
+                swap.events[k].set()
+        except Exception as exc:  # the copy must never kill the thread
+            swap.error = exc.message if isinstance(exc, RequestFailed) else f"{type(exc).__name__}: {exc}"
+            for ev in swap.events:
+                ev.set()  # release any waiter; it will see .error
+        swap.finished = time.perf_counter()
+        swap.done.set()
+        swap.on_done(swap)

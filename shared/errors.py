@@ -1,0 +1,93 @@
+"""The errors torpor raises and how they map to HTTP.
+
+    TorporError                      base; .status is the HTTP status a client sees
+    ├── InvalidInput (400)           the caller sent something wrong; nothing was changed
+    │   └── PayloadTooLarge (413)    body over the configured limit
+    ├── NotFound (404)               no such function / model
+    ├── Overloaded (429)             queue bound reached; retry later
+    ├── RequestFailed (500)          the model raised while executing this request
+    ├── WorkerLost (503)             the worker serving the request died or hung
+    ├── Unavailable (503)            no device can serve (e.g. shutting down, function removed)
+    └── ProtocolError (502)          a malformed frame crossed a worker socket
+
+Errors cross the worker socket as data (kind + message) and are rebuilt here with
+`from_wire`, so the gateway never sees a worker's traceback, and neither does a client.
+"""
+
+from __future__ import annotations
+
+
+class TorporError(Exception):
+    status = 500
+    kind = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_wire(self) -> dict[str, str]:
+        return {"kind": self.kind, "message": self.message}
+
+
+class InvalidInput(TorporError):
+    status = 400
+    kind = "invalid_input"
+
+
+class PayloadTooLarge(InvalidInput):
+    status = 413
+    kind = "payload_too_large"
+
+
+class NotFound(TorporError):
+    status = 404
+    kind = "not_found"
+
+
+class Overloaded(TorporError):
+    status = 429
+    kind = "overloaded"
+
+
+class RequestFailed(TorporError):
+    status = 500
+    kind = "request_failed"
+
+
+class WorkerLost(TorporError):
+    status = 503
+    kind = "worker_lost"
+
+
+class Unavailable(TorporError):
+    status = 503
+    kind = "unavailable"
+
+
+class ProtocolError(TorporError):
+    status = 502
+    kind = "protocol_error"
+
+
+_BY_KIND: dict[str, type[TorporError]] = {
+    cls.kind: cls
+    for cls in (
+        TorporError,
+        InvalidInput,
+        PayloadTooLarge,
+        NotFound,
+        Overloaded,
+        RequestFailed,
+        WorkerLost,
+        Unavailable,
+        ProtocolError,
+    )
+}
+
+
+def from_wire(obj: object) -> TorporError:
+    """Rebuild an error that crossed a socket; unknown shapes become ProtocolError."""
+    if isinstance(obj, dict) and isinstance(obj.get("message"), str):
+        cls = _BY_KIND.get(str(obj.get("kind")), TorporError)
+        return cls(obj["message"])
+    return ProtocolError(f"malformed error reply: {obj!r:.200}")

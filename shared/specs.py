@@ -1,0 +1,86 @@
+"""Tensor signatures of functions and the KServe v2 datatypes they use.
+
+Torch-free on purpose: the gateway validates requests with numpy only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.errors import InvalidInput
+
+# KServe v2 / Triton datatype name -> numpy dtype string (little-endian, as on the wire).
+# BF16 has no numpy dtype; it travels as raw 2-byte words and is only decoded by torch.
+DATATYPES: dict[str, str] = {
+    "BOOL": "|b1",
+    "UINT8": "|u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "INT8": "|i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+    "BF16": "<u2",
+}
+
+ITEMSIZE: dict[str, int] = {name: np.dtype(code).itemsize for name, code in DATATYPES.items()}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor of a function's signature; -1 in shape means any size."""
+
+    name: str
+    datatype: str  # KServe v2 datatype name, e.g. "FP32", "INT64"
+    shape: tuple[int, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, obj: object, where: str) -> TensorSpec:
+        """Parse a user-supplied spec, naming the offending field on error."""
+        if not isinstance(obj, dict):
+            raise InvalidInput(f"{where}: expected an object with name, datatype, shape")
+        name = obj.get("name")
+        datatype = obj.get("datatype")
+        shape = obj.get("shape")
+        if not isinstance(name, str) or not name:
+            raise InvalidInput(f"{where}.name: expected a non-empty string")
+        if datatype not in DATATYPES:
+            raise InvalidInput(f"{where}.datatype: expected one of {', '.join(DATATYPES)}, got {datatype!r}")
+        if not isinstance(shape, list) or not all(_is_dim(d) for d in shape):
+            raise InvalidInput(f"{where}.shape: expected a list of integers >= 1 or -1")
+        return cls(name, datatype, tuple(shape))
+
+    def accepts(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) == len(self.shape) and all(
+            want in (-1, got) for want, got in zip(self.shape, shape, strict=True)
+        )
+
+    def describe(self) -> str:
+        return f"{self.name} {self.datatype}{list(self.shape)}"
+
+
+def _is_dim(d: object) -> bool:
+    return isinstance(d, int) and not isinstance(d, bool) and (d == -1 or d >= 1)
+
+
+def specs_to_json(specs: tuple[TensorSpec, ...]) -> list[dict[str, object]]:
+    return [s.to_json() for s in specs]
+
+
+def specs_from_json(objs: object, where: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(objs, list) or not objs:
+        raise InvalidInput(f"{where}: expected a non-empty list of tensor specs")
+    specs = tuple(TensorSpec.from_json(o, f"{where}[{i}]") for i, o in enumerate(objs))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise InvalidInput(f"{where}: tensor names must be unique, got {names}")
+    return specs

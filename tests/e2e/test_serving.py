@@ -1,0 +1,85 @@
+"""Deploy, invoke and swap through a real server with two CPU devices."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.e2e.conftest import DEPLOYED
+from tests.e2e.helpers import native_output, output_array, sample_input
+from tests.e2e.server import Server
+
+pytestmark = pytest.mark.e2e
+
+
+def _invoke_checked(server: Server, name: str, seed: int = 0) -> dict[str, str]:
+    inputs = sample_input(DEPLOYED[name], seed=seed)
+    r = server.invoke(name, inputs)
+    assert r.status_code == 200, r.text
+    got = output_array(r.json())
+    want = native_output(DEPLOYED[name], inputs)
+    assert got.shape == want.shape
+    # Bitwise: same bytes as running the model natively in-process.
+    assert got.tobytes() == want.tobytes(), f"{name}: max abs diff {np.abs(got - want).max()}"
+    return dict(r.headers)
+
+
+@pytest.mark.parametrize("name", list(DEPLOYED))
+def test_cold_and_warm_outputs_are_bitwise_native(server: Server, name: str) -> None:
+    # Evict everything first by touching the two largest other models on both devices.
+    h1 = _invoke_checked(server, name, seed=1)
+    h2 = _invoke_checked(server, name, seed=2)
+    assert h2["x-torpor-cold"] == "0" or h2["x-torpor-device"] != h1["x-torpor-device"]
+    for key in ("x-torpor-queue-ms", "x-torpor-swap-ms", "x-torpor-exec-ms"):
+        assert float(h1[key]) >= 0.0
+
+
+def test_interleaving_forces_swaps_and_evictions_and_stays_correct(server: Server) -> None:
+    # bert (~418 MiB) and r152 (~230 MiB) cannot share a 512 MiB device.
+    order = ["bert", "r152", "r50", "bert", "r152", "bert", "r18", "r152", "mlp", "bert"]
+    colds = 0
+    for i, name in enumerate(order):
+        colds += _invoke_checked(server, name, seed=10 + i)["x-torpor-cold"] == "1"
+    assert colds >= 3
+    fns = {f["name"]: f for f in server.client.get("/v1/functions").json()["functions"]}
+    devices = server.client.get("/v1/devices").json()["devices"]
+    for d in devices:
+        assert d["resident_bytes"] <= d["budget_bytes"]
+    assert not (fns["bert"]["resident_on"] and set(fns["bert"]["resident_on"]) & set(fns["r152"]["resident_on"]))
+
+
+def test_function_listing_and_metadata(server: Server) -> None:
+    listing = server.client.get("/v1/functions").json()["functions"]
+    assert {f["name"] for f in listing} >= set(DEPLOYED)
+    meta = server.client.get("/v2/models/bert").json()
+    assert meta["inputs"] == [{"name": "input_ids", "datatype": "INT64", "shape": [-1, -1]}]
+    one = server.client.get("/v1/functions/r50").json()
+    assert one["model"] == {"zoo": "resnet50", "seed": 0} and one["model_bytes"] > 90 << 20
+    assert server.client.get("/v2/health/live").json() == {"live": True}
+
+
+def test_oip_alias_echoes_id_and_honours_requested_outputs(server: Server) -> None:
+    inputs = sample_input("mlp")
+    r = server.client.post(
+        "/v2/models/mlp/infer", json={"id": "req-7", "inputs": inputs, "outputs": [{"name": "output"}]}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["id"] == "req-7" and body["model_name"] == "mlp"
+    assert output_array(body).tobytes() == native_output("mlp", inputs).tobytes()
+
+
+def test_cli_ls_and_random_invoke(server: Server) -> None:
+    cli = [sys.executable, "-m", "gateway.cli"]
+    ls = subprocess.run([*cli, "ls", "--url", server.url], capture_output=True, text=True, timeout=60)
+    assert ls.returncode == 0, ls.stderr
+    assert "bert" in ls.stdout and "RESIDENT ON" in ls.stdout and "THREADS" in ls.stdout
+    inv = subprocess.run(
+        [*cli, "invoke", "bert", "--random", "--url", server.url], capture_output=True, text=True, timeout=120
+    )
+    assert inv.returncode == 0, inv.stderr
+    assert inv.stdout.startswith("pooled_output FP32[1, 768]")
+    assert "exec" in inv.stderr
