@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+from collections.abc import Iterator
 
 import uvicorn
 
 from gateway.app import build_app
 from gateway.service import Service
 from shared.config import ServeConfig, format_size
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises SIGINT/SIGTERM after a graceful shutdown, which turns a
+        # clean stop into a KeyboardInterrupt or a death by signal; we exit 0 instead.
+        # A second signal still forces the exit (uvicorn's handle_exit).
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def serve(cfg: ServeConfig) -> int:
@@ -30,7 +47,7 @@ def serve(cfg: ServeConfig) -> int:
         lifespan="on",
         timeout_graceful_shutdown=30,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     try:
         server.run()
     finally:
