@@ -64,7 +64,7 @@ class Executor:
         if missing:
             raise InvalidInput(f"model {model_id}: image lacks tensors {missing[:5]}")
         plan = plan_groups(image.table, self.group_bytes)
-        gated_gm, gate = gated(gm, plan.group_of)
+        gated_gm, gate = gated(gm, plan.group_of, self.backend)
         self.programs[model_id] = Program(model_id, image, gm, gated_gm, gate, plan, names)
         return {"groups": plan.groups}
 

@@ -8,9 +8,12 @@ they pay nothing for the gate.
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.fx
 
+from gpuworker.backends import Backend
 from gpuworker.swap import Swap
 from shared.program import node_reads, state_tensors
 
@@ -20,24 +23,23 @@ GATE = "_torpor_gate"
 class SwapGate(torch.nn.Module):
     """Blocks until group k of the current swap has landed; a no-op when none is in flight."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend: Backend) -> None:
         super().__init__()
+        self.backend = backend
         self.swap: Swap | None = None
         self.waited_s = 0.0
 
     def forward(self, k: int) -> None:
         swap = self.swap
-        if swap is not None and not swap.events[k].is_set():
-            import time
-
+        if swap is not None:
             t0 = time.perf_counter()
-            swap.wait_group(k)
+            swap.wait_group(k, self.backend)
             self.waited_s += time.perf_counter() - t0
-        elif swap is not None and swap.error is not None:
-            swap.wait_group(k)  # raises
 
 
-def gated(gm: torch.fx.GraphModule, group_of: dict[str, int]) -> tuple[torch.fx.GraphModule, SwapGate]:
+def gated(
+    gm: torch.fx.GraphModule, group_of: dict[str, int], backend: Backend
+) -> tuple[torch.fx.GraphModule, SwapGate]:
     names = list(state_tensors(gm))
     graph = torch.fx.Graph()
     env: dict[torch.fx.Node, torch.fx.Node] = {}
@@ -49,7 +51,7 @@ def gated(gm: torch.fx.GraphModule, group_of: dict[str, int]) -> tuple[torch.fx.
             graph.call_module(GATE, (need,))
             waited = need
         env[node] = graph.node_copy(node, lambda n: env[n])
-    gate = SwapGate()
+    gate = SwapGate(backend)
     gm.add_module(GATE, gate)
     out = torch.fx.GraphModule(gm, graph)
     return out, gate

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -56,7 +57,8 @@ class Swap:
     dst: torch.Tensor
     src: torch.Tensor
     on_done: Callable[[Swap], None]
-    events: list[threading.Event] = field(init=False)
+    events: list[threading.Event] = field(init=False)  # set once group k is copied (CPU) or enqueued (CUDA)
+    handles: list[Any] = field(init=False)  # the backend's completion marker per group (CUDA: an event)
     error: str | None = None
     cancelled: bool = False
     started: float = 0.0
@@ -65,11 +67,14 @@ class Swap:
 
     def __post_init__(self) -> None:
         self.events = [threading.Event() for _ in range(self.plan.groups)]
+        self.handles = [None] * self.plan.groups
 
-    def wait_group(self, k: int) -> None:
+    def wait_group(self, k: int, backend: Backend) -> None:
+        """Return when execution may read group k (on CUDA: once the compute stream waits for it)."""
         self.events[k].wait()
         if self.error is not None:
             raise RequestFailed(f"swap-in of model {self.model_id} failed: {self.error}")
+        backend.wait_copied(self.handles[k])
 
     @property
     def seconds(self) -> float:
@@ -107,8 +112,9 @@ class SwapEngine:
             for k in range(swap.plan.groups):
                 if swap.cancelled:
                     raise RequestFailed("cancelled by an eviction")
-                self._backend.copy(swap.dst[b[k] : b[k + 1]], swap.src[b[k] : b[k + 1]])
+                swap.handles[k] = self._backend.copy(swap.dst[b[k] : b[k + 1]], swap.src[b[k] : b[k + 1]])
                 swap.events[k].set()
+            self._backend.wait_host(swap.handles[-1])  # timing and the reply mean "all bytes landed"
         except Exception as exc:  # the copy must never kill the thread
             swap.error = exc.message if isinstance(exc, RequestFailed) else f"{type(exc).__name__}: {exc}"
             for ev in swap.events:

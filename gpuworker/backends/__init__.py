@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
 
     from gpuworker.config import WorkerConfig
-
-
-class CopyHandle(Protocol):
-    def wait(self) -> None: ...
 
 
 class Backend(Protocol):
@@ -30,8 +26,20 @@ class Backend(Protocol):
         """Another device's arena, readable from this one (peer exchange)."""
         ...
 
-    def copy(self, dst: torch.Tensor, src: torch.Tensor) -> None:
-        """Copy one group; called from the swap engine's copy thread, returns when done."""
+    def copy(self, dst: torch.Tensor, src: torch.Tensor) -> Any:
+        """Copy one group (from the copy thread); returns a completion marker.
+
+        CPU: copies and returns None. CUDA: enqueues the copy on the transfer stream
+        and returns an event recorded after it.
+        """
+        ...
+
+    def wait_copied(self, marker: Any) -> None:
+        """Make execution wait for a group (CUDA: the compute stream waits on the event)."""
+        ...
+
+    def wait_host(self, marker: Any) -> None:
+        """Block the calling thread until the marked copy has landed."""
         ...
 
     def prepare_inputs(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]: ...

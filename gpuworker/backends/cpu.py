@@ -45,7 +45,13 @@ class CpuBackend:
         return self._peers[device][1]
 
     def copy(self, dst: torch.Tensor, src: torch.Tensor) -> None:
-        dst.copy_(src)
+        dst.copy_(src)  # releases the GIL; runs on the copy thread's own core where there is one
+
+    def wait_copied(self, marker: None) -> None:
+        return None
+
+    def wait_host(self, marker: None) -> None:
+        return None
 
     def prepare_inputs(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         return tensors

@@ -31,12 +31,12 @@ def sample_input(zoo_name: str, batch: int = 1, seed: int = 0) -> list[dict[str,
     return out
 
 
-def native_output(zoo_name: str, inputs: list[dict[str, Any]]) -> np.ndarray:
+def native_output(zoo_name: str, inputs: list[dict[str, Any]], seed: int = 0) -> np.ndarray:
     torch.set_num_threads(WORKER_THREADS)
     dtypes = {"FP32": torch.float32, "INT64": torch.int64}
     args = [torch.tensor(t["data"], dtype=dtypes[t["datatype"]]).reshape(t["shape"]) for t in inputs]
     with torch.inference_mode():
-        return native_model(zoo_name)(*args).numpy()
+        return native_model(zoo_name, seed)(*args).numpy()
 
 
 def output_array(body: dict[str, Any]) -> np.ndarray:

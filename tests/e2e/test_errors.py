@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.helpers import sample_input
-from tests.e2e.server import Server
+from loadtest.server import Server
 
 pytestmark = pytest.mark.e2e
 

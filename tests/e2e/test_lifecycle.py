@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.e2e.helpers import native_output, output_array, sample_input
-from tests.e2e.server import Server, shm_segments_of
+from loadtest.server import Server, shm_segments_of
 
 pytestmark = pytest.mark.e2e
 

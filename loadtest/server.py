@@ -1,4 +1,4 @@
-"""A real `torpor serve` process on a free port, for end-to-end tests."""
+"""A real `torpor serve` process on a free port, for end-to-end tests and benchmarks."""
 
 from __future__ import annotations
 
