@@ -1,0 +1,140 @@
+"""Pipelined swap-in measured on a real CPU device, side by side in one run.
+
+    python -m gpuworker.bench_swap [--models resnet50 resnet152 bert-base] [--repeats 5]
+
+For each model, with the worker's own code (backend, arena, swap engine, gate):
+  warm        the model resident, one inference
+  swap+exec   copy all weights, then run (no overlap)
+  pipelined   start the copy and run at once; each layer waits for its group
+  memcpy      one plain copy of the same bytes into the same arena memory
+and the ratios: swap bandwidth / memcpy bandwidth (goal >= 0.9), pipelined /
+max(memcpy, warm) (goal <= 1.15), pipelined / swap+exec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from gpuworker.backends.cpu import CpuBackend
+from gpuworker.config import WorkerConfig
+from gpuworker.executor import Executor
+from shared import program, shm, zoo
+from shared.modelstore import ModelImage, pack
+from shared.protocol import tensor_to_wire
+
+INPUTS = {
+    "resnet50": ("FP32", (1, 3, 224, 224)),
+    "resnet152": ("FP32", (1, 3, 224, 224)),
+    "resnet18": ("FP32", (1, 3, 224, 224)),
+    "bert-base": ("INT64", (1, 128)),
+    "mlp": ("FP32", (1, 64)),
+}
+
+
+def _input(name: str) -> dict[str, Any]:
+    dtype, shape = INPUTS[name]
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 30000, shape, generator=g) if dtype == "INT64" else torch.randn(shape, generator=g)
+    return tensor_to_wire(zoo.entry(name).inputs[0].name, dtype, shape, t.numpy().tobytes())
+
+
+class Bench:
+    def __init__(self, budget: int, threads: int, group_bytes: int) -> None:
+        self.arena_name = shm.segment_name("bench-arena")
+        shm.create(self.arena_name, budget).close()
+        cfg = WorkerConfig(0, "cpu", 0, budget, "", self.arena_name, (), threads, group_bytes)
+        self.backend = CpuBackend(cfg)
+        self.replies: dict[int, Any] = {}
+        self.executor = Executor(self.backend, group_bytes, lambda rid, r: self.replies.__setitem__(rid, r))
+        self.images: list[ModelImage] = []
+
+    def prepare(self, name: str) -> tuple[str, int]:
+        gm = program.build({"zoo": name}, meta=False)
+        tensors = program.state_tensors(gm)
+        order = [(n, tensors[n]) for n in program.first_use_order(gm)]
+        image = pack(order, shm.segment_name(f"bench-{name}"))
+        self.images.append(image)
+        self.executor.prepare({"model_id": name, "source": {"zoo": name}, "image": image.to_wire()})
+        return name, image.nbytes
+
+    def load(self, name: str) -> Any:
+        self.executor.load(1, {"model_id": name, "offset": 0})
+        return self.executor.resident[name].swap
+
+    def infer(self, name: str, x: dict[str, Any]) -> float:
+        t0 = time.perf_counter()
+        self.executor.infer({"model_id": name, "inputs": [x]})
+        return (time.perf_counter() - t0) * 1e3
+
+    def measure(self, name: str, repeats: int) -> dict[str, float]:
+        _, nbytes = self.prepare(name)
+        x = _input(name)
+        warm, serial, piped, swaps, copies = [], [], [], [], []
+        for _ in range(repeats):
+            # swap, then execute
+            t0 = time.perf_counter()
+            swap = self.load(name)
+            swap.done.wait()
+            t1 = time.perf_counter()
+            self.infer(name, x)
+            serial.append((time.perf_counter() - t0) * 1e3)
+            swaps.append((t1 - t0) * 1e3)
+            warm.append(self.infer(name, x))
+            self.executor.evict({"model_id": name})
+            # pipelined: the inference starts while the copy runs
+            t0 = time.perf_counter()
+            swap = self.load(name)
+            self.infer(name, x)
+            piped.append((time.perf_counter() - t0) * 1e3)
+            swap.done.wait()
+            self.executor.evict({"model_id": name})
+            # plain memcpy of the same bytes into the same arena memory
+            src = self.backend.host_buffer(self.images[-1].segment_name)[:nbytes]
+            t0 = time.perf_counter()
+            self.backend.arena[:nbytes].copy_(src)
+            copies.append((time.perf_counter() - t0) * 1e3)
+        med = statistics.median
+        return {"bytes": nbytes, "warm": med(warm), "swap": med(swaps), "serial": med(serial),
+                "piped": med(piped), "memcpy": med(copies)}
+
+    def close(self) -> None:
+        self.executor.close()
+        self.backend.close()
+        shm.unlink(self.arena_name)
+        for im in self.images:
+            im.unlink()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["resnet50", "resnet152", "bert-base"])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="compute threads (the copy thread is extra)")
+    ap.add_argument("--group", type=int, default=2 << 20, help="swap group bytes")
+    args = ap.parse_args()
+    bench = Bench(512 << 20, args.threads, args.group)
+    print(f"CPU device: {args.threads} compute thread(s) + 1 copy thread on {os.cpu_count()} cores; "
+          f"groups of {args.group / 2**20:g} MiB; median of {args.repeats}")
+    head = f"{'model':<10}{'MiB':>7}{'warm':>8}{'swap+exec':>10}{'pipelined':>10}{'memcpy':>8}{'swap':>7}"
+    print(head + f"{'swapBW/memcpyBW':>16}{'piped/max(copy,warm)':>22}{'piped/serial':>13}")
+    try:
+        for name in args.models:
+            r = bench.measure(name, args.repeats)
+            print(
+                f"{name:<10}{r['bytes'] / 2**20:>7.1f}{r['warm']:>8.1f}{r['serial']:>10.1f}{r['piped']:>10.1f}"
+                f"{r['memcpy']:>8.1f}{r['swap']:>7.1f}{r['memcpy'] / r['swap']:>16.2f}"
+                f"{r['piped'] / max(r['memcpy'], r['warm']):>22.2f}{r['piped'] / r['serial']:>13.2f}"
+            )
+    finally:
+        bench.close()
+    print("(times in ms)")
+
+
+if __name__ == "__main__":
+    main()
