@@ -33,6 +33,8 @@ class Program:
     gate: SwapGate
     plan: SwapPlan
     names: list[str]
+    gated_own: list[str]  # tensors the gated graph holds itself (not through shared submodules)
+    bound_offset: int | None = None  # arena offset the program's tensors currently view
 
 
 @dataclass
@@ -65,7 +67,8 @@ class Executor:
             raise InvalidInput(f"model {model_id}: image lacks tensors {missing[:5]}")
         plan = plan_groups(image.table, self.group_bytes)
         gated_gm, gate = gated(gm, plan.group_of, self.backend)
-        self.programs[model_id] = Program(model_id, image, gm, gated_gm, gate, plan, names)
+        own = [n for n in names if program.owner(gm, n)[0] is not program.owner(gated_gm, n)[0]]
+        self.programs[model_id] = Program(model_id, image, gm, gated_gm, gate, plan, names, own)
         return {"groups": plan.groups}
 
     def load(self, rid: int, body: dict[str, Any]) -> None:
@@ -85,9 +88,6 @@ class Executor:
             src = self.backend.peer_arena(int(peer["device"]))[int(peer["offset"]) : int(peer["offset"]) + nbytes]
             source = f"peer:{peer['device']}"
         dst = self.backend.arena[offset : offset + nbytes]
-        tensors = views(self.backend.arena, offset, prog.image.table)
-        program.bind(prog.plain, tensors)
-        program.bind(prog.gated, tensors)
 
         def done(swap: Swap) -> None:
             if swap.error is None:
@@ -104,6 +104,12 @@ class Executor:
         res = Residency(prog.model_id, offset, nbytes, swap, source)
         self.resident[prog.model_id] = res
         self.engine.submit(swap)
+        # Bind while the copy runs; nothing reads these views before the gate lets it.
+        if prog.bound_offset != offset:
+            tensors = views(self.backend.arena, offset, prog.image.table)
+            program.bind(prog.plain, tensors)
+            program.bind(prog.gated, {n: tensors[n] for n in prog.gated_own})
+            prog.bound_offset = offset
 
     def evict(self, body: dict[str, Any]) -> dict[str, Any]:
         res = self.resident.get(body["model_id"])
@@ -186,11 +192,9 @@ class Executor:
                 raise InvalidInput(f"slice [{offset}, {offset + nbytes}) overlaps resident model {r.model_id}")
 
     def _drop(self, model_id: str) -> None:
+        # The program keeps viewing the slice (rebinding costs ~10-40 ms for a large
+        # model); infer refuses a model that is not resident, so stale views are never read.
         self.resident.pop(model_id, None)
-        prog = self.programs.get(model_id)
-        if prog is not None:
-            program.unbind(prog.plain, prog.names)
-            program.unbind(prog.gated, prog.names)
 
 
 def _to_tensor(t: dict[str, Any]) -> torch.Tensor:

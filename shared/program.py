@@ -66,7 +66,7 @@ def build(source: dict[str, Any], *, meta: bool) -> torch.fx.GraphModule:
     raise InvalidInput(f"model source must name 'zoo' or 'pt2', got {sorted(source)}")
 
 
-def _owner(gm: torch.nn.Module, dotted: str) -> tuple[torch.nn.Module, str]:
+def owner(gm: torch.nn.Module, dotted: str) -> tuple[torch.nn.Module, str]:
     prefix, _, leaf = dotted.rpartition(".")
     return (gm.get_submodule(prefix) if prefix else gm), leaf
 
@@ -80,8 +80,8 @@ def state_tensors(gm: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
         tensors[name] = b
     for node in gm.graph.nodes:
         if node.op == "get_attr" and node.target not in tensors:
-            owner, leaf = _owner(gm, node.target)
-            value = getattr(owner, leaf)
+            mod, leaf = owner(gm, node.target)
+            value = getattr(mod, leaf)
             if isinstance(value, torch.Tensor):
                 tensors[node.target] = value
     return tensors
@@ -117,18 +117,13 @@ def first_use_order(gm: torch.fx.GraphModule) -> list[str]:
 def bind(gm: torch.fx.GraphModule, tensors: dict[str, torch.Tensor]) -> None:
     """Point the program's state at `tensors` (views into an arena, or meta tensors)."""
     for name, value in tensors.items():
-        owner, leaf = _owner(gm, name)
-        if leaf in owner._parameters:
-            owner._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
-        elif leaf in owner._buffers:
-            owner._buffers[leaf] = value
+        mod, leaf = owner(gm, name)
+        if leaf in mod._parameters:
+            mod._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
+        elif leaf in mod._buffers:
+            mod._buffers[leaf] = value
         else:
-            setattr(owner, leaf, value)
-
-
-def unbind(gm: torch.fx.GraphModule, names: list[str]) -> None:
-    """Drop references to arena memory so an evicted slice cannot be read by mistake."""
-    bind(gm, {n: t.to("meta") for n, t in state_tensors(gm).items() if n in set(names)})
+            setattr(mod, leaf, value)
 
 
 def _spec_from_value(name: str, value: Any) -> TensorSpec:
