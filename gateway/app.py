@@ -113,7 +113,8 @@ async def invoke(request: Request) -> Response:
         "x-torpor-swap-ms": f"{out.swap_ms:.3f}",
         "x-torpor-exec-ms": f"{out.exec_ms:.3f}",
         "x-torpor-device": str(out.device),
-        "x-torpor-cold": "1" if out.cold else "0",
+        "x-torpor-cold": "0" if out.source == "resident" else "1",
+        "x-torpor-source": out.source,
     }
     return Response(payload, media_type="application/json", headers=headers)
 

@@ -25,7 +25,7 @@ log = logging.getLogger("torpor.gateway")
 class Outcome:
     outputs: list[dict[str, Any]]
     device: int
-    cold: bool
+    source: str  # "resident", "host" or "peer:<device>"
     queue_ms: float
     swap_ms: float
     exec_ms: float
@@ -105,7 +105,10 @@ class Dispatcher:
                 await client.call(Kind.EVICT, {"model_id": model_id})
             load = None
             if run.load is not None:
-                load = client.request(Kind.LOAD, {"model_id": run.model_id, "offset": run.load.slice.offset})
+                body: dict[str, Any] = {"model_id": run.model_id, "offset": run.load.slice.offset}
+                if run.load.peer is not None:
+                    body["peer"] = {"device": run.load.peer, "offset": run.load.peer_offset}
+                load = client.request(Kind.LOAD, body)
             # Sent right behind the load: the worker starts executing while the copy runs.
             infers = [
                 client.request(
@@ -131,7 +134,7 @@ class Dispatcher:
                         Outcome(
                             outputs=reply["outputs"],
                             device=run.device,
-                            cold=load is not None,
+                            source="resident" if run.load is None else run.load.source,
                             queue_ms=(started - inv.arrived) * 1e3,
                             swap_ms=swap_ms,
                             exec_ms=reply["exec_ms"],

@@ -5,9 +5,10 @@ dispatcher drives it with real workers, tests drive it with a fake clock.
 
 Policy: one inference at a time per device. Requests wait in per-function FIFO
 queues; functions are served in the order of their oldest waiting request. A
-request runs on an idle device that holds its model; else its model is swapped
-in from host memory onto the idle device that must evict the fewest bytes, least
-recently used models first. Nothing in use or being copied is ever evicted.
+request runs on an idle device that holds its model; else, if a busy device holds
+it, the model is copied from that peer; else it is swapped in from host memory.
+The target is the idle device that must evict the fewest bytes, least recently
+used models first. Nothing in use or being copied from is ever evicted.
 """
 
 from __future__ import annotations
@@ -28,9 +29,15 @@ class FunctionInfo:
 
 @dataclass(frozen=True)
 class Load:
-    """Swap the model into `slice` of the device's arena."""
+    """Swap the model into `slice` of the device's arena, from host memory or a peer device."""
 
     slice: Slice
+    peer: int | None = None  # source device; None = the host image
+    peer_offset: int = 0  # where the model lies in the peer's arena
+
+    @property
+    def source(self) -> str:
+        return "host" if self.peer is None else f"peer:{self.peer}"
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,8 @@ class Resident:
     model_id: str
     slice: Slice
     last_used: float
+    pins: int = 0  # peer copies reading it right now
+    loading: bool = False  # its swap-in has not been confirmed yet: not a peer source
 
 
 @dataclass
@@ -78,7 +87,9 @@ class DeviceState:
         return self.online and self.running is None
 
     def in_use(self) -> set[str]:
-        return {self.running.model_id} if self.running else set()
+        """Models that must not be evicted: executing, or a peer is copying them."""
+        busy = {m for m, r in self.resident.items() if r.pins}
+        return busy | ({self.running.model_id} if self.running else set())
 
 
 @dataclass
@@ -130,10 +141,15 @@ class Scheduler:
         d = self.devices[device]
         run, d.running = d.running, None
         decisions: list[Decision] = []
+        if run is not None and run.load is not None and run.load.peer is not None:
+            src = self.devices[run.load.peer].resident.get(run.model_id)
+            if src is not None:
+                src.pins -= 1
         if run is not None:
             if not loaded_ok:
                 self._drop(d, run.model_id)
             elif run.model_id in d.resident:
+                d.resident[run.model_id].loading = False
                 d.resident[run.model_id].last_used = self.clock()
                 d.resident.move_to_end(run.model_id)
             if run.function not in self.functions or self.functions[run.function].model_id != run.model_id:
@@ -181,6 +197,10 @@ class Scheduler:
         warm = [d for d in idle if fn.model_id in d.resident]
         if warm:
             return self._start(warm[0], fn, (), None)
+        # Torpor's Algorithm 1: a busy device holding the model can serve it as a peer.
+        peers = [
+            d for d in self.devices if d.online and fn.model_id in d.resident and not d.resident[fn.model_id].loading
+        ]
         best: tuple[int, int, DeviceState, list[str]] | None = None
         for d in idle:
             victims = self._victims(d, fn.nbytes)
@@ -196,8 +216,13 @@ class Scheduler:
             self._drop(d, v)
         s = d.layout.allocate(fn.nbytes)
         assert s is not None, "victims were chosen to make room"
-        d.resident[fn.model_id] = Resident(fn.model_id, s, self.clock())
-        return self._start(d, fn, tuple(victims), Load(s))
+        d.resident[fn.model_id] = Resident(fn.model_id, s, self.clock(), loading=True)
+        load = Load(s)
+        if peers:
+            src = peers[0].resident[fn.model_id]
+            src.pins += 1  # released in finished()
+            load = Load(s, peers[0].index, src.slice.offset)
+        return self._start(d, fn, tuple(victims), load)
 
     def _victims(self, d: DeviceState, nbytes: int) -> list[str] | None:
         """Least-recently-used idle models to evict so that `nbytes` fits, or None."""

@@ -115,3 +115,29 @@ def test_failed_load_forgets_residency_and_lost_device_is_skipped() -> None:
     (r2,) = runs(s.arrived(2, "a"))
     assert r2.device == 1
     assert "busy=1 offline=1" in repr(s)
+
+
+def test_busy_device_holding_the_model_serves_it_as_a_peer_and_is_pinned() -> None:
+    s = make(devices=2, capacity=8 * MB)
+    s.function_added(FunctionInfo("a", "a@1", 6 * MB))
+    s.function_added(FunctionInfo("b", "b@1", 6 * MB))
+    (r1,) = runs(s.arrived(1, "a"))
+    s.finished(r1.device)
+    (r2,) = runs(s.arrived(2, "a"))  # device 0 now busy with a, warm
+    (r3,) = runs(s.arrived(3, "a"))  # device 1 idle: copy a from busy device 0
+    assert r3.device == 1 and r3.load is not None
+    assert r3.load.peer == 0 and r3.load.peer_offset == 0 and r3.load.source == "peer:0"
+    s.finished(r2.device)  # device 0 idle again, but a is pinned while device 1 copies it
+    assert runs(s.arrived(4, "b")) == []  # b could only go where a must be evicted
+    assert s.residency("a@1") == [0, 1]
+    (r4,) = runs(s.finished(1))  # the copy is done: a is no longer pinned anywhere
+    assert s.devices[0].resident.get("a@1") is None or s.devices[0].resident["a@1"].pins == 0
+    assert r4.rids == (4,) and r4.evict == ("a@1",)
+
+
+def test_model_still_loading_is_not_a_peer_source() -> None:
+    s = make(devices=2)
+    s.function_added(FunctionInfo("a", "a@1", MB))
+    (r1,) = runs(s.arrived(1, "a"))  # loading on device 0
+    (r2,) = runs(s.arrived(2, "a"))
+    assert r2.device == 1 and r2.load is not None and r2.load.peer is None

@@ -1,0 +1,163 @@
+"""The worker's swap engine, gate and executor on real CPU devices (shared-memory arenas)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from gpuworker.backends.cpu import CpuBackend
+from gpuworker.config import WorkerConfig
+from gpuworker.executor import Executor
+from gpuworker.gate import GATE
+from gpuworker.swap import plan_groups
+from shared import program, shm, zoo
+from shared.errors import RequestFailed
+from shared.modelstore import ModelImage, pack
+from shared.protocol import tensor_to_wire
+
+BUDGET = 128 << 20
+
+
+class Device:
+    def __init__(self, index: int, arenas: dict[int, str], group_bytes: int) -> None:
+        peers = tuple((i, n) for i, n in arenas.items() if i != index)
+        cfg = WorkerConfig(index, "cpu", index, BUDGET, "", arenas[index], peers, 1, group_bytes)
+        self.backend = CpuBackend(cfg)
+        self.replies: dict[int, Any] = {}
+        self.executor = Executor(self.backend, group_bytes, self.replies.__setitem__)
+
+    def close(self) -> None:
+        self.executor.close()
+        self.backend.close()
+
+
+@pytest.fixture
+def devices(request: pytest.FixtureRequest) -> Iterator[list[Device]]:
+    group_bytes = getattr(request, "param", 64 << 10)  # small groups: many waits
+    arenas = {i: shm.segment_name(f"test-arena{i}") for i in range(2)}
+    for name in arenas.values():
+        shm.create(name, BUDGET).close()
+    devs = [Device(i, arenas, group_bytes) for i in range(2)]
+    yield devs
+    for d in devs:
+        d.close()
+    for name in arenas.values():
+        shm.unlink(name)
+
+
+@pytest.fixture
+def resnet18() -> Iterator[ModelImage]:
+    gm = program.build({"zoo": "resnet18"}, meta=False)
+    tensors = program.state_tensors(gm)
+    image = pack([(n, tensors[n]) for n in program.first_use_order(gm)], shm.segment_name("test-r18"))
+    yield image
+    image.unlink()
+
+
+def _input() -> tuple[dict[str, Any], torch.Tensor]:
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    return tensor_to_wire("input", "FP32", (1, 3, 64, 64), x.numpy().tobytes()), x
+
+
+def _native(x: torch.Tensor) -> bytes:
+    torch.set_num_threads(1)
+    with torch.inference_mode():
+        return zoo.build("resnet18")(x).numpy().tobytes()
+
+
+def _prepare(dev: Device, image: ModelImage) -> None:
+    dev.executor.prepare({"model_id": "r18", "source": {"zoo": "resnet18"}, "image": image.to_wire()})
+
+
+def _infer(dev: Device, wire: dict[str, Any]) -> bytes:
+    return bytes(dev.executor.infer({"model_id": "r18", "inputs": [wire]})["outputs"][0]["data"])
+
+
+def test_groups_cover_the_image_in_whole_tensors(resnet18: ModelImage) -> None:
+    plan = plan_groups(resnet18.table, 2 << 20)
+    assert plan.bounds[0] == 0 and plan.bounds[-1] == resnet18.nbytes
+    assert list(plan.bounds) == sorted(set(plan.bounds))
+    starts = {e.offset for e in resnet18.table.entries}
+    assert set(plan.bounds[1:-1]) <= starts  # never cut through a tensor
+    for k in range(plan.groups - 1):
+        assert plan.bounds[k + 1] - plan.bounds[k] >= 2 << 20
+    assert 5 <= plan.groups <= 23  # ~45 MiB in groups of >= 2 MiB (single tensors reach 9 MiB)
+    for e in resnet18.table.entries:
+        k = plan.group_of[e.name]
+        assert plan.bounds[k] <= e.offset < plan.bounds[k + 1]
+
+
+def test_gate_waits_before_the_first_reader_of_each_group(resnet18: ModelImage) -> None:
+    from gpuworker.gate import gated
+
+    gm = program.build({"zoo": "resnet18"}, meta=True)
+    plan = plan_groups(resnet18.table, 2 << 20)
+    g, _ = gated(gm, plan.group_of, None)  # type: ignore[arg-type]
+    names = list(program.state_tensors(gm))
+    waited = -1
+    waits = []
+    for node in g.graph.nodes:
+        if node.op == "call_module" and node.target == GATE:
+            waited = node.args[0]
+            waits.append(waited)
+            continue
+        for n in program.node_reads(g, node, names):
+            assert plan.group_of[n] <= waited, f"{node} reads group {plan.group_of[n]} before waiting for it"
+    assert waits == sorted(waits) and waits[-1] == plan.groups - 1
+
+
+def test_pipelined_cold_start_is_bitwise_native_and_reports_the_swap(devices: list[Device], resnet18: ModelImage) -> None:
+    dev = devices[0]
+    _prepare(dev, resnet18)
+    wire, x = _input()
+    dev.executor.load(7, {"model_id": "r18", "offset": 4096})
+    cold = _infer(dev, wire)  # runs while the copy is still going
+    dev.executor.resident["r18"].swap.done.wait()
+    assert dev.replies[7]["bytes"] == resnet18.nbytes and dev.replies[7]["source"] == "host"
+    warm = _infer(dev, wire)
+    assert cold == warm == _native(x)
+
+
+def test_peer_copy_from_another_devices_arena(devices: list[Device], resnet18: ModelImage) -> None:
+    a, b = devices
+    for d in devices:
+        _prepare(d, resnet18)
+    a.executor.load(1, {"model_id": "r18", "offset": 8192})
+    a.executor.resident["r18"].swap.done.wait()
+    wire, x = _input()
+    b.executor.load(2, {"model_id": "r18", "offset": 0, "peer": {"device": 0, "offset": 8192}})
+    out = _infer(b, wire)
+    b.executor.resident["r18"].swap.done.wait()
+    assert b.replies[2]["source"] == "peer:0"
+    assert out == _native(x)
+
+
+def test_evict_mid_swap_cancels_and_leaves_nothing_resident(devices: list[Device], resnet18: ModelImage) -> None:
+    dev = devices[0]
+    _prepare(dev, resnet18)
+    dev.executor.load(3, {"model_id": "r18", "offset": 0})
+    assert dev.executor.evict({"model_id": "r18"}) == {"evicted": True}
+    assert "r18" not in dev.executor.resident
+    reply = dev.replies[3]
+    if isinstance(reply, Exception):  # cancelled before the last group (the usual case)
+        assert isinstance(reply, RequestFailed) and "cancelled" in reply.message
+    wire, x = _input()
+    with pytest.raises(RequestFailed, match="not resident"):
+        _infer(dev, wire)
+    dev.executor.load(4, {"model_id": "r18", "offset": 0})  # the slice is free again
+    assert _infer(dev, wire) == _native(x)
+
+
+def test_overlapping_or_out_of_range_loads_are_refused(devices: list[Device], resnet18: ModelImage) -> None:
+    from shared.errors import InvalidInput
+
+    dev = devices[0]
+    _prepare(dev, resnet18)
+    with pytest.raises(InvalidInput, match="outside the arena"):
+        dev.executor.load(5, {"model_id": "r18", "offset": BUDGET - 4096})
+    dev.executor.load(6, {"model_id": "r18", "offset": 0})
+    with pytest.raises(InvalidInput, match="already resident"):
+        dev.executor.load(7, {"model_id": "r18", "offset": 1 << 26})
