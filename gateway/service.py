@@ -162,6 +162,7 @@ class Service:
                     await client.call(
                         Kind.PREPARE, {"model_id": fn.model_id, "source": fn.source, "image": fn.image.to_wire()}
                     )
+            await self.pool.exchange_peers()  # a new CUDA arena has a new IPC handle
             self.dispatcher.apply(self.scheduler.device_added(device))
             log.info("device %d restarted", device)
         except TorporError as exc:
@@ -184,7 +185,11 @@ class Service:
             with contextlib.suppress(TorporError, asyncio.TimeoutError):
                 stats = await self.pool.client(i).call(Kind.STATS, {}, timeout=2.0)
                 entry.update(
-                    {k: stats[k] for k in ("compute_threads", "copy_threads", "backend", "counters") if k in stats}
+                    {
+                        k: stats[k]
+                        for k in ("compute_threads", "copy_threads", "backend", "counters", "link_gbps", "gpu", "nvml")
+                        if k in stats
+                    }
                 )
             out.append(entry)
         return out

@@ -156,6 +156,19 @@ class WorkerPool:
                 shm.create(name, self.budget).close()
                 self.arenas[i] = name
         await asyncio.gather(*(self.start(i) for i in range(len(self.cfg.devices))))
+        await self.exchange_peers()
+
+    async def exchange_peers(self) -> None:
+        """Give every worker the others' arena handles (CUDA IPC; CPU arenas are named segments)."""
+        handles = {
+            str(i): h.client.ready["arena"]
+            for i, h in self.handles.items()
+            if h.client is not None and h.client.ready.get("arena") is not None
+        }
+        if handles:
+            for i, h in self.handles.items():
+                if h.client is not None:
+                    await h.client.call(Kind.PEERS, {"handles": {k: v for k, v in handles.items() if k != str(i)}})
 
     async def start(self, index: int) -> WorkerClient:
         from gpuworker.main import run

@@ -165,6 +165,11 @@ class Executor:
             self.backend.release_host_buffer(prog.image.segment_name)
         return {"forgotten": prog is not None}
 
+    def peers(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Open the other devices' arenas for peer copies (CUDA IPC handles)."""
+        self.backend.open_peers({int(k): v for k, v in body["handles"].items()})
+        return {"peers": len(body["handles"])}
+
     def stats(self) -> dict[str, Any]:
         return {
             "resident": [

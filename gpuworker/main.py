@@ -56,6 +56,7 @@ def run(cfg: WorkerConfig) -> None:
     from gpuworker.executor import Executor
 
     backend = make_backend(cfg)
+    backend.measure_bandwidth()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(cfg.socket_path)
     os.chmod(cfg.socket_path, 0o600)
@@ -64,7 +65,8 @@ def run(cfg: WorkerConfig) -> None:
     listener.close()
     conn = Connection(conn_sock)
     executor = Executor(backend, cfg.group_bytes, conn.reply)
-    conn.send(Kind.READY, 0, {"device": cfg.device, "pid": os.getpid(), "budget": cfg.budget, **backend.info()})
+    ready = {"device": cfg.device, "pid": os.getpid(), "budget": cfg.budget, "arena": backend.share_arena()}
+    conn.send(Kind.READY, 0, {**ready, **backend.info()})
     work: queue.Queue[Frame | None] = queue.Queue()
     reader = threading.Thread(target=_read, args=(conn, executor, work), name="reader", daemon=True)
     reader.start()
@@ -104,6 +106,7 @@ def _serve(conn: Connection, executor: Any, work: queue.Queue[Frame | None]) -> 
         Kind.EVICT: executor.evict,
         Kind.INFER: executor.infer,
         Kind.FORGET: executor.forget,
+        Kind.PEERS: executor.peers,
     }
     while (frame := work.get()) is not None:
         if frame.kind is Kind.SHUTDOWN:

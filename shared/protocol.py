@@ -36,6 +36,7 @@ class Kind(enum.IntEnum):
     STATS = 14  # report device statistics
     FORGET = 15  # release everything held for a removed model
     SHUTDOWN = 16  # finish and exit
+    PEERS = 17  # the other devices' arena handles, for peer copies
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,26 @@ class CpuBackend:
     def wait_host(self, marker: None) -> None:
         return None
 
+    def measure_bandwidth(self, nbytes: int = 64 << 20) -> dict[str, float]:
+        """Copy GB/s into the arena; on a CPU, host and peer copies are both memcpy."""
+        import time
+
+        nbytes = min(nbytes, self.arena.numel())
+        src = torch.ones(nbytes, dtype=torch.uint8)
+        best = 0.0
+        for _ in range(3):
+            t0 = time.perf_counter()
+            self.arena[:nbytes].copy_(src)
+            best = max(best, nbytes / (time.perf_counter() - t0) / 1e9)
+        self.bandwidth = {"host": best, "peer": best}
+        return self.bandwidth
+
+    def share_arena(self) -> None:
+        return None  # peers map the arena's shared-memory segment by name
+
+    def open_peers(self, handles: dict[int, object]) -> None:
+        return None
+
     def prepare_inputs(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         return tensors
 
@@ -64,6 +84,7 @@ class CpuBackend:
             "backend": "cpu",
             "compute_threads": torch.get_num_threads(),
             "copy_threads": 1,
+            "link_gbps": dict(getattr(self, "bandwidth", {})),
         }
 
     def close(self) -> None:

@@ -69,10 +69,12 @@ class CudaBackend:
         """The arena's IPC handle, sent to the gateway in READY and handed to peers."""
         return list(self.arena.untyped_storage()._share_cuda_())
 
-    def open_peer(self, device: int, handle: list[Any]) -> None:
-        args = tuple(bytes(a) if isinstance(a, (bytes, bytearray)) else a for a in handle)
-        storage = torch.UntypedStorage._new_shared_cuda(*args)
-        self._peers[device] = torch.tensor([], dtype=torch.uint8, device=storage.device).set_(storage)
+    def open_peers(self, handles: dict[int, list[Any]]) -> None:
+        for device, handle in handles.items():
+            args = tuple(bytes(a) if isinstance(a, (bytes, bytearray)) else a for a in handle)
+            storage = torch.UntypedStorage._new_shared_cuda(*args)
+            self._peers[device] = torch.tensor([], dtype=torch.uint8, device=storage.device).set_(storage)
+            self.measure_peer_bandwidth(device)
 
     def peer_arena(self, device: int) -> torch.Tensor:
         if device not in self._peers:
@@ -106,7 +108,40 @@ class CudaBackend:
         torch.cuda.synchronize(self.device)
         return out
 
+    def measure_bandwidth(self, nbytes: int = 256 << 20) -> dict[str, float]:
+        """Host->device GB/s over page-locked memory: a few large copies, best taken."""
+        nbytes = min(nbytes, self.arena.numel())
+        host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        best = 0.0
+        for _ in range(3):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            with torch.cuda.stream(self.copy_stream):
+                start.record(self.copy_stream)
+                self.arena[:nbytes].copy_(host, non_blocking=True)
+                end.record(self.copy_stream)
+            end.synchronize()
+            best = max(best, nbytes / (start.elapsed_time(end) / 1e3) / 1e9)
+        self.bandwidth = {"host": best}
+        return self.bandwidth
+
+    def measure_peer_bandwidth(self, device: int, nbytes: int = 256 << 20) -> float:
+        src = self.peer_arena(device)
+        nbytes = min(nbytes, src.numel(), self.arena.numel())
+        best = 0.0
+        for _ in range(3):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            with torch.cuda.stream(self.copy_stream):
+                start.record(self.copy_stream)
+                self.arena[:nbytes].copy_(src[:nbytes], non_blocking=True)
+                end.record(self.copy_stream)
+            end.synchronize()
+            best = max(best, nbytes / (start.elapsed_time(end) / 1e3) / 1e9)
+        self.bandwidth[f"peer:{device}"] = best
+        return best
+
     def info(self) -> dict[str, object]:
+        from gpuworker.backends.topology import gpu_report
+
         free, total = torch.cuda.mem_get_info(self.device)
         return {
             "backend": "cuda",
@@ -115,6 +150,8 @@ class CudaBackend:
             "copy_threads": 1,
             "free_bytes": free,
             "total_bytes": total,
+            "link_gbps": dict(getattr(self, "bandwidth", {})),
+            "nvml": gpu_report(self._cfg.ordinal),
         }
 
     def close(self) -> None:

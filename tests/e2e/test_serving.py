@@ -85,3 +85,17 @@ def test_cli_ls_and_random_invoke(server: Server) -> None:
     assert inv.returncode == 0, inv.stderr
     assert inv.stdout.startswith("pooled_output FP32[1, 768]")
     assert "exec" in inv.stderr
+
+
+def test_busy_device_serves_its_model_to_an_idle_one_peer_to_peer(server: Server) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    first = _invoke_checked(server, "r152", seed=30)  # now fully resident on one device
+    with ThreadPoolExecutor(2) as pool:
+        heads = list(pool.map(lambda s: _invoke_checked(server, "r152", seed=s), (31, 32)))
+    sources = sorted(h["x-torpor-source"] for h in heads)
+    devices = {h["x-torpor-device"] for h in heads}
+    # One request runs on the device that holds r152; the other, on the idle device,
+    # copies the model from the busy one instead of from host memory.
+    assert devices == {"0", "1"}, heads
+    assert sources == ["peer:" + first["x-torpor-device"], "resident"], sources
