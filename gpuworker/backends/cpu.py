@@ -21,6 +21,9 @@ class CpuBackend:
         self._cfg = cfg
         self._arena_seg = shm.attach(cfg.arena_segment, writable=True)
         self.arena = torch.frombuffer(self._arena_seg.buf, dtype=torch.uint8)
+        # Take the whole budget now, as a GPU arena would: touching every page here keeps
+        # first-touch page faults (tmpfs allocation) out of the first swap-ins.
+        self.arena.zero_()
         self._hosts: dict[str, shm.Segment] = {}
         self._peers: dict[int, tuple[shm.Segment, torch.Tensor]] = {}
 
