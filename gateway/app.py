@@ -7,6 +7,7 @@ anything unexpected is logged here and answered with a plain 500, never a traceb
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,7 +22,8 @@ from starlette.routing import Route
 from gateway import oip
 from gateway.registry import Function
 from gateway.service import Service
-from shared.errors import InvalidInput, PayloadTooLarge, TorporError
+from gateway.service import token_digest
+from shared.errors import InvalidInput, Overloaded, PayloadTooLarge, TorporError, Unauthorized, Unavailable
 
 log = logging.getLogger("torpor.gateway")
 
@@ -58,9 +60,36 @@ async def read_json(request: Request, limit: int) -> Any:
         raise InvalidInput(f"body: malformed JSON ({exc})") from exc
 
 
+def check_admin(request: Request) -> None:
+    """Deploy and delete need the admin token when the server has one."""
+    token = _service(request).cfg.admin_token
+    if token is not None and not _bearer_matches(request, token):
+        raise Unauthorized("this operation needs 'Authorization: Bearer <admin token>'")
+
+
+def check_invoke(request: Request, fn: Function) -> None:
+    if fn.invoke_token_sha256 is None:
+        return
+    given = _bearer(request)
+    if given is None or not hmac.compare_digest(token_digest(given), fn.invoke_token_sha256):
+        raise Unauthorized(f"function {fn.name!r} needs 'Authorization: Bearer <invoke token>'")
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def _bearer_matches(request: Request, token: str) -> bool:
+    given = _bearer(request)
+    return given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
 def describe(svc: Service, fn: Function) -> dict[str, Any]:
+    public = fn.to_json()
+    public["invoke_token"] = public.pop("invoke_token_sha256") is not None  # never the digest itself
     return {
-        **fn.to_json(),
+        **public,
         "resident_on": svc.scheduler.residency(fn.model_id),
         "queue_depth": svc.scheduler.queue_depth(fn.name),
     }
@@ -69,6 +98,7 @@ def describe(svc: Service, fn: Function) -> dict[str, Any]:
 # -- functions ---------------------------------------------------------------------
 async def put_function(request: Request) -> Response:
     svc = _service(request)
+    check_admin(request)
     body = await read_json(request, svc.cfg.max_body_bytes)
     fn, created = await svc.deploy(request.path_params["name"], body)
     return JSON(describe(svc, fn), status_code=201 if created else 200)
@@ -86,6 +116,7 @@ async def get_function(request: Request) -> Response:
 
 async def delete_function(request: Request) -> Response:
     svc = _service(request)
+    check_admin(request)
     fn = await svc.remove(request.path_params["name"])
     return JSON({"deleted": fn.name})
 
@@ -99,15 +130,16 @@ async def invoke(request: Request) -> Response:
     svc = _service(request)
     name = request.path_params["name"]
     fn = svc.registry.get(name)
+    check_invoke(request, fn)
     body = await read_body(request, svc.cfg.max_body_bytes)
-    request_id, inputs, wanted = oip.parse_request(body, name, fn.inputs)
-    if wanted is not None:
+    req = oip.parse_request(body, name, fn.inputs)
+    if req.outputs is not None:
         known = {o.name for o in fn.outputs}
-        bad = [w for w in wanted if w not in known]
+        bad = [w for w in req.outputs if w not in known]
         if bad:
             raise InvalidInput(f"outputs: unknown output {bad[0]!r}; the function returns {sorted(known)}")
-    out = await svc.invoke(fn, inputs)
-    payload = oip.response(name, request_id, out.outputs, wanted)
+    out = await svc.invoke(fn, req.inputs, req.timeout_s)
+    payload = oip.response(name, req.id, out.outputs, req.outputs)
     headers = {
         "x-torpor-queue-ms": f"{out.queue_ms:.3f}",
         "x-torpor-swap-ms": f"{out.swap_ms:.3f}",
@@ -136,7 +168,7 @@ async def model_metadata(request: Request) -> Response:
         {
             "name": fn.name,
             "versions": ["1"],
-            "platform": "pytorch_torchscript" if "pt2" in fn.source else "torpor_zoo",
+            "platform": "pytorch_export" if "pt2" in fn.source else "torpor_zoo",
             "inputs": [s.to_json() for s in fn.inputs],
             "outputs": [s.to_json() for s in fn.outputs],
         }
@@ -146,7 +178,10 @@ async def model_metadata(request: Request) -> Response:
 # -- errors ----------------------------------------------------------------------------
 async def torpor_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TorporError)
-    return JSON({"error": exc.message}, status_code=exc.status)
+    headers = {"retry-after": "1"} if isinstance(exc, Overloaded | Unavailable) else None
+    if isinstance(exc, Unauthorized):
+        headers = {"www-authenticate": "Bearer"}
+    return JSON({"error": exc.message}, status_code=exc.status, headers=headers)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

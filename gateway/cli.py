@@ -30,6 +30,12 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_bytes=parse_size(args.max_body, "--max-body"),
         swap_group_bytes=parse_size(args.swap_group, "--swap-group"),
         log_level=args.log_level,
+        admin_token=args.admin_token or None,
+        max_queue=args.max_queue,
+        max_queued=args.max_queued,
+        hang_timeout_s=args.hang_timeout,
+        exec_timeout_s=args.exec_timeout,
+        heartbeat_s=min(2.0, args.hang_timeout / 2),
     )
     return serve(cfg)
 
@@ -38,8 +44,10 @@ def _serve(args: argparse.Namespace) -> int:
 def _http(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
     import httpx
 
+    token = getattr(args, "token", None) or env("TOKEN")
+    headers = {"authorization": f"Bearer {token}"} if token else {}
     try:
-        r = httpx.request(method, args.url.rstrip("/") + path, json=body, timeout=args.timeout)
+        r = httpx.request(method, args.url.rstrip("/") + path, json=body, timeout=args.timeout, headers=headers)
     except httpx.HTTPError as exc:
         raise SystemExit(f"torpor: cannot reach {args.url}: {exc}") from exc
     try:
@@ -153,12 +161,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-body", default=env("MAX_BODY", "64MiB"), help="largest request body")
     s.add_argument("--swap-group", default=env("SWAP_GROUP", "2MiB"), help="swap-in copy group size")
     s.add_argument("--log-level", default=env("LOG_LEVEL", "info"))
+    s.add_argument("--admin-token", default=env("ADMIN_TOKEN"), help="bearer token required to deploy and delete")
+    s.add_argument("--max-queue", type=int, default=int(env("MAX_QUEUE", "256") or 256), help="waiting requests per function before 429")
+    s.add_argument("--max-queued", type=int, default=int(env("MAX_QUEUED", "4096") or 4096), help="waiting requests in all before 429")
+    s.add_argument("--hang-timeout", type=float, default=float(env("HANG_TIMEOUT", "10") or 10),
+                   help="seconds without a heartbeat answer before a worker is killed and restarted")
+    s.add_argument("--exec-timeout", type=float, default=float(env("EXEC_TIMEOUT", "600") or 600),
+                   help="seconds one operation may run before its worker is deemed hung")
     s.set_defaults(func=_serve)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help)
         c.add_argument("--url", default=env("URL", DEFAULT_URL))
         c.add_argument("--timeout", type=float, default=300.0)
+        c.add_argument("--token", help="bearer token (admin token for deploy/rm; invoke token for invoke)")
         return c
 
     d = client("deploy", "deploy a model as a named function")

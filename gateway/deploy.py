@@ -30,14 +30,17 @@ class DeploySpec:
     model: dict[str, Any]  # {"zoo": name, "seed": n} or {"path": user file}
     slo_ms: float
     input_spec: tuple[TensorSpec, ...] | None
+    timeout_ms: float
+    invoke_token: str | None
 
 
 def parse(name: str, body: object) -> DeploySpec:
     if not isinstance(body, dict):
         raise InvalidInput("body: expected a JSON object with 'model' and 'slo_ms'")
-    unknown = sorted(set(body) - {"model", "slo_ms", "input_spec"})
+    fields = {"model", "slo_ms", "input_spec", "timeout_ms", "invoke_token"}
+    unknown = sorted(set(body) - fields)
     if unknown:
-        raise InvalidInput(f"body: unknown field(s) {unknown}; expected model, slo_ms, input_spec")
+        raise InvalidInput(f"body: unknown field(s) {unknown}; expected {', '.join(sorted(fields))}")
     model = body.get("model")
     if not isinstance(model, dict) or len({"zoo", "path"} & set(model)) != 1:
         raise InvalidInput('model: expected {"zoo": NAME} or {"path": FILE}')
@@ -65,7 +68,13 @@ def parse(name: str, body: object) -> DeploySpec:
         raise InvalidInput("slo_ms: expected a number of milliseconds > 0")
     spec = body.get("input_spec")
     inputs = specs_from_json(spec, "input_spec") if spec is not None else None
-    return DeploySpec(name, model, float(slo), inputs)
+    timeout = body.get("timeout_ms", 60_000)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= 3_600_000:
+        raise InvalidInput("timeout_ms: expected a number of milliseconds > 0 (the default request deadline)")
+    token = body.get("invoke_token")
+    if token is not None and (not isinstance(token, str) or len(token) < 16):
+        raise InvalidInput("invoke_token: expected a string of at least 16 characters")
+    return DeploySpec(name, model, float(slo), inputs, float(timeout), token)
 
 
 def store_artifact(path: str, artifacts: Path, name: str) -> Path:

@@ -1,7 +1,9 @@
 """Drives the scheduler with real workers: turns its decisions into frames and replies into events.
 
-Every invocation is a future; whatever happens to its worker, the future is
-resolved (result or a TorporError), so no client waits forever.
+Every invocation is a future that is always resolved -- with a result or a
+TorporError -- whatever happens to its worker: a request whose worker dies is
+sent once more to another device, then answered 503; a request past its
+deadline is answered 504 and its queue slot released.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from typing import Any
 
 from gateway.scheduler import Decision, Evict, FunctionInfo, Reject, Run, Scheduler
 from gateway.workers import WorkerPool
-from shared.errors import NotFound, TorporError, Unavailable, WorkerLost
+from shared.errors import DeadlineExceeded, NotFound, Overloaded, TorporError, Unavailable, WorkerLost
 from shared.protocol import Kind
 
 log = logging.getLogger("torpor.gateway")
+
+MAX_RETRIES = 1  # inference is idempotent, so a lost request may run again, once
 
 
 @dataclass
@@ -36,24 +40,52 @@ class Invocation:
     function: str
     inputs: list[dict[str, Any]]
     output_names: list[str]
+    timeout_s: float
     arrived: float = field(default_factory=time.perf_counter)
     future: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    phase: str = "queue"  # what it waits for now: queue, swap or exec
+    attempts: int = 0
+    rid: int = 0
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_queue_per_function: int = 256
+    max_queued: int = 4096
 
 
 class Dispatcher:
-    def __init__(self, scheduler: Scheduler, pool: WorkerPool) -> None:
+    def __init__(self, scheduler: Scheduler, pool: WorkerPool, limits: Limits | None = None) -> None:
         self.scheduler = scheduler
         self.pool = pool
+        self.limits = limits or Limits()
         self._ids = itertools.count(1)
         self._waiting: dict[int, Invocation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- called by the service ---------------------------------------------------
     async def invoke(self, inv: Invocation) -> Outcome:
-        rid = next(self._ids)
-        self._waiting[rid] = inv
-        self.apply(self.scheduler.arrived(rid, inv.function))
-        return await inv.future
+        if self.scheduler.queue_depth(inv.function) >= self.limits.max_queue_per_function:
+            raise Overloaded(f"function {inv.function!r} has {self.limits.max_queue_per_function} requests waiting")
+        if self.scheduler.queued() >= self.limits.max_queued:
+            raise Overloaded(f"the server has {self.limits.max_queued} requests waiting")
+        self._submit(inv)
+        try:
+            return await asyncio.wait_for(inv.future, inv.timeout_s)
+        except TimeoutError:
+            # wait_for cancelled the future, so a late reply is dropped. Release the queue
+            # slot; a request already on a device finishes there, unseen.
+            if self._waiting.pop(inv.rid, None) is not None:
+                self.scheduler.cancel(inv.rid, inv.function)
+            raise DeadlineExceeded(
+                f"deadline of {inv.timeout_s * 1e3:.0f} ms exceeded while waiting for {_phase_text(inv.phase)}"
+            ) from None
+
+    def _submit(self, inv: Invocation) -> None:
+        inv.rid = next(self._ids)
+        inv.phase = "queue"
+        self._waiting[inv.rid] = inv
+        self.apply(self.scheduler.arrived(inv.rid, inv.function))
 
     def function_added(self, info: FunctionInfo) -> None:
         self.apply(self.scheduler.function_added(info))
@@ -77,11 +109,12 @@ class Dispatcher:
                 self._spawn(self._evict(d))
             elif isinstance(d, Reject):
                 inv = self._waiting.pop(d.rid, None)
-                if inv is not None and not inv.future.done():
-                    inv.future.set_exception(
+                if inv is not None:
+                    _fail(
+                        inv,
                         NotFound(f"function {inv.function!r} was removed or replaced while the request waited")
                         if d.reason == "removed"
-                        else Unavailable(d.reason)
+                        else Unavailable(d.reason),
                     )
 
     def _spawn(self, coro: Any) -> None:
@@ -98,7 +131,9 @@ class Dispatcher:
     async def _run(self, run: Run) -> None:
         invs = [self._waiting.pop(r) for r in run.rids if r in self._waiting]
         started = time.perf_counter()
-        loaded_ok = True
+        loaded_ok, lost = True, False
+        for inv in invs:
+            inv.phase = "swap" if run.load is not None else "exec"
         try:
             client = self.pool.client(run.device)
             for model_id in run.evict:
@@ -123,11 +158,14 @@ class Dispatcher:
                     swap_ms = (await load)["swap_ms"]
                 except TorporError as exc:
                     loaded_ok, load_error = False, exc
+            for inv in invs:
+                inv.phase = "exec"
             for inv, fut in zip(invs, infers, strict=True):
                 try:
                     reply = await fut
                 except TorporError as exc:
-                    _fail(inv, load_error or exc)
+                    lost = lost or isinstance(exc, WorkerLost)
+                    self._failed(inv, load_error if load_error is not None and not lost else exc)
                     continue
                 if not inv.future.done():
                     inv.future.set_result(
@@ -141,17 +179,35 @@ class Dispatcher:
                         )
                     )
         except TorporError as exc:
+            lost = lost or isinstance(exc, WorkerLost)
             for inv in invs:
-                _fail(inv, exc)
-            if isinstance(exc, WorkerLost):
-                loaded_ok = False
+                self._failed(inv, exc)
         except Exception as exc:  # a bug here must not strand the requests
             log.exception("run on device %d failed", run.device)
             for inv in invs:
                 _fail(inv, Unavailable(f"internal error while dispatching: {type(exc).__name__}"))
             loaded_ok = False
         finally:
-            self.apply(self.scheduler.finished(run.device, loaded_ok=loaded_ok))
+            if lost:
+                # Mark the device lost before anything else can be placed on it; the pool
+                # restarts the worker and reports it added again.
+                self.apply(self.scheduler.device_lost(run.device))
+            else:
+                self.apply(self.scheduler.finished(run.device, loaded_ok=loaded_ok))
+
+    def _failed(self, inv: Invocation, exc: TorporError) -> None:
+        if isinstance(exc, WorkerLost) and inv.attempts < MAX_RETRIES and not inv.future.done():
+            inv.attempts += 1
+            log.warning("request for %s lost with its worker (%s); retrying once", inv.function, exc.message)
+            self._submit(inv)
+            return
+        if isinstance(exc, WorkerLost):
+            exc = WorkerLost(f"{exc.message}; the request was retried once and failed again")
+        _fail(inv, exc)
+
+
+def _phase_text(phase: str) -> str:
+    return {"queue": "a device (queued)", "swap": "the model's swap-in", "exec": "execution"}[phase]
 
 
 def _fail(inv: Invocation, exc: Exception) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,11 +30,16 @@ def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
     return (raw.astype("<u4") << 16).view("<f4")
 
 
-def parse_request(body: bytes, fn_name: str, inputs: tuple[TensorSpec, ...]) -> tuple[Any, list[dict[str, Any]], list[str] | None]:
-    """Validate an OIP JSON request against the function's inputs.
+@dataclass
+class InferRequest:
+    id: Any
+    inputs: list[dict[str, Any]]  # wire tensors, in the spec's order
+    outputs: list[str] | None  # requested output names; None = all
+    timeout_s: float | None  # Triton's "timeout" parameter (microseconds), if given
 
-    Returns (request id, wire tensors in the spec's order, requested output names).
-    """
+
+def parse_request(body: bytes, fn_name: str, inputs: tuple[TensorSpec, ...]) -> InferRequest:
+    """Validate an OIP JSON request against the function's inputs."""
     try:
         req = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -63,7 +69,13 @@ def parse_request(body: bytes, fn_name: str, inputs: tuple[TensorSpec, ...]) -> 
         if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
             raise InvalidInput('outputs: expected a list of {"name": ...} objects')
         names = [o["name"] for o in outputs]
-    return req.get("id"), wire, names
+    params = req.get("parameters", {})
+    if not isinstance(params, dict):
+        raise InvalidInput("parameters: expected an object")
+    timeout = params.get("timeout")
+    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0):
+        raise InvalidInput("parameters.timeout: expected a positive integer of microseconds")
+    return InferRequest(req.get("id"), wire, names, timeout / 1e6 if timeout else None)
 
 
 def _to_wire(t: dict[str, Any], spec: TensorSpec) -> dict[str, Any]:

@@ -40,6 +40,8 @@ class Function:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     model_bytes: int
+    timeout_ms: float = 60_000.0  # default per-request deadline
+    invoke_token_sha256: str | None = None  # callers must present the token, when set
     version: int = 1
     created: float = field(default_factory=time.time)
     image: ModelImage | None = None  # set once packed in this process
@@ -56,6 +58,8 @@ class Function:
             "inputs": specs_to_json(self.inputs),
             "outputs": specs_to_json(self.outputs),
             "model_bytes": self.model_bytes,
+            "timeout_ms": self.timeout_ms,
+            "invoke_token_sha256": self.invoke_token_sha256,
             "version": self.version,
             "created": self.created,
         }
@@ -69,6 +73,8 @@ class Function:
             inputs=specs_from_json(obj["inputs"], "inputs"),
             outputs=specs_from_json(obj["outputs"], "outputs"),
             model_bytes=int(obj["model_bytes"]),
+            timeout_ms=float(obj.get("timeout_ms", 60_000.0)),
+            invoke_token_sha256=obj.get("invoke_token_sha256"),
             version=int(obj.get("version", 1)),
             created=float(obj.get("created", time.time())),
         )

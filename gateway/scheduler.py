@@ -136,6 +136,20 @@ class Scheduler:
         self.queues[function].append(Waiting(rid, self.clock()))
         return self._dispatch()
 
+    def cancel(self, rid: int, function: str) -> bool:
+        """Take a waiting request out of its queue (deadline passed); False if it already runs."""
+        queue = self.queues.get(function)
+        if queue is None:
+            return False
+        for w in queue:
+            if w.rid == rid:
+                queue.remove(w)
+                return True
+        return False
+
+    def queued(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
     def finished(self, device: int, loaded_ok: bool = True) -> list[Decision]:
         """The device finished its Run (successfully or not) and is idle again."""
         d = self.devices[device]
@@ -160,7 +174,11 @@ class Scheduler:
 
     def device_lost(self, device: int) -> list[Decision]:
         d = self.devices[device]
-        d.online, d.running = False, None
+        run, d.online, d.running = d.running, False, None
+        if run is not None and run.load is not None and run.load.peer is not None:
+            src = self.devices[run.load.peer].resident.get(run.model_id)
+            if src is not None:
+                src.pins -= 1
         for model_id in list(d.resident):
             self._drop(d, model_id)
         return []

@@ -36,8 +36,11 @@ def serve(cfg: ServeConfig) -> int:
         "devices %s, %s each, %d compute thread(s) per CPU device, state in %s",
         ",".join(d.label for d in cfg.devices), format_size(service.budget), cfg.threads_per_device, cfg.state_dir,
     )
-    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s: anyone who can reach it can deploy and delete functions", cfg.host)
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and cfg.admin_token is None:
+        log.warning(
+            "listening on %s without --admin-token: anyone who can reach it can deploy and delete functions",
+            cfg.host,
+        )
     config = uvicorn.Config(
         build_app(service),
         host=cfg.host,

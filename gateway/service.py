@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from gateway import deploy
-from gateway.dispatcher import Dispatcher, Invocation, Outcome
+from gateway.dispatcher import Dispatcher, Invocation, Limits, Outcome
 from gateway.registry import Function, Registry, check_name
 from gateway.scheduler import FunctionInfo, Scheduler
 from gateway.workers import WorkerPool
@@ -34,8 +34,9 @@ class Service:
         self.registry = Registry(cfg.state_dir)
         self.pool = WorkerPool(cfg, self.budget, self._worker_lost)
         self.scheduler = Scheduler([self.budget] * len(cfg.devices), time.monotonic)
-        self.dispatcher = Dispatcher(self.scheduler, self.pool)
+        self.dispatcher = Dispatcher(self.scheduler, self.pool, Limits(cfg.max_queue, cfg.max_queued))
         self._deploy_lock = asyncio.Lock()
+        self._restarting: set[int] = set()
         self.ready = False
         self.stopping = False
 
@@ -81,7 +82,12 @@ class Service:
                     deploy.store_artifact, source.pop("path"), self.registry.artifacts, name
                 )
                 source = {"pt2": str(artifact)}
-            fn = Function(name, source, spec.slo_ms, (), (), 0, version=(old.version + 1) if old else 1)
+            fn = Function(
+                name, source, spec.slo_ms, (), (), 0,
+                timeout_ms=spec.timeout_ms,
+                invoke_token_sha256=token_digest(spec.invoke_token) if spec.invoke_token else None,
+                version=(old.version + 1) if old else 1,
+            )
             await self._install(fn, source, persist=True, input_spec=spec.input_spec)
             return fn, old is None
 
@@ -140,33 +146,43 @@ class Service:
             fn.image.unlink()  # workers that still map it keep their mapping until they forget it
 
     # -- requests ------------------------------------------------------------------
-    async def invoke(self, fn: Function, inputs: list[dict[str, Any]]) -> Outcome:
+    async def invoke(self, fn: Function, inputs: list[dict[str, Any]], timeout_s: float | None = None) -> Outcome:
         if self.stopping:
             raise Unavailable("the server is shutting down")
-        inv = Invocation(fn.name, inputs, [o.name for o in fn.outputs])
+        inv = Invocation(fn.name, inputs, [o.name for o in fn.outputs], timeout_s or fn.timeout_ms / 1e3)
         return await self.dispatcher.invoke(inv)
 
     # -- workers -------------------------------------------------------------------
     def _worker_lost(self, device: int, reason: str) -> None:
         log.error("device %d lost: %s", device, reason)
         self.dispatcher.device_lost(device)
-        if not self.stopping:
-            asyncio.get_running_loop().create_task(self._restart(device))
+        # One restart loop per device: a worker that dies while restarting is retried by it.
+        if not self.stopping and device not in self._restarting:
+            self._restarting.add(device)
+            task = asyncio.get_running_loop().create_task(self._restart(device))
+            task.add_done_callback(lambda _: self._restarting.discard(device))
 
     async def _restart(self, device: int) -> None:
-        try:
-            await self.pool.start(device)
-            client = self.pool.client(device)
-            for fn in list(self.registry.functions.values()):
-                if fn.image is not None:
-                    await client.call(
-                        Kind.PREPARE, {"model_id": fn.model_id, "source": fn.source, "image": fn.image.to_wire()}
-                    )
-            await self.pool.exchange_peers()  # a new CUDA arena has a new IPC handle
+        """Start the device's worker again, backing off while it keeps failing to start."""
+        delay = 0.5
+        while not self.stopping:
+            try:
+                await self.pool.start(device)
+                client = self.pool.client(device)
+                for fn in list(self.registry.functions.values()):
+                    if fn.image is not None:
+                        await client.call(
+                            Kind.PREPARE, {"model_id": fn.model_id, "source": fn.source, "image": fn.image.to_wire()}
+                        )
+                await self.pool.exchange_peers()  # a new CUDA arena has a new IPC handle
+            except TorporError as exc:
+                log.error("could not restart device %d: %s; trying again in %.1f s", device, exc.message, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
             self.dispatcher.apply(self.scheduler.device_added(device))
             log.info("device %d restarted", device)
-        except TorporError as exc:
-            log.error("could not restart device %d: %s", device, exc.message)
+            return
 
     async def device_stats(self) -> list[dict[str, Any]]:
         out = []
@@ -177,6 +193,7 @@ class Service:
                 "kind": spec.kind,
                 "label": spec.label,
                 "online": d.online,
+                "pid": self.pool.handles[i].process.pid if i in self.pool.handles else None,
                 "busy": d.running is not None,
                 "budget_bytes": d.layout.capacity,
                 "resident_bytes": d.layout.used,
@@ -193,6 +210,12 @@ class Service:
                 )
             out.append(entry)
         return out
+
+
+def token_digest(token: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def default_budget(cfg: ServeConfig) -> int:

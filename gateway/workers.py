@@ -119,6 +119,7 @@ class WorkerHandle:
     process: multiprocessing.process.BaseProcess
     client: WorkerClient | None = None
     started: float = field(default_factory=time.time)
+    monitor: asyncio.Task[None] | None = None
 
 
 class WorkerPool:
@@ -187,6 +188,7 @@ class WorkerPool:
         # The sentinel becomes readable when the process exits: notice a crash at once.
         loop.add_reader(proc.sentinel, self._exited, index, proc)
         client.closed.add_done_callback(lambda f, i=index, p=proc: self._client_closed(i, p, f.result()))
+        handle.monitor = asyncio.create_task(self._watch(handle), name=f"worker{index}-heartbeat")
         log.info("worker %d (%s) ready, pid %d", index, spec.label, proc.pid)
         return client
 
@@ -194,6 +196,7 @@ class WorkerPool:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if not handle.process.is_alive():
+                handle.process.join(0)  # reap it
                 raise WorkerLost(f"worker {handle.config.device} exited during start (code {handle.process.exitcode})")
             try:
                 reader, writer = await asyncio.open_unix_connection(handle.config.socket_path, limit=1 << 20)
@@ -204,6 +207,32 @@ class WorkerPool:
             await client.start()
             return client
         raise WorkerLost(f"worker {handle.config.device} did not start within {START_TIMEOUT_S:.0f} s")
+
+    async def _watch(self, handle: WorkerHandle) -> None:
+        """Heartbeat: a worker that stops answering STATS, or sits in one frame too long, is hung.
+
+        STATS is answered by the worker's reader thread even while a model runs, so a
+        long inference is not mistaken for a hang; `exec_timeout_s` catches one that
+        never ends. A hung worker is killed; its sentinel then starts the usual recovery.
+        """
+        client = handle.client
+        assert client is not None
+        while not client.closed.done():
+            await asyncio.sleep(self.cfg.heartbeat_s)
+            if client.closed.done():
+                return
+            try:
+                stats = await client.call(Kind.STATS, {}, timeout=self.cfg.hang_timeout_s)
+                hung = stats.get("busy_for_s", 0.0) > self.cfg.exec_timeout_s
+                why = f"one operation has run for {stats.get('busy_for_s', 0.0):.0f} s"
+            except TimeoutError:
+                hung, why = True, f"no heartbeat answer within {self.cfg.hang_timeout_s:g} s"
+            except TorporError:
+                return  # the connection ended; recovery is already under way
+            if hung:
+                log.error("worker %d is hung (%s); killing it", client.device, why)
+                handle.process.kill()
+                return
 
     def _exited(self, index: int, proc: multiprocessing.process.BaseProcess) -> None:
         asyncio.get_running_loop().remove_reader(proc.sentinel)
@@ -242,6 +271,8 @@ class WorkerPool:
 
     async def _reap(self, h: WorkerHandle) -> None:
         proc = h.process
+        if h.monitor is not None:
+            h.monitor.cancel()
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_reader(proc.sentinel)
         deadline = time.monotonic() + STOP_GRACE_S

@@ -55,6 +55,7 @@ class Executor:
         self.engine = SwapEngine(backend)
         self._reply = send_reply
         self.counters = {"swaps": 0, "swap_bytes": 0, "infers": 0, "busy_s": 0.0}
+        self.busy_since: float | None = None  # monotonic start of the frame being handled
 
     # -- operations ---------------------------------------------------------
     def prepare(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -177,6 +178,7 @@ class Executor:
                 for r in list(self.resident.values())
             ],
             "prepared": len(self.programs),
+            "busy_for_s": 0.0 if self.busy_since is None else time.monotonic() - self.busy_since,
             "counters": dict(self.counters),
             **self.backend.info(),
         }

@@ -119,9 +119,12 @@ def _serve(conn: Connection, executor: Any, work: queue.Queue[Frame | None]) -> 
             handler = handlers.get(frame.kind)
             if handler is None:
                 raise ProtocolError(f"a worker does not accept {frame.kind.name} frames")
-            started = time.perf_counter()
-            result = handler(frame.body)
-            log.debug("%s %d took %.2f ms", frame.kind.name, frame.rid, (time.perf_counter() - started) * 1e3)
+            executor.busy_since = started = time.monotonic()
+            try:
+                result = handler(frame.body)
+            finally:
+                executor.busy_since = None
+            log.debug("%s %d took %.2f ms", frame.kind.name, frame.rid, (time.monotonic() - started) * 1e3)
             conn.reply(frame.rid, result)
         except KeyError as exc:
             conn.reply(frame.rid, ProtocolError(f"{frame.kind.name} frame lacks field {exc}"))

@@ -91,6 +91,12 @@ class ServeConfig:
     max_body_bytes: int = 64 << 20
     swap_group_bytes: int = 2 << 20
     log_level: str = "info"
+    admin_token: str | None = None  # bearer token for deploy/delete; None = open (loopback only)
+    max_queue: int = 256  # waiting requests per function before 429
+    max_queued: int = 4096  # waiting requests in all before 429
+    heartbeat_s: float = 2.0  # how often each worker is asked for STATS
+    hang_timeout_s: float = 10.0  # no STATS answer for this long: the worker is hung
+    exec_timeout_s: float = 600.0  # one frame executing this long: the worker is hung
 
     @property
     def threads_per_device(self) -> int:

@@ -4,7 +4,9 @@
     ├── InvalidInput (400)           the caller sent something wrong; nothing was changed
     │   └── PayloadTooLarge (413)    body over the configured limit
     ├── NotFound (404)               no such function / model
+    ├── Unauthorized (401)           missing or wrong bearer token
     ├── Overloaded (429)             queue bound reached; retry later
+    ├── DeadlineExceeded (504)       the request's deadline passed; says in which phase
     ├── RequestFailed (500)          the model raised while executing this request
     ├── WorkerLost (503)             the worker serving the request died or hung
     ├── Unavailable (503)            no device can serve (e.g. shutting down, function removed)
@@ -49,6 +51,16 @@ class Overloaded(TorporError):
     kind = "overloaded"
 
 
+class Unauthorized(TorporError):
+    status = 401
+    kind = "unauthorized"
+
+
+class DeadlineExceeded(TorporError):
+    status = 504
+    kind = "deadline_exceeded"
+
+
 class RequestFailed(TorporError):
     status = 500
     kind = "request_failed"
@@ -77,6 +89,8 @@ _BY_KIND: dict[str, type[TorporError]] = {
         PayloadTooLarge,
         NotFound,
         Overloaded,
+        Unauthorized,
+        DeadlineExceeded,
         RequestFailed,
         WorkerLost,
         Unavailable,

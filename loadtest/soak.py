@@ -1,0 +1,126 @@
+"""A soak: mixed load on a real server for a while, with workers killed periodically.
+
+    python -m loadtest.soak [--duration 600] [--clients 4] [--kill-every 60]
+
+Reports requests sent, answered, succeeded, failed by reason, lost (no answer at
+all; must be 0), p50/p99 latency outside kill windows, and the RSS of the gateway
+and of the workers at start vs end. Traffic goes only to a server it starts on
+127.0.0.1, and every loop is bounded by the duration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import random
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from loadtest.server import Server
+
+FUNCTIONS = {"mlp": "mlp", "r18": "resnet18", "r50": "resnet50", "bert": "bert-base"}
+WEIGHTS = [0.5, 0.2, 0.2, 0.1]  # mostly light requests, some heavy ones
+KILL_WINDOW_S = 10.0  # requests sent this soon after a kill count as "in a kill window"
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def body_for(zoo_name: str, rng: random.Random) -> dict:
+    if zoo_name == "bert-base":
+        return {"inputs": [{"name": "input_ids", "shape": [1, 32], "datatype": "INT64",
+                            "data": [rng.randrange(30522) for _ in range(32)]}]}
+    if zoo_name == "mlp":
+        return {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [rng.random() for _ in range(64)]}]}
+    return {"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": [0.5] * (3 * 224 * 224)}]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=600.0)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--kill-every", type=float, default=60.0)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        srv = Server(Path(tmp) / "state", memory="512MiB").start()
+        for name, zoo_name in FUNCTIONS.items():
+            assert srv.deploy(name, {"model": {"zoo": zoo_name}, "slo_ms": 5000}).status_code == 201
+        def worker_pids() -> list[int]:
+            return [d["pid"] for d in srv.client.get("/v1/devices").json()["devices"] if d["pid"]]
+        # Warm-up so start-of-run RSS includes what steady serving needs.
+        for name, zoo_name in FUNCTIONS.items():
+            srv.client.post(f"/v1/functions/{name}/invoke", json=body_for(zoo_name, random.Random(0)))
+        rss_start = (rss_mb(srv.pid), sum(rss_mb(p) for p in worker_pids()))
+
+        records: list[tuple[float, float, int, str]] = []  # (sent at, latency s, status, reason)
+        lock = threading.Lock()
+        kills: list[float] = []
+        stop_at = time.monotonic() + args.duration
+        t0 = time.monotonic()
+
+        def client(seed: int) -> None:
+            rng = random.Random(seed)
+            with httpx.Client(base_url=srv.url, timeout=120) as c:
+                while time.monotonic() < stop_at:
+                    name = rng.choices(list(FUNCTIONS), WEIGHTS)[0]
+                    sent = time.monotonic()
+                    try:
+                        r = c.post(f"/v1/functions/{name}/invoke", json=body_for(FUNCTIONS[name], rng))
+                        status = r.status_code
+                        reason = "ok" if status == 200 else f"{status} {r.json().get('error', '')[:60]}"
+                    except httpx.HTTPError as exc:
+                        status, reason = 0, f"lost: {type(exc).__name__}"
+                    with lock:
+                        records.append((sent - t0, time.monotonic() - sent, status, reason))
+
+        def killer() -> None:
+            rng = random.Random(1)
+            while time.monotonic() + args.kill_every < stop_at:
+                time.sleep(args.kill_every)
+                pids = worker_pids()
+                if pids:
+                    os.kill(rng.choice(pids), signal.SIGKILL)
+                    kills.append(time.monotonic() - t0)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+        threads.append(threading.Thread(target=killer, daemon=True))
+        for t in threads:
+            t.start()
+        for t in threads[:-1]:
+            t.join()
+        time.sleep(2)
+        rss_end = (rss_mb(srv.pid), sum(rss_mb(p) for p in worker_pids()))
+        srv.stop()
+
+    answered = [r for r in records if r[2] != 0]
+    ok = [r for r in records if r[2] == 200]
+    outside = [r[1] * 1e3 for r in ok if not any(k <= r[0] <= k + KILL_WINDOW_S for k in kills)]
+    reasons = collections.Counter(r[3] for r in records if r[2] != 200)
+    print(f"duration {args.duration:.0f} s, {args.clients} clients, {len(kills)} worker kills (every {args.kill_every:g} s)")
+    print(f"sent {len(records)}  answered {len(answered)}  succeeded {len(ok)}  failed {len(answered) - len(ok)}  "
+          f"lost {len(records) - len(answered)}")
+    for reason, n in reasons.most_common():
+        print(f"  {n:6d}  {reason}")
+    if outside:
+        print(f"latency outside kill windows: p50 {np.percentile(outside, 50):.1f} ms, p99 {np.percentile(outside, 99):.1f} ms")
+    for label, a, b in (("gateway", rss_start[0], rss_end[0]), ("workers", rss_start[1], rss_end[1])):
+        print(f"RSS {label}: {a:.0f} MiB -> {b:.0f} MiB ({(b - a) / a * 100 if a else 0:+.1f}%)")
+
+
+if __name__ == "__main__":
+    main()
