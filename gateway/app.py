@@ -175,6 +175,12 @@ async def model_metadata(request: Request) -> Response:
     )
 
 
+async def openapi(request: Request) -> Response:
+    from gateway.openapi import document
+
+    return JSON(document())
+
+
 # -- errors ----------------------------------------------------------------------------
 async def torpor_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TorporError)
@@ -214,6 +220,7 @@ def build_app(service: Service) -> Starlette:
         Route("/v2/health/ready", ready, methods=["GET"]),
         Route("/v2/models/{name}", model_metadata, methods=["GET"]),
         Route("/v2/models/{name}/infer", invoke, methods=["POST"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,

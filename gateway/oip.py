@@ -100,13 +100,14 @@ def _to_wire(t: dict[str, Any], spec: TensorSpec) -> dict[str, Any]:
     if arr.size and arr.dtype.kind not in _allowed_kinds(spec.datatype):
         raise InvalidInput(f"{where}: 'data' holds {arr.dtype.kind!r}-kind values, not {spec.datatype}")
     try:
-        if spec.datatype == "BF16":
-            raw = _bf16_from_f32(arr.astype("<f4"))
-        else:
-            raw = arr.astype(_numpy_dtype(spec.datatype), casting="unsafe")
-            if spec.datatype not in ("FP16", "FP32", "FP64", "BOOL") and arr.size and not np.array_equal(raw, arr):
-                raise InvalidInput(f"{where}: values out of range for {spec.datatype}")
-    except (OverflowError, TypeError) as exc:
+        with np.errstate(over="raise", invalid="raise"):  # a value beyond the type is an error, not inf
+            if spec.datatype == "BF16":
+                raw = _bf16_from_f32(arr.astype("<f4"))
+            else:
+                raw = arr.astype(_numpy_dtype(spec.datatype), casting="unsafe")
+                if spec.datatype not in ("FP16", "FP32", "FP64", "BOOL") and arr.size and not np.array_equal(raw, arr):
+                    raise InvalidInput(f"{where}: values out of range for {spec.datatype}")
+    except (OverflowError, TypeError, FloatingPointError) as exc:
         raise InvalidInput(f"{where}: values do not fit {spec.datatype} ({exc})") from exc
     return {"name": spec.name, "datatype": spec.datatype, "shape": shape, "data": raw.tobytes()}
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from gpuworker.config import WorkerConfig
 from shared.errors import ProtocolError, TorporError
-from shared.protocol import Frame, Kind, encode, recv_frame
+from shared.protocol import Frame, FramingError, Kind, encode, recv_frame
 
 log = logging.getLogger("torpor.worker")
 
@@ -83,12 +83,12 @@ def _read(conn: Connection, executor: Any, work: queue.Queue[Frame | None]) -> N
     while True:
         try:
             frame = recv_frame(conn.sock)
-        except ProtocolError as exc:
-            if "undecodable" in exc.message or "unknown frame kind" in exc.message or "frame id" in exc.message:
-                conn.reply(0, exc)  # the stream is still in sync: answer and go on
-                continue
-            conn.reply(0, exc)  # framing is lost: no way to resync
+        except FramingError as exc:
+            conn.reply(0, exc)  # framing is lost: no way to resync, so close
             frame = None
+        except ProtocolError as exc:
+            conn.reply(0, exc)  # a bad payload inside a good frame: answer and go on
+            continue
         except OSError:
             frame = None
         if frame is None or frame.kind is Kind.SHUTDOWN:

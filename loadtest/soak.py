@@ -30,10 +30,12 @@ WEIGHTS = [0.5, 0.2, 0.2, 0.1]  # mostly light requests, some heavy ones
 KILL_WINDOW_S = 10.0  # requests sent this soon after a kill count as "in a kill window"
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "RssAnon") -> float:
+    """Private (anonymous) resident memory by default: what a leak grows. VmRSS also
+    counts the shared model images and arenas a worker maps, which grow as it touches them."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -62,9 +64,11 @@ def main() -> None:
             assert srv.deploy(name, {"model": {"zoo": zoo_name}, "slo_ms": 5000}).status_code == 201
         def worker_pids() -> list[int]:
             return [d["pid"] for d in srv.client.get("/v1/devices").json()["devices"] if d["pid"]]
-        # Warm-up so start-of-run RSS includes what steady serving needs.
-        for name, zoo_name in FUNCTIONS.items():
-            srv.client.post(f"/v1/functions/{name}/invoke", json=body_for(zoo_name, random.Random(0)))
+        # Warm-up (every function, several times, so both devices run each) so the
+        # start-of-run figure includes what steady serving needs.
+        for _ in range(3):
+            for name, zoo_name in FUNCTIONS.items():
+                srv.client.post(f"/v1/functions/{name}/invoke", json=body_for(zoo_name, random.Random(0)))
         rss_start = (rss_mb(srv.pid), sum(rss_mb(p) for p in worker_pids()))
 
         records: list[tuple[float, float, int, str]] = []  # (sent at, latency s, status, reason)
@@ -118,8 +122,10 @@ def main() -> None:
         print(f"  {n:6d}  {reason}")
     if outside:
         print(f"latency outside kill windows: p50 {np.percentile(outside, 50):.1f} ms, p99 {np.percentile(outside, 99):.1f} ms")
-    for label, a, b in (("gateway", rss_start[0], rss_end[0]), ("workers", rss_start[1], rss_end[1])):
-        print(f"RSS {label}: {a:.0f} MiB -> {b:.0f} MiB ({(b - a) / a * 100 if a else 0:+.1f}%)")
+    for label, a, b in (("gateway", rss_start[0], rss_end[0]), ("workers (sum)", rss_start[1], rss_end[1])):
+        print(f"private RSS {label}: {a:.0f} MiB -> {b:.0f} MiB ({(b - a) / a * 100 if a else 0:+.1f}%)")
+    if kills:
+        print("(workers killed during the run were replaced: their figure is the new processes')")
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ def default_compute_threads(n_devices: int, cores: int | None = None) -> int:
     a swap with 2 compute threads was slower than copying first, while 1 compute
     thread plus the copy on the other core cost only ~0.13x the copy time.
     """
-    cores = cores or os.cpu_count() or 1
+    # The CPUs this process may run on (a container's cpuset), not all the host has.
+    cores = cores or len(os.sched_getaffinity(0)) or 1
     per_device = max(1, cores // max(1, n_devices))
     return max(1, per_device - 1) if per_device >= 2 else 1
 

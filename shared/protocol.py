@@ -18,6 +18,10 @@ import msgpack
 
 from shared.errors import ProtocolError
 
+
+class FramingError(ProtocolError):
+    """The byte stream itself is broken (bad length, cut short): no way to find the next frame."""
+
 HEADER = struct.Struct(">I")
 # Largest frame either side accepts; bigger lengths mean a corrupt stream.
 MAX_FRAME_BYTES = 1 << 30
@@ -70,7 +74,7 @@ def decode_payload(payload: bytes) -> Frame:
 def frame_length(header: bytes) -> int:
     (length,) = HEADER.unpack(header)
     if length > MAX_FRAME_BYTES:
-        raise ProtocolError(f"frame of {length} bytes exceeds the {MAX_FRAME_BYTES} limit")
+        raise FramingError(f"frame of {length} bytes exceeds the {MAX_FRAME_BYTES} limit")
     return length
 
 
@@ -84,7 +88,7 @@ def recv_exact(sock: socket.socket, n: int) -> bytes | None:
         if k == 0:
             if got == 0:
                 return None
-            raise ProtocolError(f"connection closed mid-frame ({got}/{n} bytes)")
+            raise FramingError(f"connection closed mid-frame ({got}/{n} bytes)")
         got += k
     return bytes(buf)
 
@@ -97,7 +101,7 @@ def recv_frame(sock: socket.socket) -> Frame | None:
     length = frame_length(header)
     payload = recv_exact(sock, length) if length else b""
     if payload is None:
-        raise ProtocolError("connection closed mid-frame")
+        raise FramingError("connection closed mid-frame")
     return decode_payload(payload)
 
 

@@ -16,6 +16,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from shared.errors import Unavailable
+
 SHM_DIR = "/dev/shm"
 PREFIX = "torpor-"
 _NAME = re.compile(r"^torpor-(\d+)-[A-Za-z0-9_.-]+$")
@@ -56,6 +58,15 @@ def create(name: str, size: int) -> Segment:
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
         os.ftruncate(fd, max(size, 1))
+        # Reserve the pages now: writing into a sparse segment on a full tmpfs is a
+        # SIGBUS that kills the process; here it is an error we can report.
+        try:
+            os.posix_fallocate(fd, 0, max(size, 1))
+        except OSError as exc:
+            raise Unavailable(
+                f"not enough shared memory in {SHM_DIR} for {size} bytes ({exc.strerror}); "
+                "enlarge it (docker: shm_size) or deploy fewer models"
+            ) from exc
         mapping = mmap.mmap(fd, max(size, 1), mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     except BaseException:
         os.close(fd)
