@@ -3,3 +3,5 @@
 Never imports torch on the request path (only deploy.py packs models, in a thread);
 never imports anything from gpuworker except its torch-free config.
 """
+
+__version__ = "0.1.0"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,7 +24,17 @@ from gateway import oip
 from gateway.registry import Function
 from gateway.service import Service
 from gateway.service import token_digest
-from shared.errors import InvalidInput, Overloaded, PayloadTooLarge, TorporError, Unauthorized, Unavailable
+from gateway.dispatcher import Outcome
+from shared.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    Overloaded,
+    PayloadTooLarge,
+    TorporError,
+    Unauthorized,
+    Unavailable,
+    WorkerLost,
+)
 
 log = logging.getLogger("torpor.gateway")
 
@@ -88,8 +99,10 @@ def _bearer_matches(request: Request, token: str) -> bool:
 def describe(svc: Service, fn: Function) -> dict[str, Any]:
     public = fn.to_json()
     public["invoke_token"] = public.pop("invoke_token_sha256") is not None  # never the digest itself
+    stats = svc.metrics.functions.get(fn.name)
     return {
         **public,
+        "stats": stats.summary() if stats is not None else None,
         "resident_on": svc.scheduler.residency(fn.model_id),
         "queue_depth": svc.scheduler.queue_depth(fn.name),
     }
@@ -130,16 +143,38 @@ async def invoke(request: Request) -> Response:
     svc = _service(request)
     name = request.path_params["name"]
     fn = svc.registry.get(name)
+    started = time.perf_counter()
+    try:
+        response, out = await _invoke(request, svc, fn)
+    except TorporError as exc:
+        svc.metrics.request_done(name, _OUTCOMES.get(type(exc), "error" if exc.status >= 500 else "rejected"),
+                                 time.perf_counter() - started, None)
+        raise
+    svc.metrics.request_done(name, "ok", time.perf_counter() - started,
+                             (out.queue_ms / 1e3, out.swap_ms / 1e3, out.exec_ms / 1e3))
+    return response
+
+
+_OUTCOMES: dict[type[TorporError], str] = {
+    Overloaded: "overloaded", DeadlineExceeded: "deadline", WorkerLost: "worker_lost", Unauthorized: "unauthorized",
+}
+
+
+async def _invoke(request: Request, svc: Service, fn: Function) -> tuple[Response, Outcome]:
+    name = fn.name
     check_invoke(request, fn)
     body = await read_body(request, svc.cfg.max_body_bytes)
-    req = oip.parse_request(body, name, fn.inputs)
+    header_length = request.headers.get(oip.HEADER_LENGTH)
+    if header_length is not None and not header_length.isdigit():
+        raise InvalidInput(f"Inference-Header-Content-Length: expected a byte count, got {header_length!r}")
+    req = oip.parse_request(body, name, fn.inputs, int(header_length) if header_length is not None else None)
     if req.outputs is not None:
         known = {o.name for o in fn.outputs}
         bad = [w for w in req.outputs if w not in known]
         if bad:
             raise InvalidInput(f"outputs: unknown output {bad[0]!r}; the function returns {sorted(known)}")
     out = await svc.invoke(fn, req.inputs, req.timeout_s)
-    payload = oip.response(name, req.id, out.outputs, req.outputs)
+    payload, json_length = oip.response(name, req.id, out.outputs, req.outputs, req.binary_outputs)
     headers = {
         "x-torpor-queue-ms": f"{out.queue_ms:.3f}",
         "x-torpor-swap-ms": f"{out.swap_ms:.3f}",
@@ -148,7 +183,16 @@ async def invoke(request: Request) -> Response:
         "x-torpor-cold": "0" if out.source == "resident" else "1",
         "x-torpor-source": out.source,
     }
-    return Response(payload, media_type="application/json", headers=headers)
+    if json_length is not None:
+        headers[oip.HEADER_LENGTH] = str(json_length)
+        return Response(payload, media_type="application/octet-stream", headers=headers), out
+    return Response(payload, media_type="application/json", headers=headers), out
+
+
+async def metrics(request: Request) -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(generate_latest(_service(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 # -- health and metadata (KServe v2) ------------------------------------------------
@@ -159,6 +203,64 @@ async def live(request: Request) -> Response:
 async def ready(request: Request) -> Response:
     ok = _service(request).ready
     return JSON({"ready": ok}, status_code=200 if ok else 503)
+
+
+async def server_metadata(request: Request) -> Response:
+    from gateway import __version__
+
+    return JSON({"name": "torpor", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]})
+
+
+async def model_ready(request: Request) -> Response:
+    # Ready = deployed and loadable; residency on a device is reported separately.
+    name = request.path_params["name"]
+    ok = name in _service(request).registry.functions
+    return Response(status_code=200 if ok else 400)
+
+
+async def repository_index(request: Request) -> Response:
+    svc = _service(request)
+    states = [{"name": n, "version": "1", "state": "READY", "reason": ""} for n in svc.registry.functions]
+    states += [
+        {"name": n, "version": "1", "state": st, "reason": ""}
+        for n, st in svc.transitions.items()
+        if n not in svc.registry.functions or st != "LOADING"
+    ]
+    return JSON(sorted(states, key=lambda x: x["name"]))
+
+
+async def repository_load(request: Request) -> Response:
+    """Triton's load: the deploy config rides in parameters.config (a JSON string) or as the body itself."""
+    svc = _service(request)
+    check_admin(request)
+    name = request.path_params["name"]
+    body = await read_body(request, svc.cfg.max_body_bytes)
+    config: Any = None
+    if body.strip():
+        try:
+            outer = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"body: malformed JSON ({exc})") from exc
+        params = outer.get("parameters") if isinstance(outer, dict) else None
+        if isinstance(params, dict) and "config" in params:
+            try:
+                config = orjson.loads(params["config"]) if isinstance(params["config"], str) else params["config"]
+            except orjson.JSONDecodeError as exc:
+                raise InvalidInput(f"parameters.config: malformed JSON ({exc})") from exc
+        elif isinstance(outer, dict) and "model" in outer:
+            config = outer
+    if config is None:
+        if name in svc.registry.functions:
+            return JSON({})  # already deployed: loadable on demand
+        raise InvalidInput(f"model {name!r} is not deployed; give its deploy config in parameters.config")
+    await svc.deploy(name, config)
+    return JSON({})
+
+
+async def repository_unload(request: Request) -> Response:
+    check_admin(request)
+    await _service(request).remove(request.path_params["name"])
+    return JSON({})
 
 
 async def model_metadata(request: Request) -> Response:
@@ -218,9 +320,18 @@ def build_app(service: Service) -> Starlette:
         Route("/v1/devices", list_devices, methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2", server_metadata, methods=["GET"]),
         Route("/v2/models/{name}", model_metadata, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}", model_metadata, methods=["GET"]),
+        Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
+        Route("/v2/models/{name}/versions/{version}/ready", model_ready, methods=["GET"]),
         Route("/v2/models/{name}/infer", invoke, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}/infer", invoke, methods=["POST"]),
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,

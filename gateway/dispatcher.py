@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.metrics import Metrics
 from gateway.scheduler import Decision, Evict, FunctionInfo, Reject, Run, Scheduler
 from gateway.workers import WorkerPool
 from shared.errors import DeadlineExceeded, NotFound, Overloaded, TorporError, Unavailable, WorkerLost
@@ -55,10 +56,13 @@ class Limits:
 
 
 class Dispatcher:
-    def __init__(self, scheduler: Scheduler, pool: WorkerPool, limits: Limits | None = None) -> None:
+    def __init__(
+        self, scheduler: Scheduler, pool: WorkerPool, limits: Limits | None = None, metrics: Metrics | None = None
+    ) -> None:
         self.scheduler = scheduler
         self.pool = pool
         self.limits = limits or Limits()
+        self.metrics = metrics or Metrics()
         self._ids = itertools.count(1)
         self._waiting: dict[int, Invocation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -125,6 +129,7 @@ class Dispatcher:
     async def _evict(self, d: Evict) -> None:
         try:
             await self.pool.client(d.device).call(Kind.EVICT, {"model_id": d.model_id})
+            self.metrics.evicted(d.device, d.model_id)
         except TorporError as exc:
             log.warning("evict %s on device %d: %s", d.model_id, d.device, exc.message)
 
@@ -138,6 +143,7 @@ class Dispatcher:
             client = self.pool.client(run.device)
             for model_id in run.evict:
                 await client.call(Kind.EVICT, {"model_id": model_id})
+                self.metrics.evicted(run.device, model_id)
             load = None
             if run.load is not None:
                 body: dict[str, Any] = {"model_id": run.model_id, "offset": run.load.slice.offset}
@@ -155,7 +161,9 @@ class Dispatcher:
             swap_ms, load_error = 0.0, None
             if load is not None:
                 try:
-                    swap_ms = (await load)["swap_ms"]
+                    loaded = await load
+                    swap_ms = loaded["swap_ms"]
+                    self.metrics.swapped_in(run.device, run.model_id, loaded["source"], loaded["bytes"])
                 except TorporError as exc:
                     loaded_ok, load_error = False, exc
             for inv in invs:
@@ -188,6 +196,7 @@ class Dispatcher:
                 _fail(inv, Unavailable(f"internal error while dispatching: {type(exc).__name__}"))
             loaded_ok = False
         finally:
+            self.metrics.device_busy(run.device, time.perf_counter() - started)
             if lost:
                 # Mark the device lost before anything else can be placed on it; the pool
                 # restarts the worker and reports it added again.

@@ -1,4 +1,10 @@
-"""Open Inference Protocol (KServe v2) JSON tensors <-> raw wire tensors, with numpy only."""
+"""Open Inference Protocol (KServe v2) tensors <-> raw wire tensors, with numpy only.
+
+Speaks JSON tensors and Triton's binary tensor data extension: with an
+`Inference-Header-Content-Length: N` header the first N bytes are the JSON header
+and the rest the raw bytes of the inputs that carry `binary_data_size`, in order;
+outputs asked for with `binary_data` (or `binary_data_output`) come back the same way.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import numpy as np
 import orjson
 
 from shared.errors import InvalidInput
-from shared.specs import DATATYPES, TensorSpec
+from shared.specs import DATATYPES, ITEMSIZE, TensorSpec
 
 _KINDS = {"BOOL": "b", "UINT": "u", "INT": "i", "FP": "f", "BF": "f"}
 
@@ -30,16 +36,27 @@ def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
     return (raw.astype("<u4") << 16).view("<f4")
 
 
+HEADER_LENGTH = "inference-header-content-length"
+
+
 @dataclass
 class InferRequest:
     id: Any
     inputs: list[dict[str, Any]]  # wire tensors, in the spec's order
     outputs: list[str] | None  # requested output names; None = all
     timeout_s: float | None  # Triton's "timeout" parameter (microseconds), if given
+    binary_outputs: set[str] | bool = False  # names to return as binary, or True for all
 
 
-def parse_request(body: bytes, fn_name: str, inputs: tuple[TensorSpec, ...]) -> InferRequest:
-    """Validate an OIP JSON request against the function's inputs."""
+def parse_request(
+    body: bytes, fn_name: str, inputs: tuple[TensorSpec, ...], header_length: int | None = None
+) -> InferRequest:
+    """Validate an OIP request (JSON, or JSON header + binary tensors) against the function's inputs."""
+    binary = b""
+    if header_length is not None:
+        if not 0 < header_length <= len(body):
+            raise InvalidInput(f"Inference-Header-Content-Length: {header_length} is outside the {len(body)}-byte body")
+        body, binary = body[:header_length], body[header_length:]
     try:
         req = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -57,28 +74,44 @@ def parse_request(body: bytes, fn_name: str, inputs: tuple[TensorSpec, ...]) -> 
     unknown = sorted(set(by_name) - {s.name for s in inputs})
     if unknown:
         raise InvalidInput(f"inputs: unknown input {unknown[0]!r} for function {fn_name!r}; expected {expected}")
+    # Binary data lies in the order the inputs are listed in the request.
+    chunks: dict[str, bytes] = {}
+    pos = 0
+    for t in req["inputs"]:
+        size = (t.get("parameters") or {}).get("binary_data_size") if isinstance(t.get("parameters"), dict | None) else None
+        if size is None:
+            continue
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or pos + size > len(binary):
+            raise InvalidInput(f"input {t['name']!r}: binary_data_size {size!r} does not fit the {len(binary)} binary bytes")
+        chunks[t["name"]] = binary[pos : pos + size]
+        pos += size
+    if pos != len(binary):
+        raise InvalidInput(f"body: {len(binary) - pos} binary bytes after the last binary input")
     wire = []
     for spec in inputs:
         t = by_name.get(spec.name)
         if t is None:
             raise InvalidInput(f"inputs: missing input {spec.name!r}; expected {expected}")
-        wire.append(_to_wire(t, spec))
+        wire.append(_to_wire(t, spec, chunks.get(spec.name)))
+    params = req.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InvalidInput("parameters: expected an object")
     outputs = req.get("outputs")
     names = None
+    binary_out: set[str] | bool = params.get("binary_data_output") is True
     if outputs is not None:
         if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
             raise InvalidInput('outputs: expected a list of {"name": ...} objects')
         names = [o["name"] for o in outputs]
-    params = req.get("parameters", {})
-    if not isinstance(params, dict):
-        raise InvalidInput("parameters: expected an object")
+        if binary_out is False:
+            binary_out = {o["name"] for o in outputs if isinstance(o.get("parameters"), dict) and o["parameters"].get("binary_data") is True}
     timeout = params.get("timeout")
     if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0):
         raise InvalidInput("parameters.timeout: expected a positive integer of microseconds")
-    return InferRequest(req.get("id"), wire, names, timeout / 1e6 if timeout else None)
+    return InferRequest(req.get("id"), wire, names, timeout / 1e6 if timeout else None, binary_out)
 
 
-def _to_wire(t: dict[str, Any], spec: TensorSpec) -> dict[str, Any]:
+def _to_wire(t: dict[str, Any], spec: TensorSpec, raw_bytes: bytes | None = None) -> dict[str, Any]:
     where = f"input {spec.name!r}"
     if t.get("datatype") != spec.datatype:
         raise InvalidInput(f"{where}: expected datatype {spec.datatype}, got {t.get('datatype')!r}")
@@ -87,6 +120,13 @@ def _to_wire(t: dict[str, Any], spec: TensorSpec) -> dict[str, Any]:
         raise InvalidInput(f"{where}: shape must be a list of non-negative integers")
     if not spec.accepts(tuple(shape)):
         raise InvalidInput(f"{where}: expected shape {list(spec.shape)} (-1 = any), got {shape}")
+    if raw_bytes is not None:
+        need = math.prod(shape) * ITEMSIZE[spec.datatype]
+        if len(raw_bytes) != need:
+            raise InvalidInput(f"{where}: shape {shape} of {spec.datatype} needs {need} bytes, binary_data_size is {len(raw_bytes)}")
+        if spec.datatype == "BOOL" and raw_bytes.translate(None, b"\x00\x01"):
+            raise InvalidInput(f"{where}: BOOL bytes must be 0 or 1")
+        return {"name": spec.name, "datatype": spec.datatype, "shape": shape, "data": raw_bytes}
     data = t.get("data")
     if not isinstance(data, list):
         raise InvalidInput(f"{where}: 'data' must be a list (row-major, flat or nested)")
@@ -126,21 +166,30 @@ def tensor_data(t: dict[str, Any]) -> np.ndarray:
     return bf16_to_f32(raw) if t["datatype"] == "BF16" else raw
 
 
-def response(model_name: str, request_id: Any, outputs: list[dict[str, Any]], wanted: list[str] | None) -> bytes:
+def response(
+    model_name: str, request_id: Any, outputs: list[dict[str, Any]], wanted: list[str] | None,
+    binary: set[str] | bool = False,
+) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary outputs follow it."""
     if wanted is not None:
         have = {o["name"] for o in outputs}
         missing = [w for w in wanted if w not in have]
         if missing:
             raise InvalidInput(f"outputs: unknown output {missing[0]!r}; the model returns {sorted(have)}")
         outputs = [o for o in outputs if o["name"] in wanted]
-    body: dict[str, Any] = {
-        "model_name": model_name,
-        "model_version": "1",
-        "outputs": [
-            {"name": o["name"], "datatype": o["datatype"], "shape": o["shape"], "data": tensor_data(o)}
-            for o in outputs
-        ],
-    }
+    listed, blobs = [], []
+    for o in outputs:
+        entry: dict[str, Any] = {"name": o["name"], "datatype": o["datatype"], "shape": o["shape"]}
+        if binary is True or (binary and o["name"] in binary):
+            entry["parameters"] = {"binary_data_size": len(o["data"])}
+            blobs.append(bytes(o["data"]))
+        else:
+            entry["data"] = tensor_data(o)
+        listed.append(entry)
+    body: dict[str, Any] = {"model_name": model_name, "model_version": "1", "outputs": listed}
     if request_id is not None:
         body["id"] = request_id
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return header, None
+    return header + b"".join(blobs), len(header)

@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway import deploy
 from gateway.dispatcher import Dispatcher, Invocation, Limits, Outcome
+from gateway.metrics import Metrics
 from gateway.registry import Function, Registry, check_name
 from gateway.scheduler import FunctionInfo, Scheduler
 from gateway.workers import WorkerPool
@@ -34,9 +35,12 @@ class Service:
         self.registry = Registry(cfg.state_dir)
         self.pool = WorkerPool(cfg, self.budget, self._worker_lost)
         self.scheduler = Scheduler([self.budget] * len(cfg.devices), time.monotonic)
-        self.dispatcher = Dispatcher(self.scheduler, self.pool, Limits(cfg.max_queue, cfg.max_queued))
+        self.metrics = Metrics()
+        self.dispatcher = Dispatcher(self.scheduler, self.pool, Limits(cfg.max_queue, cfg.max_queued), self.metrics)
+        self.metrics.attach(self)
         self._deploy_lock = asyncio.Lock()
         self._restarting: set[int] = set()
+        self.transitions: dict[str, str] = {}  # function -> LOADING / UNLOADING while it changes
         self.ready = False
         self.stopping = False
 
@@ -74,6 +78,13 @@ class Service:
     async def deploy(self, name: str, body: object) -> tuple[Function, bool]:
         check_name(name)
         spec = deploy.parse(name, body)
+        self.transitions[name] = "LOADING"
+        try:
+            return await self._deploy(name, spec)
+        finally:
+            self.transitions.pop(name, None)
+
+    async def _deploy(self, name: str, spec: deploy.DeploySpec) -> tuple[Function, bool]:
         async with self._deploy_lock:
             old = self.registry.functions.get(name)
             source = dict(spec.model)
@@ -117,6 +128,7 @@ class Service:
         if old is not None:
             await self._retire(old)
         self.dispatcher.function_added(FunctionInfo(fn.name, fn.model_id, fn.model_bytes))
+        self.metrics.function_deployed(fn.name, fn.slo_ms, time.perf_counter() - started)
         log.info(
             "deployed %s (%s, %s) in %.2f s", fn.name, _describe(source), format_size(fn.model_bytes),
             time.perf_counter() - started,
@@ -132,11 +144,20 @@ class Service:
             raise err if isinstance(err, InvalidInput) else InvalidInput(f"model: workers could not load it: {err}")
 
     async def remove(self, name: str) -> Function:
+        self.registry.get(name)  # 404 before anything changes
+        self.transitions[name] = "UNLOADING"
+        try:
+            return await self._remove(name)
+        finally:
+            self.transitions.pop(name, None)
+
+    async def _remove(self, name: str) -> Function:
         async with self._deploy_lock:
             fn = self.registry.get(name)
             del self.registry.functions[name]
             self.registry.save()
             await self._retire(fn)
+            self.metrics.function_removed(name)
             return fn
 
     async def _retire(self, fn: Function) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -136,19 +137,22 @@ def test_overload_gets_429_with_retry_after_then_serves_normally(tmp_path: Path)
     srv = Server(tmp_path / "state", "--max-queue", "3", "--max-queued", "5", memory="256MiB").start()
     try:
         assert srv.deploy("r50", {"model": {"zoo": "resnet50"}, "slo_ms": 100}).status_code == 201
-        body = {"inputs": sample_input("resnet50")}
+        body = json.dumps({"inputs": sample_input("resnet50")}).encode()  # encoded once: the burst arrives fast
+        headers = {"content-type": "application/json"}
+        barrier = threading.Barrier(40)
 
         def one(_: int) -> httpx.Response:
             with httpx.Client(base_url=srv.url, timeout=120) as c:
-                return c.post("/v1/functions/r50/invoke", json=body)
+                barrier.wait()
+                return c.post("/v1/functions/r50/invoke", content=body, headers=headers)
 
         rss_before = _rss_mib(srv.pid)
-        with ThreadPoolExecutor(24) as pool:
-            responses = list(pool.map(one, range(24)))
+        with ThreadPoolExecutor(40) as pool:
+            responses = list(pool.map(one, range(40)))
         codes = [r.status_code for r in responses]
         # Rejected bodies are dropped, not queued: the gateway's memory stays put.
         assert _rss_mib(srv.pid) - rss_before < 150
-        assert set(codes) <= {200, 429} and codes.count(429) >= 10 and codes.count(200) >= 3, codes
+        assert set(codes) <= {200, 429} and codes.count(429) >= 12 and codes.count(200) >= 3, codes
         rejected = next(r for r in responses if r.status_code == 429)
         assert rejected.headers["retry-after"] == "1" and "waiting" in rejected.json()["error"]
         _check(srv, "r50", "resnet50", 5)

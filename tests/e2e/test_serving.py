@@ -99,3 +99,36 @@ def test_busy_device_serves_its_model_to_an_idle_one_peer_to_peer(server: Server
     # copies the model from the busy one instead of from host memory.
     assert devices == {"0", "1"}, heads
     assert sources == ["peer:" + first["x-torpor-device"], "resident"], sources
+
+
+def test_prometheus_metrics_and_function_stats(server: Server) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for i, name in enumerate(["mlp", "bert", "bert2", "r152", "bert"]):  # no two of the last fit together
+        _invoke_checked(server, name, seed=40 + i)
+    r = server.client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(r.text)
+        for s in fam.samples
+    }
+
+    def total(name: str, **labels: str) -> float:
+        return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
+
+    assert total("torpor_requests_total", function="mlp", outcome="ok") >= 1
+    assert total("torpor_request_duration_seconds_count", function="mlp") >= 1
+    assert total("torpor_exec_duration_seconds_count", function="bert") >= 1
+    assert total("torpor_swaps_total") >= 3
+    assert total("torpor_swap_bytes_total") >= 400 << 20
+    assert total("torpor_evictions_total") >= 1
+    assert total("torpor_device_budget_bytes", device="0") == 512 << 20
+    assert 0 < total("torpor_device_busy_ratio", device="0") <= 1
+    assert total("torpor_queue_depth", function="mlp") == 0
+    assert 0 <= total("torpor_slo_attainment_ratio", function="mlp") <= 1
+    assert total("torpor_deploy_duration_seconds_count", function="bert") == 1
+
+    stats = server.client.get("/v1/functions/mlp").json()["stats"]
+    assert stats["requests"] >= 1 and 0 <= stats["slo_attainment"] <= 1
+    assert 0 < stats["p50_ms"] <= stats["p98_ms"] <= stats["p99_ms"]

@@ -1,0 +1,151 @@
+"""Prometheus metrics (base units, `function` and `device` labels) and per-function latency stats.
+
+Counters and histograms are updated where things happen; gauges that describe
+state (queue depth, resident bytes, busy ratio) are read from the scheduler at
+scrape time by a collector, so they can never drift from the truth.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from gateway.service import Service
+
+# Latency buckets from 1 ms to 60 s: a warm mlp and a cold BERT on a CPU both fit.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+RECENT = 2048  # latencies kept per function for percentiles
+
+
+@dataclass
+class FunctionStats:
+    """SLO attainment since start and the recent latency distribution of one function."""
+
+    slo_s: float
+    total: int = 0
+    on_time: int = 0
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
+
+    def record(self, seconds: float) -> None:
+        self.total += 1
+        self.on_time += seconds <= self.slo_s
+        self.recent.append(seconds)
+
+    def summary(self) -> dict[str, float | int | None]:
+        lat = np.asarray(self.recent) * 1e3 if self.recent else None
+        pct = (lambda p: round(float(np.percentile(lat, p)), 3)) if lat is not None else (lambda p: None)
+        return {
+            "requests": self.total,
+            "slo_attainment": (self.on_time / self.total) if self.total else None,
+            "p50_ms": pct(50),
+            "p98_ms": pct(98),
+            "p99_ms": pct(99),
+        }
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("torpor_requests", "Invocations by outcome.", ["function", "outcome"], registry=r)
+        self.latency = Histogram(
+            "torpor_request_duration_seconds", "End-to-end invocation latency.", ["function"], buckets=BUCKETS, registry=r
+        )
+        self.queue = Histogram(
+            "torpor_queue_duration_seconds", "Time waiting for a device.", ["function"], buckets=BUCKETS, registry=r
+        )
+        self.swap = Histogram(
+            "torpor_swap_duration_seconds", "Swap-in copy time of cold requests.", ["function"], buckets=BUCKETS, registry=r
+        )
+        self.exec = Histogram(
+            "torpor_exec_duration_seconds", "Execution time on the device.", ["function"], buckets=BUCKETS, registry=r
+        )
+        self.swaps = Counter("torpor_swaps", "Swap-ins by source (host, peer).", ["device", "source"], registry=r)
+        self.swap_bytes = Counter("torpor_swap_bytes", "Bytes swapped in by source.", ["device", "source"], registry=r)
+        self.evictions = Counter("torpor_evictions", "Models evicted from a device.", ["device"], registry=r)
+        self.eviction_age = Histogram(
+            "torpor_eviction_age_seconds", "How long an evicted model had been resident.", ["device"],
+            buckets=(1, 5, 15, 60, 300, 900, 3600, 14400), registry=r,
+        )
+        self.deploy = Histogram(
+            "torpor_deploy_duration_seconds", "Time to build, pack and prepare a deployed model.", ["function"],
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=r,
+        )
+        self.functions: dict[str, FunctionStats] = {}
+        self.busy_s: dict[int, float] = {}
+        self.resident_since: dict[tuple[int, str], float] = {}
+        self.started = time.monotonic()
+
+    def attach(self, service: Service) -> None:
+        self.registry.register(_StateCollector(service, self))
+
+    # -- events ------------------------------------------------------------------
+    def function_deployed(self, name: str, slo_ms: float, seconds: float) -> None:
+        self.functions[name] = FunctionStats(slo_ms / 1e3)
+        self.deploy.labels(name).observe(seconds)
+
+    def function_removed(self, name: str) -> None:
+        self.functions.pop(name, None)
+
+    def request_done(self, function: str, outcome: str, seconds: float, phases: tuple[float, float, float] | None) -> None:
+        self.requests.labels(function, outcome).inc()
+        self.latency.labels(function).observe(seconds)
+        stats = self.functions.get(function)
+        if stats is not None:
+            stats.record(seconds if outcome == "ok" else float("inf"))  # a failure never meets the SLO
+        if phases is not None:
+            queue_s, swap_s, exec_s = phases
+            self.queue.labels(function).observe(queue_s)
+            if swap_s > 0:
+                self.swap.labels(function).observe(swap_s)
+            self.exec.labels(function).observe(exec_s)
+
+    def swapped_in(self, device: int, model_id: str, source: str, nbytes: int) -> None:
+        kind = "host" if source == "host" else "peer"
+        self.swaps.labels(str(device), kind).inc()
+        self.swap_bytes.labels(str(device), kind).inc(nbytes)
+        self.resident_since[(device, model_id)] = time.monotonic()
+
+    def evicted(self, device: int, model_id: str) -> None:
+        self.evictions.labels(str(device)).inc()
+        since = self.resident_since.pop((device, model_id), None)
+        if since is not None:
+            self.eviction_age.labels(str(device)).observe(time.monotonic() - since)
+
+    def device_busy(self, device: int, seconds: float) -> None:
+        self.busy_s[device] = self.busy_s.get(device, 0.0) + seconds
+
+
+class _StateCollector(Collector):
+    def __init__(self, service: Service, metrics: Metrics) -> None:
+        self.service = service
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        sched = self.service.scheduler
+        depth = GaugeMetricFamily("torpor_queue_depth", "Requests waiting for a device.", labels=["function"])
+        slo = GaugeMetricFamily("torpor_slo_attainment_ratio", "Share of requests within the SLO.", labels=["function"])
+        for name in list(self.service.registry.functions):
+            depth.add_metric([name], sched.queue_depth(name))
+            stats = self.metrics.functions.get(name)
+            if stats is not None and stats.total:
+                slo.add_metric([name], stats.on_time / stats.total)
+        resident = GaugeMetricFamily("torpor_device_resident_bytes", "Bytes of resident models.", labels=["device"])
+        budget = GaugeMetricFamily("torpor_device_budget_bytes", "The device arena's size.", labels=["device"])
+        busy = GaugeMetricFamily("torpor_device_busy_ratio", "Share of time executing since start.", labels=["device"])
+        uptime = max(time.monotonic() - self.metrics.started, 1e-9)
+        for d in sched.devices:
+            label = [str(d.index)]
+            resident.add_metric(label, d.layout.used)
+            budget.add_metric(label, d.layout.capacity)
+            busy.add_metric(label, min(1.0, self.metrics.busy_s.get(d.index, 0.0) / uptime))
+        yield from (depth, slo, resident, budget, busy)
