@@ -35,10 +35,12 @@ class FunctionStats:
     on_time: int = 0
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
 
-    def record(self, seconds: float) -> None:
+    def record(self, seconds: float | None) -> None:
+        """A served request's latency, or None for one the server failed (a miss)."""
         self.total += 1
-        self.on_time += seconds <= self.slo_s
-        self.recent.append(seconds)
+        if seconds is not None:
+            self.on_time += seconds <= self.slo_s
+            self.recent.append(seconds)
 
     def summary(self) -> dict[str, float | int | None]:
         lat = np.asarray(self.recent) * 1e3 if self.recent else None
@@ -100,8 +102,9 @@ class Metrics:
         self.requests.labels(function, outcome).inc()
         self.latency.labels(function).observe(seconds)
         stats = self.functions.get(function)
-        if stats is not None:
-            stats.record(seconds if outcome == "ok" else float("inf"))  # a failure never meets the SLO
+        # A request the server failed is an SLO miss; one the client got wrong (4xx) is not counted.
+        if stats is not None and outcome in ("ok", "deadline", "worker_lost", "error", "overloaded"):
+            stats.record(seconds if outcome == "ok" else None)
         if phases is not None:
             queue_s, swap_s, exec_s = phases
             self.queue.labels(function).observe(queue_s)
