@@ -13,7 +13,7 @@ TORCH_SPEC := $(if $(HAS_CUDA),$(TORCH_CUDA),$(TORCH_CPU))
 PORT ?= 8080
 ARGS ?=
 
-.PHONY: install run test bench lint clean
+.PHONY: install run test bench soak lint clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,16 @@ test: install
 	$(PY) -m pytest $(ARGS)
 
 bench: install
+	$(PY) -m gpuworker.bench_swap
 	$(PY) -m loadtest.bench_overhead
 
+soak: install
+	$(PY) -m loadtest.soak
+
 lint: install
-	$(VENV)/bin/ruff check . || true
+	$(PIP) install --quiet ruff
+	$(VENV)/bin/ruff check gateway gpuworker shared loadtest tests
+	$(VENV)/bin/ruff format --check gateway gpuworker shared loadtest tests
 
 clean:
 	rm -rf $(VENV) .torpor build *.egg-info

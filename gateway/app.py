@@ -21,10 +21,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import oip
-from gateway.registry import Function
-from gateway.service import Service
-from gateway.service import token_digest
 from gateway.dispatcher import Outcome
+from gateway.registry import Function
+from gateway.service import Service, token_digest
 from shared.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -147,16 +146,24 @@ async def invoke(request: Request) -> Response:
     try:
         response, out = await _invoke(request, svc, fn)
     except TorporError as exc:
-        svc.metrics.request_done(name, _OUTCOMES.get(type(exc), "error" if exc.status >= 500 else "rejected"),
-                                 time.perf_counter() - started, None)
+        svc.metrics.request_done(
+            name,
+            _OUTCOMES.get(type(exc), "error" if exc.status >= 500 else "rejected"),
+            time.perf_counter() - started,
+            None,
+        )
         raise
-    svc.metrics.request_done(name, "ok", time.perf_counter() - started,
-                             (out.queue_ms / 1e3, out.swap_ms / 1e3, out.exec_ms / 1e3))
+    svc.metrics.request_done(
+        name, "ok", time.perf_counter() - started, (out.queue_ms / 1e3, out.swap_ms / 1e3, out.exec_ms / 1e3)
+    )
     return response
 
 
 _OUTCOMES: dict[type[TorporError], str] = {
-    Overloaded: "overloaded", DeadlineExceeded: "deadline", WorkerLost: "worker_lost", Unauthorized: "unauthorized",
+    Overloaded: "overloaded",
+    DeadlineExceeded: "deadline",
+    WorkerLost: "worker_lost",
+    Unauthorized: "unauthorized",
 }
 
 

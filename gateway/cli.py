@@ -121,15 +121,26 @@ def _ls(args: argparse.Namespace) -> int:
     for f in fns["functions"]:
         model = f["model"].get("zoo") or Path(f["model"].get("pt2", "?")).name
         where = ",".join(str(d) for d in f["resident_on"]) or "-"
-        rows.append((f["name"], model, format_size(f["model_bytes"]), f"{f['slo_ms']:g} ms", str(f["queue_depth"]), where))
+        rows.append(
+            (f["name"], model, format_size(f["model_bytes"]), f"{f['slo_ms']:g} ms", str(f["queue_depth"]), where)
+        )
     _table(rows)
     print()
     rows = [("DEVICE", "KIND", "STATE", "RESIDENT", "BUDGET", "THREADS", "MODELS")]
     for d in devs["devices"]:
         state = "offline" if not d["online"] else ("busy" if d["busy"] else "idle")
         threads = f"{d.get('compute_threads', '?')}+{d.get('copy_threads', '?')} copy"
-        rows.append((str(d["device"]), d["label"], state, format_size(d["resident_bytes"]),
-                     format_size(d["budget_bytes"]), threads, str(len(d["resident"]))))
+        rows.append(
+            (
+                str(d["device"]),
+                d["label"],
+                state,
+                format_size(d["resident_bytes"]),
+                format_size(d["budget_bytes"]),
+                threads,
+                str(len(d["resident"])),
+            )
+        )
     _table(rows)
     return 0
 
@@ -162,12 +173,30 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--swap-group", default=env("SWAP_GROUP", "2MiB"), help="swap-in copy group size")
     s.add_argument("--log-level", default=env("LOG_LEVEL", "info"))
     s.add_argument("--admin-token", default=env("ADMIN_TOKEN"), help="bearer token required to deploy and delete")
-    s.add_argument("--max-queue", type=int, default=int(env("MAX_QUEUE", "256") or 256), help="waiting requests per function before 429")
-    s.add_argument("--max-queued", type=int, default=int(env("MAX_QUEUED", "4096") or 4096), help="waiting requests in all before 429")
-    s.add_argument("--hang-timeout", type=float, default=float(env("HANG_TIMEOUT", "10") or 10),
-                   help="seconds without a heartbeat answer before a worker is killed and restarted")
-    s.add_argument("--exec-timeout", type=float, default=float(env("EXEC_TIMEOUT", "600") or 600),
-                   help="seconds one operation may run before its worker is deemed hung")
+    s.add_argument(
+        "--max-queue",
+        type=int,
+        default=int(env("MAX_QUEUE", "256") or 256),
+        help="waiting requests per function before 429",
+    )
+    s.add_argument(
+        "--max-queued",
+        type=int,
+        default=int(env("MAX_QUEUED", "4096") or 4096),
+        help="waiting requests in all before 429",
+    )
+    s.add_argument(
+        "--hang-timeout",
+        type=float,
+        default=float(env("HANG_TIMEOUT", "10") or 10),
+        help="seconds without a heartbeat answer before a worker is killed and restarted",
+    )
+    s.add_argument(
+        "--exec-timeout",
+        type=float,
+        default=float(env("EXEC_TIMEOUT", "600") or 600),
+        help="seconds one operation may run before its worker is deemed hung",
+    )
     s.set_defaults(func=_serve)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:

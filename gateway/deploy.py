@@ -125,8 +125,7 @@ def build(source: dict[str, Any], model_id: str, budget: int, input_spec: tuple[
                     f"input_spec: {given.describe()} does not match the model's input {actual.describe()}"
                 )
         inputs = input_spec
-    tensors = program.state_tensors(gm)
-    ordered = [(n, tensors[n]) for n in program.first_use_order(gm)]
+    ordered = program.packing_order(gm)
     table = layout(ordered)
     if table.nbytes > budget:
         raise InvalidInput(

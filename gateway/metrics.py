@@ -60,13 +60,21 @@ class Metrics:
         r = self.registry
         self.requests = Counter("torpor_requests", "Invocations by outcome.", ["function", "outcome"], registry=r)
         self.latency = Histogram(
-            "torpor_request_duration_seconds", "End-to-end invocation latency.", ["function"], buckets=BUCKETS, registry=r
+            "torpor_request_duration_seconds",
+            "End-to-end invocation latency.",
+            ["function"],
+            buckets=BUCKETS,
+            registry=r,
         )
         self.queue = Histogram(
             "torpor_queue_duration_seconds", "Time waiting for a device.", ["function"], buckets=BUCKETS, registry=r
         )
         self.swap = Histogram(
-            "torpor_swap_duration_seconds", "Swap-in copy time of cold requests.", ["function"], buckets=BUCKETS, registry=r
+            "torpor_swap_duration_seconds",
+            "Swap-in copy time of cold requests.",
+            ["function"],
+            buckets=BUCKETS,
+            registry=r,
         )
         self.exec = Histogram(
             "torpor_exec_duration_seconds", "Execution time on the device.", ["function"], buckets=BUCKETS, registry=r
@@ -75,12 +83,18 @@ class Metrics:
         self.swap_bytes = Counter("torpor_swap_bytes", "Bytes swapped in by source.", ["device", "source"], registry=r)
         self.evictions = Counter("torpor_evictions", "Models evicted from a device.", ["device"], registry=r)
         self.eviction_age = Histogram(
-            "torpor_eviction_age_seconds", "How long an evicted model had been resident.", ["device"],
-            buckets=(1, 5, 15, 60, 300, 900, 3600, 14400), registry=r,
+            "torpor_eviction_age_seconds",
+            "How long an evicted model had been resident.",
+            ["device"],
+            buckets=(1, 5, 15, 60, 300, 900, 3600, 14400),
+            registry=r,
         )
         self.deploy = Histogram(
-            "torpor_deploy_duration_seconds", "Time to build, pack and prepare a deployed model.", ["function"],
-            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=r,
+            "torpor_deploy_duration_seconds",
+            "Time to build, pack and prepare a deployed model.",
+            ["function"],
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=r,
         )
         self.functions: dict[str, FunctionStats] = {}
         self.busy_s: dict[int, float] = {}
@@ -98,7 +112,9 @@ class Metrics:
     def function_removed(self, name: str) -> None:
         self.functions.pop(name, None)
 
-    def request_done(self, function: str, outcome: str, seconds: float, phases: tuple[float, float, float] | None) -> None:
+    def request_done(
+        self, function: str, outcome: str, seconds: float, phases: tuple[float, float, float] | None
+    ) -> None:
         self.requests.labels(function, outcome).inc()
         self.latency.labels(function).observe(seconds)
         stats = self.functions.get(function)

@@ -78,11 +78,17 @@ def parse_request(
     chunks: dict[str, bytes] = {}
     pos = 0
     for t in req["inputs"]:
-        size = (t.get("parameters") or {}).get("binary_data_size") if isinstance(t.get("parameters"), dict | None) else None
+        size = (
+            (t.get("parameters") or {}).get("binary_data_size")
+            if isinstance(t.get("parameters"), dict | None)
+            else None
+        )
         if size is None:
             continue
         if not isinstance(size, int) or isinstance(size, bool) or size < 0 or pos + size > len(binary):
-            raise InvalidInput(f"input {t['name']!r}: binary_data_size {size!r} does not fit the {len(binary)} binary bytes")
+            raise InvalidInput(
+                f"input {t['name']!r}: binary_data_size {size!r} does not fit the {len(binary)} binary bytes"
+            )
         chunks[t["name"]] = binary[pos : pos + size]
         pos += size
     if pos != len(binary):
@@ -100,11 +106,17 @@ def parse_request(
     names = None
     binary_out: set[str] | bool = params.get("binary_data_output") is True
     if outputs is not None:
-        if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
+        if not isinstance(outputs, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+        ):
             raise InvalidInput('outputs: expected a list of {"name": ...} objects')
         names = [o["name"] for o in outputs]
         if binary_out is False:
-            binary_out = {o["name"] for o in outputs if isinstance(o.get("parameters"), dict) and o["parameters"].get("binary_data") is True}
+            binary_out = {
+                o["name"]
+                for o in outputs
+                if isinstance(o.get("parameters"), dict) and o["parameters"].get("binary_data") is True
+            }
     timeout = params.get("timeout")
     if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0):
         raise InvalidInput("parameters.timeout: expected a positive integer of microseconds")
@@ -123,7 +135,9 @@ def _to_wire(t: dict[str, Any], spec: TensorSpec, raw_bytes: bytes | None = None
     if raw_bytes is not None:
         need = math.prod(shape) * ITEMSIZE[spec.datatype]
         if len(raw_bytes) != need:
-            raise InvalidInput(f"{where}: shape {shape} of {spec.datatype} needs {need} bytes, binary_data_size is {len(raw_bytes)}")
+            raise InvalidInput(
+                f"{where}: shape {shape} of {spec.datatype} needs {need} bytes, binary_data_size is {len(raw_bytes)}"
+            )
         if spec.datatype == "BOOL" and raw_bytes.translate(None, b"\x00\x01"):
             raise InvalidInput(f"{where}: BOOL bytes must be 0 or 1")
         return {"name": spec.name, "datatype": spec.datatype, "shape": shape, "data": raw_bytes}
@@ -167,7 +181,10 @@ def tensor_data(t: dict[str, Any]) -> np.ndarray:
 
 
 def response(
-    model_name: str, request_id: Any, outputs: list[dict[str, Any]], wanted: list[str] | None,
+    model_name: str,
+    request_id: Any,
+    outputs: list[dict[str, Any]],
+    wanted: list[str] | None,
     binary: set[str] | bool = False,
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary outputs follow it."""

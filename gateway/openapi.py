@@ -8,7 +8,12 @@ _ERROR = {
     "description": "error",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
 }
-_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,62}$"}}
+_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,62}$"},
+}
 
 
 def _json(schema: dict[str, Any], description: str = "ok") -> dict[str, Any]:
@@ -23,8 +28,14 @@ def document() -> dict[str, Any]:
     ref = {"$ref": "#/components/schemas/Function"}
     infer = {
         "parameters": [_NAME],
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}}},
-        "responses": {"200": _json({"$ref": "#/components/schemas/InferResponse"}), **_errors(400, 401, 404, 413, 429, 500, 503, 504)},
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}},
+        },
+        "responses": {
+            "200": _json({"$ref": "#/components/schemas/InferResponse"}),
+            **_errors(400, 401, 404, 413, 429, 500, 503, 504),
+        },
     }
     return {
         "openapi": "3.0.3",
@@ -34,7 +45,10 @@ def document() -> dict[str, Any]:
             "/v1/functions/{name}": {
                 "put": {
                     "parameters": [_NAME],
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Deploy"}}}},
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Deploy"}}},
+                    },
                     "responses": {"200": _json(ref), "201": _json(ref), **_errors(400, 401, 413, 503)},
                 },
                 "get": {"parameters": [_NAME], "responses": {"200": _json(ref), **_errors(404)}},
@@ -43,8 +57,12 @@ def document() -> dict[str, Any]:
             "/v1/functions/{name}/invoke": {"post": infer},
             "/v1/devices": {"get": {"responses": {"200": _json({"type": "object"})}}},
             "/v2/health/live": {"get": {"responses": {"200": _json({"type": "object"})}}},
-            "/v2/health/ready": {"get": {"responses": {"200": _json({"type": "object"}), "503": _json({"type": "object"})}}},
-            "/v2/models/{name}": {"get": {"parameters": [_NAME], "responses": {"200": _json({"type": "object"}), **_errors(404)}}},
+            "/v2/health/ready": {
+                "get": {"responses": {"200": _json({"type": "object"}), "503": _json({"type": "object"})}}
+            },
+            "/v2/models/{name}": {
+                "get": {"parameters": [_NAME], "responses": {"200": _json({"type": "object"}), **_errors(404)}}
+            },
             "/v2/models/{name}/infer": {"post": infer},
         },
         "components": {
@@ -63,7 +81,14 @@ def document() -> dict[str, Any]:
                     "type": "object",
                     "required": ["model", "slo_ms"],
                     "properties": {
-                        "model": {"type": "object", "properties": {"zoo": {"type": "string"}, "seed": {"type": "integer"}, "path": {"type": "string"}}},
+                        "model": {
+                            "type": "object",
+                            "properties": {
+                                "zoo": {"type": "string"},
+                                "seed": {"type": "integer"},
+                                "path": {"type": "string"},
+                            },
+                        },
                         "slo_ms": {"type": "number"},
                         "timeout_ms": {"type": "number"},
                         "invoke_token": {"type": "string"},
@@ -89,7 +114,10 @@ def document() -> dict[str, Any]:
                         "id": {"type": "string"},
                         "parameters": {"type": "object"},
                         "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/InferTensor"}},
-                        "outputs": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}},
+                        "outputs": {
+                            "type": "array",
+                            "items": {"type": "object", "properties": {"name": {"type": "string"}}},
+                        },
                     },
                 },
                 "InferResponse": {

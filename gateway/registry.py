@@ -27,7 +27,8 @@ REGISTRY_FILE = "functions.json"
 def check_name(name: str) -> str:
     if not NAME.match(name) or ".." in name:
         raise InvalidInput(
-            f"function name {name!r}: expected 1-63 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit"
+            f"function name {name!r}: expected 1-63 characters of a-z, 0-9, '_', '.', '-', "
+            "starting with a letter or digit"
         )
     return name
 

@@ -34,7 +34,10 @@ def serve(cfg: ServeConfig) -> int:
     service = Service(cfg)
     log.info(
         "devices %s, %s each, %d compute thread(s) per CPU device, state in %s",
-        ",".join(d.label for d in cfg.devices), format_size(service.budget), cfg.threads_per_device, cfg.state_dir,
+        ",".join(d.label for d in cfg.devices),
+        format_size(service.budget),
+        cfg.threads_per_device,
+        cfg.state_dir,
     )
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and cfg.admin_token is None:
         log.warning(

@@ -25,7 +25,12 @@ from shared.protocol import Kind
 log = logging.getLogger("torpor.gateway")
 
 CPU_DEFAULT_BUDGET = 1 << 30
-DEMO = (("mlp", "mlp", 50.0), ("resnet18", "resnet18", 500.0), ("resnet50", "resnet50", 1000.0), ("bert", "bert-base", 2000.0))
+DEMO = (
+    ("mlp", "mlp", 50.0),
+    ("resnet18", "resnet18", 500.0),
+    ("resnet50", "resnet50", 1000.0),
+    ("bert", "bert-base", 2000.0),
+)
 
 
 class Service:
@@ -94,7 +99,12 @@ class Service:
                 )
                 source = {"pt2": str(artifact)}
             fn = Function(
-                name, source, spec.slo_ms, (), (), 0,
+                name,
+                source,
+                spec.slo_ms,
+                (),
+                (),
+                0,
                 timeout_ms=spec.timeout_ms,
                 invoke_token_sha256=token_digest(spec.invoke_token) if spec.invoke_token else None,
                 version=(old.version + 1) if old else 1,
@@ -102,9 +112,7 @@ class Service:
             await self._install(fn, source, persist=True, input_spec=spec.input_spec)
             return fn, old is None
 
-    async def _install(
-        self, fn: Function, source: dict[str, Any], persist: bool, input_spec: Any = None
-    ) -> None:
+    async def _install(self, fn: Function, source: dict[str, Any], persist: bool, input_spec: Any = None) -> None:
         started = time.perf_counter()
         built = await asyncio.to_thread(deploy.build, source, fn.model_id, self.budget, input_spec)
         fn.inputs, fn.outputs, fn.image, fn.model_bytes = built.inputs, built.outputs, built.image, built.image.nbytes
@@ -130,7 +138,10 @@ class Service:
         self.dispatcher.function_added(FunctionInfo(fn.name, fn.model_id, fn.model_bytes))
         self.metrics.function_deployed(fn.name, fn.slo_ms, time.perf_counter() - started)
         log.info(
-            "deployed %s (%s, %s) in %.2f s", fn.name, _describe(source), format_size(fn.model_bytes),
+            "deployed %s (%s, %s) in %.2f s",
+            fn.name,
+            _describe(source),
+            format_size(fn.model_bytes),
             time.perf_counter() - started,
         )
 

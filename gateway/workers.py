@@ -276,7 +276,8 @@ class WorkerPool:
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_reader(proc.sentinel)
         deadline = time.monotonic() + STOP_GRACE_S
-        while proc.is_alive() and time.monotonic() < deadline:
+        # A process exit has no awaitable here (its sentinel reader is gone): poll briefly.
+        while proc.is_alive() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         if proc.is_alive():
             proc.terminate()  # SIGTERM, then SIGKILL after a grace period

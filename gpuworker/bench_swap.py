@@ -56,9 +56,7 @@ class Bench:
 
     def prepare(self, name: str) -> tuple[str, int]:
         gm = program.build({"zoo": name}, meta=False)
-        tensors = program.state_tensors(gm)
-        order = [(n, tensors[n]) for n in program.first_use_order(gm)]
-        image = pack(order, shm.segment_name(f"bench-{name}"))
+        image = pack(program.packing_order(gm), shm.segment_name(f"bench-{name}"))
         self.images.append(image)
         self.executor.prepare({"model_id": name, "source": {"zoo": name}, "image": image.to_wire()})
         return name, image.nbytes
@@ -101,8 +99,14 @@ class Bench:
             self.backend.arena[:nbytes].copy_(src)
             copies.append((time.perf_counter() - t0) * 1e3)
         med = statistics.median
-        return {"bytes": nbytes, "warm": med(warm), "swap": med(swaps), "serial": med(serial),
-                "piped": med(piped), "memcpy": med(copies)}
+        return {
+            "bytes": nbytes,
+            "warm": med(warm),
+            "swap": med(swaps),
+            "serial": med(serial),
+            "piped": med(piped),
+            "memcpy": med(copies),
+        }
 
     def close(self) -> None:
         self.executor.close()
@@ -120,8 +124,10 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=2 << 20, help="swap group bytes")
     args = ap.parse_args()
     bench = Bench(512 << 20, args.threads, args.group)
-    print(f"CPU device: {args.threads} compute thread(s) + 1 copy thread on {os.cpu_count()} cores; "
-          f"groups of {args.group / 2**20:g} MiB; median of {args.repeats}")
+    print(
+        f"CPU device: {args.threads} compute thread(s) + 1 copy thread on {os.cpu_count()} cores; "
+        f"groups of {args.group / 2**20:g} MiB; median of {args.repeats}"
+    )
     head = f"{'model':<10}{'MiB':>7}{'warm':>8}{'swap+exec':>10}{'pipelined':>10}{'memcpy':>8}{'swap':>7}"
     print(head + f"{'swapBW/memcpyBW':>16}{'piped/max(copy,warm)':>22}{'piped/serial':>13}")
     try:

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared import zoo
 from loadtest.server import Server
+from shared import zoo
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -69,7 +69,11 @@ def plain_copy_ms(nbytes: int, repeats: int = 5) -> float:
 
 def swaps(srv: Server, names: list[str], rounds: int) -> dict[str, list[float]]:
     bodies = {
-        "r50": {"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": [0.1] * (3 * 224 * 224)}]},
+        "r50": {
+            "inputs": [
+                {"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": [0.1] * (3 * 224 * 224)}
+            ]
+        },
         "bert": {"inputs": [{"name": "input_ids", "shape": [1, 128], "datatype": "INT64", "data": [7] * 128}]},
     }
     out: dict[str, list[float]] = {n: [] for n in names}
@@ -106,9 +110,11 @@ def main() -> None:
     print(f"    {'in-process call':<22}{pct(native, 50):>10.3f}{pct(native, 99):>10.3f}")
     print(f"    {'HTTP no-op (health)':<22}{pct(noop, 50):>10.3f}{pct(noop, 99):>10.3f}")
     print(f"    {'HTTP via torpor':<22}{pct(http, 50):>10.3f}{pct(http, 99):>10.3f}")
-    print(f"    overhead: p50 +{pct(http, 50) - pct(native, 50):.3f} ms over in-process "
-          f"(+{pct(http, 50) - pct(noop, 50):.3f} ms over an HTTP no-op); "
-          f"HTTP/in-process p50 ratio {pct(http, 50) / pct(native, 50):.1f}x")
+    print(
+        f"    overhead: p50 +{pct(http, 50) - pct(native, 50):.3f} ms over in-process "
+        f"(+{pct(http, 50) - pct(noop, 50):.3f} ms over an HTTP no-op); "
+        f"HTTP/in-process p50 ratio {pct(http, 50) / pct(native, 50):.1f}x"
+    )
     print()
     print("(b) swap-in (host shared memory -> device arena) vs plain memcpy of the same bytes")
     print(f"    {'model':<10}{'MiB':>8}{'swap ms (median)':>18}{'memcpy ms':>11}{'swap/memcpy':>13}{'GB/s':>7}")
@@ -116,8 +122,10 @@ def main() -> None:
         swap_ms = statistics.median(swapped[name])
         copy_ms = plain_copy_ms(sizes[name])
         gbps = sizes[name] / swap_ms / 1e6
-        print(f"    {label:<10}{sizes[name] / 2**20:>8.1f}{swap_ms:>18.1f}{copy_ms:>11.1f}"
-              f"{swap_ms / copy_ms:>13.2f}{gbps:>7.2f}")
+        print(
+            f"    {label:<10}{sizes[name] / 2**20:>8.1f}{swap_ms:>18.1f}{copy_ms:>11.1f}"
+            f"{swap_ms / copy_ms:>13.2f}{gbps:>7.2f}"
+        )
 
 
 if __name__ == "__main__":

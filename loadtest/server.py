@@ -27,8 +27,17 @@ class Server:
         self.state_dir = state_dir
         self.log_path = state_dir.parent / f"server-{self.port}.log"
         self.args = [
-            "--port", str(self.port), "--devices", devices, "--device-memory", memory,
-            "--state-dir", str(state_dir), "--compute-threads", "1", *args,
+            "--port",
+            str(self.port),
+            "--devices",
+            devices,
+            "--device-memory",
+            memory,
+            "--state-dir",
+            str(state_dir),
+            "--compute-threads",
+            "1",
+            *args,
         ]
         self.proc: subprocess.Popen[bytes] | None = None
         self.client = httpx.Client(base_url=self.url, timeout=120)
@@ -38,7 +47,10 @@ class Server:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", *self.args],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -114,6 +114,12 @@ def first_use_order(gm: torch.fx.GraphModule) -> list[str]:
     return list(order)
 
 
+def packing_order(gm: torch.fx.GraphModule) -> list[tuple[str, torch.Tensor]]:
+    """The program's state tensors, named, in the order a host image packs them."""
+    tensors = state_tensors(gm)
+    return [(n, tensors[n]) for n in first_use_order(gm)]
+
+
 def bind(gm: torch.fx.GraphModule, tensors: dict[str, torch.Tensor]) -> None:
     """Point the program's state at `tensors` (views into an arena, or meta tensors)."""
     for name, value in tensors.items():

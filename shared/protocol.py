@@ -22,6 +22,7 @@ from shared.errors import ProtocolError
 class FramingError(ProtocolError):
     """The byte stream itself is broken (bad length, cut short): no way to find the next frame."""
 
+
 HEADER = struct.Struct(">I")
 # Largest frame either side accepts; bigger lengths mean a corrupt stream.
 MAX_FRAME_BYTES = 1 << 30

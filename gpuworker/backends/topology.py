@@ -9,7 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 # nvmlDeviceGetTopologyCommonAncestor levels, nearest first.
-_LEVELS = {0: "same_board", 10: "same_pcie_switch", 20: "pcie_switches", 30: "host_bridge", 40: "numa_node", 50: "system"}
+_LEVELS = {
+    0: "same_board",
+    10: "same_pcie_switch",
+    20: "pcie_switches",
+    30: "host_bridge",
+    40: "numa_node",
+    50: "system",
+}
 _MAX_NVLINKS = 18
 
 

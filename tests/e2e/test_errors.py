@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import sample_input
 from loadtest.server import Server
+from tests.e2e.helpers import sample_input
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,9 @@ def test_unknown_function_is_404(server: Server) -> None:
 
 
 def test_malformed_json_is_400(server: Server) -> None:
-    r = server.client.post("/v1/functions/mlp/invoke", content=b'{"inputs": [', headers={"content-type": "application/json"})
+    r = server.client.post(
+        "/v1/functions/mlp/invoke", content=b'{"inputs": [', headers={"content-type": "application/json"}
+    )
     _error(r, 400, "malformed JSON")
     _error(server.client.post("/v1/functions/mlp/invoke", json={"nothing": 1}), 400, "inputs")
 
@@ -46,13 +48,19 @@ def test_wrong_input_name_shape_datatype_count_are_400_naming_the_expectation(se
     _error(server.invoke("mlp", [{**good, "data": good["data"][:-1]}]), 400, "needs 64 elements", "has 63")
     _error(server.invoke("mlp", [{**good, "data": ["a"] * 64}]), 400, "not FP32")
     _error(server.invoke("mlp", []), 400, "missing input 'input'")
-    _error(server.invoke("bert", [{"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [1, 2**70]}]), 400, "not INT64")
+    _error(
+        server.invoke("bert", [{"name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [1, 2**70]}]),
+        400,
+        "not INT64",
+    )
     r = server.client.post("/v2/models/mlp/infer", json={"inputs": [good], "outputs": [{"name": "nope"}]})
     _error(r, 400, "unknown output 'nope'")
 
 
 def test_body_over_the_limit_is_413(server: Server) -> None:
-    r = server.client.post("/v1/functions/mlp/invoke", content=b"x" * (17 << 20), headers={"content-type": "application/json"})
+    r = server.client.post(
+        "/v1/functions/mlp/invoke", content=b"x" * (17 << 20), headers={"content-type": "application/json"}
+    )
     _error(r, 413, "limit")
 
 

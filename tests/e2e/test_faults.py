@@ -193,7 +193,9 @@ def test_sigterm_finishes_in_flight_requests_then_exits_clean(tmp_path: Path) ->
     assert srv.deploy("bert", {"model": {"zoo": "bert-base"}, "slo_ms": 100}).status_code == 201
     inputs = [{"name": "input_ids", "shape": [1, 256], "datatype": "INT64", "data": [5] * 256}]
     with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(lambda: httpx.post(f"{srv.url}/v1/functions/bert/invoke", json={"inputs": inputs}, timeout=60))
+        pending = pool.submit(
+            lambda: httpx.post(f"{srv.url}/v1/functions/bert/invoke", json={"inputs": inputs}, timeout=60)
+        )
         time.sleep(0.3)  # the cold request is now swapping in / executing
         srv.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         r = pending.result(timeout=60)

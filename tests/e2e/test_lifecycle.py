@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.e2e.helpers import native_output, output_array, sample_input
 from loadtest.server import Server, shm_segments_of
+from tests.e2e.helpers import native_output, output_array, sample_input
 
 pytestmark = pytest.mark.e2e
 

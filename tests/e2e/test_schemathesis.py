@@ -21,7 +21,10 @@ def test_no_server_errors(case: schemathesis.Case, server: Server) -> None:
     # 503/504 are answers about load, not crashes; everything else must be < 500.
     response = case.call(base_url=server.url, timeout=60)
     assert response.status_code < 500 or response.status_code in (503, 504), (
-        case.method, case.formatted_path, response.status_code, response.text[:300]
+        case.method,
+        case.formatted_path,
+        response.status_code,
+        response.text[:300],
     )
     assert "Traceback" not in response.text
     if case.operation.path in ("/v1/functions/{name}", "/v1/functions/{name}/invoke"):

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from loadtest.server import Server
 from tests.e2e.conftest import DEPLOYED
 from tests.e2e.helpers import native_output, output_array, sample_input
-from loadtest.server import Server
 
 pytestmark = pytest.mark.e2e
 

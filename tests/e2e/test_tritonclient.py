@@ -47,7 +47,9 @@ def test_infer_int64_binary_into_bert(client: triton.InferenceServerClient) -> N
     inp = triton.InferInput("input_ids", list(ids.shape), "INT64")
     inp.set_data_from_numpy(ids, binary_data=True)
     result = client.infer("bert", [inp], outputs=[triton.InferRequestedOutput("pooled_output", binary_data=True)])
-    want = native_output("bert-base", [{"name": "input_ids", "shape": [1, 12], "datatype": "INT64", "data": ids.ravel().tolist()}])
+    want = native_output(
+        "bert-base", [{"name": "input_ids", "shape": [1, 12], "datatype": "INT64", "data": ids.ravel().tolist()}]
+    )
     assert result.as_numpy("pooled_output").tobytes() == want.tobytes()
 
 

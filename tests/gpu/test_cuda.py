@@ -34,8 +34,7 @@ def _backend(ordinal: int = 0) -> Any:
 @pytest.fixture
 def image() -> Iterator[ModelImage]:
     gm = program.build({"zoo": "resnet50"}, meta=False)
-    tensors = program.state_tensors(gm)
-    im = pack([(n, tensors[n]) for n in program.first_use_order(gm)], shm.segment_name("gpu-test-r50"))
+    im = pack(program.packing_order(gm), shm.segment_name("gpu-test-r50"))
     yield im
     im.unlink()
 

@@ -51,8 +51,7 @@ def devices(request: pytest.FixtureRequest) -> Iterator[list[Device]]:
 @pytest.fixture
 def resnet18() -> Iterator[ModelImage]:
     gm = program.build({"zoo": "resnet18"}, meta=False)
-    tensors = program.state_tensors(gm)
-    image = pack([(n, tensors[n]) for n in program.first_use_order(gm)], shm.segment_name("test-r18"))
+    image = pack(program.packing_order(gm), shm.segment_name("test-r18"))
     yield image
     image.unlink()
 
@@ -109,7 +108,9 @@ def test_gate_waits_before_the_first_reader_of_each_group(resnet18: ModelImage) 
     assert waits == sorted(waits) and waits[-1] == plan.groups - 1
 
 
-def test_pipelined_cold_start_is_bitwise_native_and_reports_the_swap(devices: list[Device], resnet18: ModelImage) -> None:
+def test_pipelined_cold_start_is_bitwise_native_and_reports_the_swap(
+    devices: list[Device], resnet18: ModelImage
+) -> None:
     dev = devices[0]
     _prepare(dev, resnet18)
     wire, x = _input()
