@@ -26,6 +26,7 @@ from gateway.registry import Function
 from gateway.service import Service, token_digest
 from shared.errors import (
     DeadlineExceeded,
+    DroppedLate,
     InvalidInput,
     Overloaded,
     PayloadTooLarge,
@@ -104,6 +105,7 @@ def describe(svc: Service, fn: Function) -> dict[str, Any]:
         "stats": stats.summary() if stats is not None else None,
         "resident_on": svc.scheduler.residency(fn.model_id),
         "queue_depth": svc.scheduler.queue_depth(fn.name),
+        "schedule": svc.schedule_view(fn),
     }
 
 
@@ -160,6 +162,7 @@ async def invoke(request: Request) -> Response:
 
 
 _OUTCOMES: dict[type[TorporError], str] = {
+    DroppedLate: "dropped",
     Overloaded: "overloaded",
     DeadlineExceeded: "deadline",
     WorkerLost: "worker_lost",
@@ -189,6 +192,7 @@ async def _invoke(request: Request, svc: Service, fn: Function) -> tuple[Respons
         "x-torpor-device": str(out.device),
         "x-torpor-cold": "0" if out.source == "resident" else "1",
         "x-torpor-source": out.source,
+        "x-torpor-batch": str(out.batch),
     }
     if json_length is not None:
         headers[oip.HEADER_LENGTH] = str(json_length)

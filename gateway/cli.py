@@ -227,6 +227,10 @@ def parser() -> argparse.ArgumentParser:
     r = client("rm", "delete a function")
     r.add_argument("name")
     r.set_defaults(func=_rm)
+
+    from gateway.sim.cli import add_commands
+
+    add_commands(sub)
     return p
 
 

@@ -8,12 +8,13 @@ memory in first-use order.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared import shm
 from shared.config import format_size
@@ -21,6 +22,10 @@ from shared.errors import InvalidInput
 from shared.modelstore import ModelImage
 from shared.specs import TensorSpec, specs_from_json
 
+if TYPE_CHECKING:
+    from shared.profiling import ExecTiming
+
+log = logging.getLogger("torpor.gateway")
 MAX_SEED = 2**31 - 1
 
 
@@ -32,12 +37,20 @@ class DeploySpec:
     input_spec: tuple[TensorSpec, ...] | None
     timeout_ms: float
     invoke_token: str | None
+    slo_percentile: float = 98.0
+    max_batch_size: int = 1
+    drop_late: bool = False
+    heavy: bool | None = None  # None: measured at deploy
+
+
+MAX_BATCH = 256
+SERVING_FIELDS = ("slo_percentile", "max_batch_size", "drop_late", "heavy")
 
 
 def parse(name: str, body: object) -> DeploySpec:
     if not isinstance(body, dict):
         raise InvalidInput("body: expected a JSON object with 'model' and 'slo_ms'")
-    fields = {"model", "slo_ms", "input_spec", "timeout_ms", "invoke_token"}
+    fields = {"model", "slo_ms", "input_spec", "timeout_ms", "invoke_token", *SERVING_FIELDS}
     unknown = sorted(set(body) - fields)
     if unknown:
         raise InvalidInput(f"body: unknown field(s) {unknown}; expected {', '.join(sorted(fields))}")
@@ -74,7 +87,19 @@ def parse(name: str, body: object) -> DeploySpec:
     token = body.get("invoke_token")
     if token is not None and (not isinstance(token, str) or len(token) < 16):
         raise InvalidInput("invoke_token: expected a string of at least 16 characters")
-    return DeploySpec(name, model, float(slo), inputs, float(timeout), token)
+    pct = body.get("slo_percentile", 98.0)
+    if not isinstance(pct, (int, float)) or isinstance(pct, bool) or not 0 < pct < 100:
+        raise InvalidInput("slo_percentile: expected a percentile between 0 and 100 exclusive, e.g. 98 or 99.9")
+    batch = body.get("max_batch_size", 1)
+    if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= MAX_BATCH:
+        raise InvalidInput(f"max_batch_size: expected an integer from 1 to {MAX_BATCH}")
+    drop_late = body.get("drop_late", False)
+    if not isinstance(drop_late, bool):
+        raise InvalidInput("drop_late: expected true or false")
+    heavy = body.get("heavy")
+    if heavy is not None and not isinstance(heavy, bool):
+        raise InvalidInput("heavy: expected true, false or null (measured at deploy)")
+    return DeploySpec(name, model, float(slo), inputs, float(timeout), token, float(pct), batch, drop_late, heavy)
 
 
 def store_artifact(path: str, artifacts: Path, name: str) -> Path:
@@ -99,14 +124,23 @@ class Built:
     image: ModelImage
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    timing: ExecTiming | None = None  # None when the model could not be run here
 
 
-def build(source: dict[str, Any], model_id: str, budget: int, input_spec: tuple[TensorSpec, ...] | None) -> Built:
-    """Build, check and pack a model (runs in a worker thread of the gateway)."""
+def build(
+    source: dict[str, Any],
+    model_id: str,
+    budget: int,
+    input_spec: tuple[TensorSpec, ...] | None,
+    max_batch: int = 1,
+    threads: int | None = None,
+) -> Built:
+    """Build, check, pack and profile a model (runs in a worker thread of the gateway)."""
     import torch
 
     from shared import program
     from shared.modelstore import layout, pack
+    from shared.profiling import profile
 
     gm = program.build(source, meta=False)
     if "zoo" in source:
@@ -125,6 +159,13 @@ def build(source: dict[str, Any], model_id: str, budget: int, input_spec: tuple[
                     f"input_spec: {given.describe()} does not match the model's input {actual.describe()}"
                 )
         inputs = input_spec
+    if max_batch > 1:
+        unbatched = [s.describe() for s in (*inputs, *outputs) if not s.shape or s.shape[0] != -1]
+        if unbatched:
+            raise InvalidInput(
+                f"max_batch_size: batching needs a batch dimension (-1) first in every input and output; "
+                f"{unbatched[0]} has none"
+            )
     ordered = program.packing_order(gm)
     table = layout(ordered)
     if table.nbytes > budget:
@@ -133,7 +174,13 @@ def build(source: dict[str, Any], model_id: str, budget: int, input_spec: tuple[
         )
     with torch.inference_mode():
         image = pack(ordered, shm.segment_name(f"model-{_safe(model_id)}"))
-    return Built(source, image, inputs, outputs)
+    try:
+        # A few warm runs for the scheduler's cost model (see shared/profiling.py).
+        timing = profile(gm, inputs, max_batch, threads)
+    except Exception as exc:  # a model that needs inputs we cannot make up still serves
+        log.warning("could not profile %s (%s); the scheduler learns its timing from live runs", model_id, exc)
+        timing = None
+    return Built(source, image, inputs, outputs, timing)
 
 
 def _safe(model_id: str) -> str:

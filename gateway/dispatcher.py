@@ -15,10 +15,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import batching
 from gateway.metrics import Metrics
 from gateway.scheduler import Decision, Evict, FunctionInfo, Reject, Run, Scheduler
 from gateway.workers import WorkerPool
-from shared.errors import DeadlineExceeded, NotFound, Overloaded, TorporError, Unavailable, WorkerLost
+from shared.errors import (
+    DeadlineExceeded,
+    DroppedLate,
+    NotFound,
+    Overloaded,
+    RequestFailed,
+    TorporError,
+    Unavailable,
+    WorkerLost,
+)
 from shared.protocol import Kind
 
 log = logging.getLogger("torpor.gateway")
@@ -34,6 +44,7 @@ class Outcome:
     queue_ms: float
     swap_ms: float
     exec_ms: float
+    batch: int = 1  # requests executed together with this one (itself included)
 
 
 @dataclass
@@ -114,12 +125,7 @@ class Dispatcher:
             elif isinstance(d, Reject):
                 inv = self._waiting.pop(d.rid, None)
                 if inv is not None:
-                    _fail(
-                        inv,
-                        NotFound(f"function {inv.function!r} was removed or replaced while the request waited")
-                        if d.reason == "removed"
-                        else Unavailable(d.reason),
-                    )
+                    _fail(inv, _rejection(inv, d.reason))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -136,7 +142,8 @@ class Dispatcher:
     async def _run(self, run: Run) -> None:
         invs = [self._waiting.pop(r) for r in run.rids if r in self._waiting]
         started = time.perf_counter()
-        loaded_ok, lost = True, False
+        loaded_ok, lost, failed = True, False, False
+        exec_total: float | None = None
         for inv in invs:
             inv.phase = "swap" if run.load is not None else "exec"
         try:
@@ -151,13 +158,11 @@ class Dispatcher:
                     body["peer"] = {"device": run.load.peer, "offset": run.load.peer_offset}
                 load = client.request(Kind.LOAD, body)
             # Sent right behind the load: the worker starts executing while the copy runs.
-            infers = [
-                client.request(
-                    Kind.INFER,
-                    {"model_id": run.model_id, "inputs": inv.inputs, "output_names": inv.output_names},
-                )
-                for inv in invs
-            ]
+            joined = batching.join([inv.inputs for inv in invs]) if len(invs) > 1 else None
+            if joined is not None:
+                batched = [(invs, joined[1], self._infer(client, run, invs[0], joined[0]))]
+            else:
+                batched = [([inv], [0], self._infer(client, run, inv, inv.inputs)) for inv in invs]
             swap_ms, load_error = 0.0, None
             if load is not None:
                 try:
@@ -166,35 +171,51 @@ class Dispatcher:
                     self.metrics.swapped_in(run.device, run.model_id, loaded["source"], loaded["bytes"])
                 except TorporError as exc:
                     loaded_ok, load_error = False, exc
+                self.apply(self.scheduler.swap_done(run.device, ok=loaded_ok))
             for inv in invs:
                 inv.phase = "exec"
-            for inv, fut in zip(invs, infers, strict=True):
+            exec_total = 0.0
+            for group, sizes, fut in batched:
                 try:
                     reply = await fut
+                    outputs = batching.split(reply["outputs"], sizes) if len(group) > 1 else [reply["outputs"]]
                 except TorporError as exc:
                     lost = lost or isinstance(exc, WorkerLost)
-                    self._failed(inv, load_error if load_error is not None and not lost else exc)
+                    failed = True
+                    for inv in group:
+                        self._failed(inv, load_error if load_error is not None and not lost else exc)
                     continue
-                if not inv.future.done():
-                    inv.future.set_result(
-                        Outcome(
-                            outputs=reply["outputs"],
-                            device=run.device,
-                            source="resident" if run.load is None else run.load.source,
-                            queue_ms=(started - inv.arrived) * 1e3,
-                            swap_ms=swap_ms,
-                            exec_ms=reply["exec_ms"],
+                except ValueError as exc:  # a batched reply that does not split: the model broke its signature
+                    failed = True
+                    for inv in group:
+                        _fail(inv, RequestFailed(f"batched execution returned {exc}"))
+                    continue
+                exec_total += reply["exec_ms"]
+                for inv, out in zip(group, outputs, strict=True):
+                    if not inv.future.done():
+                        inv.future.set_result(
+                            Outcome(
+                                outputs=out,
+                                device=run.device,
+                                source="resident" if run.load is None else run.load.source,
+                                queue_ms=(started - inv.arrived) * 1e3,
+                                swap_ms=swap_ms,
+                                exec_ms=reply["exec_ms"],
+                                batch=len(group),
+                            )
                         )
-                    )
+            if joined is None and len(invs) > 1:
+                exec_total = None  # run one by one: not the batched time the profile predicts
         except TorporError as exc:
             lost = lost or isinstance(exc, WorkerLost)
+            failed = True
             for inv in invs:
                 self._failed(inv, exc)
         except Exception as exc:  # a bug here must not strand the requests
             log.exception("run on device %d failed", run.device)
             for inv in invs:
                 _fail(inv, Unavailable(f"internal error while dispatching: {type(exc).__name__}"))
-            loaded_ok = False
+            loaded_ok, failed = False, True
         finally:
             self.metrics.device_busy(run.device, time.perf_counter() - started)
             if lost:
@@ -202,7 +223,13 @@ class Dispatcher:
                 # restarts the worker and reports it added again.
                 self.apply(self.scheduler.device_lost(run.device))
             else:
-                self.apply(self.scheduler.finished(run.device, loaded_ok=loaded_ok))
+                self.apply(self.scheduler.finished(run.device, loaded_ok=loaded_ok, exec_ms=exec_total, failed=failed))
+
+    @staticmethod
+    def _infer(client: Any, run: Run, inv: Invocation, inputs: list[dict[str, Any]]) -> Any:
+        return client.request(
+            Kind.INFER, {"model_id": run.model_id, "inputs": inputs, "output_names": inv.output_names}
+        )
 
     def _failed(self, inv: Invocation, exc: TorporError) -> None:
         if isinstance(exc, WorkerLost) and inv.attempts < MAX_RETRIES and not inv.future.done():
@@ -213,6 +240,17 @@ class Dispatcher:
         if isinstance(exc, WorkerLost):
             exc = WorkerLost(f"{exc.message}; the request was retried once and failed again")
         _fail(inv, exc)
+
+
+def _rejection(inv: Invocation, reason: str) -> TorporError:
+    if reason == "removed":
+        return NotFound(f"function {inv.function!r} was removed or replaced while the request waited")
+    if reason == "late":
+        return DroppedLate(
+            f"function {inv.function!r} drops requests that can no longer meet its SLO (drop_late), "
+            "and this one could not; retry later"
+        )
+    return Unavailable(f"function {inv.function!r} cannot be served: {reason}")
 
 
 def _phase_text(phase: str) -> str:

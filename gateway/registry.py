@@ -14,11 +14,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import InvalidInput, NotFound
 from shared.modelstore import ModelImage
 from shared.specs import TensorSpec, specs_from_json, specs_to_json
+
+if TYPE_CHECKING:
+    from shared.profiling import ExecTiming
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 REGISTRY_FILE = "functions.json"
@@ -45,7 +48,12 @@ class Function:
     invoke_token_sha256: str | None = None  # callers must present the token, when set
     version: int = 1
     created: float = field(default_factory=time.time)
+    slo_percentile: float = 98.0  # slo_ms holds for this share of requests
+    max_batch_size: int = 1  # waiting requests may run together up to this many
+    drop_late: bool = False  # reject early (503) what can no longer meet the SLO
+    heavy: bool | None = None  # set by the user; None: as measured at deploy
     image: ModelImage | None = None  # set once packed in this process
+    timing: ExecTiming | None = None  # profiled at deploy in this process
 
     @property
     def model_id(self) -> str:
@@ -63,6 +71,10 @@ class Function:
             "invoke_token_sha256": self.invoke_token_sha256,
             "version": self.version,
             "created": self.created,
+            "slo_percentile": self.slo_percentile,
+            "max_batch_size": self.max_batch_size,
+            "drop_late": self.drop_late,
+            "heavy": self.heavy,
         }
 
     @classmethod
@@ -78,6 +90,10 @@ class Function:
             invoke_token_sha256=obj.get("invoke_token_sha256"),
             version=int(obj.get("version", 1)),
             created=float(obj.get("created", time.time())),
+            slo_percentile=float(obj.get("slo_percentile", 98.0)),
+            max_batch_size=int(obj.get("max_batch_size", 1)),
+            drop_late=bool(obj.get("drop_late", False)),
+            heavy=obj.get("heavy"),
         )
 
 

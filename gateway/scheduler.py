@@ -1,22 +1,48 @@
-"""The scheduling policy as a pure object: events in, decisions out.
+"""The scheduling policy as one pure object: events in, decisions out.
 
 No sockets, no asyncio, no torch; the clock is injected. The gateway's
-dispatcher drives it with real workers, tests drive it with a fake clock.
+dispatcher drives it with real workers, the simulator with a discrete-event
+clock, the tests with a fake one.
 
-Policy: one inference at a time per device. Requests wait in per-function FIFO
-queues; functions are served in the order of their oldest waiting request. A
-request runs on an idle device that holds its model; else, if a busy device holds
-it, the model is copied from that peer; else it is swapped in from host memory.
-The target is the idle device that must evict the fewest bytes, least recently
-used models first. Nothing in use or being copied from is ever evicted.
+Events: function_added / function_removed, arrived, swap_done, finished,
+cancel, device_lost / device_added. Decisions: Run (a batch of one function's
+requests on a device, after evicting some models and loading the model from the
+host or a peer), Evict, Reject.
+
+The full policy ("torpor") follows Torpor's Algorithm 1, one inference at a time
+per device:
+1. run on an idle device that holds the model;
+2. else copy it from a device that holds it (busy or not) to an idle one over the
+   fastest link, when that beats the host;
+3. else swap it in from host memory onto an idle device, preferring one whose
+   PCIe-switch neighbours are not swapping, then one whose neighbours swap only
+   light models, then the one that must evict the fewest bytes.
+Requests that find no device wait in their function's queue. Functions are served
+by urgency: those whose required request count (see gateway.slo) is above a tuned
+threshold first, then earliest deadline first. A function that asks for it
+(`drop_late`) has requests that can no longer meet their SLO rejected early
+(Clockwork's rule). Waiting requests of one function run as one batch, up to its
+max_batch_size, while the predicted completion keeps every one within its SLO.
+Eviction happens only when a model does not fit, and never of a model that is
+executing, loading, being copied from, or the only copy of a model with requests
+waiting; light models and duplicate replicas go first, then the least recently
+used.
+
+The baselines of the simulator are the same object with parts switched off:
+"simpleswap" (FIFO, a random idle device, host swaps, LRU eviction) and "native"
+(each function's model stays on one device assigned at deploy while memory
+lasts; a function without a device is not served).
 """
 
 from __future__ import annotations
 
+import random
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway.costmodel import CostModel, ExecProfile, Topology
+from gateway.slo import PriorityTuner, SloWindow
 from shared.arena import ArenaLayout, Slice
 
 
@@ -25,6 +51,51 @@ class FunctionInfo:
     name: str
     model_id: str
     nbytes: int
+    slo_ms: float = 1000.0
+    percentile: float = 0.98
+    exec_ms: float = 10.0  # profiled at batch 1
+    batch_exec_ms: float | None = None  # profiled at max_batch_size
+    max_batch_size: int = 1
+    drop_late: bool = False
+    heavy: bool = True  # its execution suffers from a concurrent swap on its PCIe switch
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    slo_order: bool = True  # RRC classes + earliest deadline; else FIFO by arrival
+    peer_copy: bool = True
+    neighbour_aware: bool = True
+    smart_eviction: bool = True  # light and duplicate first; else plain LRU
+    random_target: bool = False  # any idle device that fits, at random
+    batching: bool = True
+    drop_late: bool = True  # honour the functions' drop_late
+    static: bool = False  # native: one dedicated device per function, no swapping
+
+
+POLICIES = {
+    "torpor": Policy("torpor"),
+    "simpleswap": Policy(
+        "simpleswap",
+        slo_order=False,
+        peer_copy=False,
+        neighbour_aware=False,
+        smart_eviction=False,
+        random_target=True,
+        batching=False,
+        drop_late=False,
+    ),
+    "native": Policy(
+        "native",
+        slo_order=False,
+        peer_copy=False,
+        neighbour_aware=False,
+        smart_eviction=False,
+        batching=False,
+        drop_late=False,
+        static=True,
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +119,7 @@ class Run:
     rids: tuple[int, ...]
     evict: tuple[str, ...] = ()  # models to drop first, to make room
     load: Load | None = None  # None: the model is already resident
+    predicted_ms: float = 0.0  # service time the cost model expects
 
 
 @dataclass(frozen=True)
@@ -59,7 +131,7 @@ class Evict:
 @dataclass(frozen=True)
 class Reject:
     rid: int
-    reason: str  # "removed"
+    reason: str  # "removed", "late" or "no device"
 
 
 Decision = Run | Evict | Reject
@@ -71,7 +143,7 @@ class Resident:
     slice: Slice
     last_used: float
     pins: int = 0  # peer copies reading it right now
-    loading: bool = False  # its swap-in has not been confirmed yet: not a peer source
+    loading: bool = False  # not (yet) fully on the device: not a peer source
 
 
 @dataclass
@@ -80,15 +152,21 @@ class DeviceState:
     layout: ArenaLayout
     resident: OrderedDict[str, Resident] = field(default_factory=OrderedDict)  # LRU first
     running: Run | None = None
+    started: float = 0.0
     online: bool = True
 
     @property
     def idle(self) -> bool:
         return self.online and self.running is None
 
+    @property
+    def swapping(self) -> bool:
+        run = self.running
+        return run is not None and run.load is not None and self.resident[run.model_id].loading
+
     def in_use(self) -> set[str]:
-        """Models that must not be evicted: executing, or a peer is copying them."""
-        busy = {m for m, r in self.resident.items() if r.pins}
+        """Models that must not be evicted: executing, loading, or a peer is copying them."""
+        busy = {m for m, r in self.resident.items() if r.pins or r.loading}
         return busy | ({self.running.model_id} if self.running else set())
 
 
@@ -96,173 +174,450 @@ class DeviceState:
 class Waiting:
     rid: int
     arrived: float
+    deadline: float
+
+
+@dataclass
+class FunctionState:
+    info: FunctionInfo
+    exec: ExecProfile
+    slo: SloWindow
+    queue: deque[Waiting] = field(default_factory=deque)
+    home: int | None = None  # native: its dedicated device
+
+
+@dataclass
+class Plan:
+    device: DeviceState
+    victims: list[str]
+    transfer_ms: float  # 0 when resident
+    source: int | None  # peer device, or None for host (or resident)
+    cold: bool
 
 
 class Scheduler:
-    def __init__(self, capacities: list[int], clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        topology: Topology | list[int],
+        clock: Callable[[], float],
+        policy: str | Policy = "torpor",
+        seed: int = 0,
+        window_s: float = 60.0,
+    ) -> None:
+        self.topology = topology if isinstance(topology, Topology) else Topology.flat(topology)
+        self.cost = CostModel(self.topology)
+        self.policy = POLICIES[policy] if isinstance(policy, str) else policy
         self.clock = clock
-        self.devices = [DeviceState(i, ArenaLayout(c)) for i, c in enumerate(capacities)]
-        self.functions: dict[str, FunctionInfo] = {}
-        self.queues: dict[str, deque[Waiting]] = {}
+        self.devices = [DeviceState(i, ArenaLayout(c)) for i, c in enumerate(self.topology.capacities)]
+        self.functions: dict[str, FunctionState] = {}
+        self._by_model: dict[str, FunctionState] = {}
+        self._pending: set[str] = set()  # functions with requests waiting
+        self._window_s = window_s
+        self.tuner = PriorityTuner()
+        self._rng = random.Random(seed)
+        self._inflight: dict[int, list[Waiting]] = {}  # per device, for latencies at finish
+        self._pinned: set[int] = set()  # devices whose running copy pins its peer source
 
     def __repr__(self) -> str:
         busy = sum(d.running is not None for d in self.devices)
         offline = sum(not d.online for d in self.devices)
-        queued = sum(len(q) for q in self.queues.values())
         return (
-            f"<Scheduler devices={len(self.devices)} busy={busy} offline={offline} "
-            f"functions={len(self.functions)} queued={queued}>"
+            f"<Scheduler policy={self.policy.name} devices={len(self.devices)} busy={busy} offline={offline} "
+            f"functions={len(self.functions)} queued={self.queued()}>"
         )
 
     # -- events ----------------------------------------------------------------
-    def function_added(self, fn: FunctionInfo) -> list[Decision]:
-        self.functions[fn.name] = fn
-        self.queues.setdefault(fn.name, deque())
+    def function_added(self, info: FunctionInfo) -> list[Decision]:
+        if info.name in self.functions:
+            self.function_removed(info.name)
+        exec_profile = ExecProfile(info.exec_ms, info.batch_exec_ms, info.max_batch_size)
+        state = FunctionState(info, exec_profile, SloWindow(info.slo_ms, info.percentile, self._window_s))
+        self.functions[info.name] = state
+        self._by_model[info.model_id] = state
+        if self.policy.static:
+            self._assign_home(state)
         return []
 
     def function_removed(self, name: str) -> list[Decision]:
-        fn = self.functions.pop(name, None)
-        decisions: list[Decision] = [Reject(w.rid, "removed") for w in self.queues.pop(name, ())]
-        if fn is not None:
-            for d in self.devices:
-                if fn.model_id in d.resident and fn.model_id not in d.in_use():
-                    self._drop(d, fn.model_id)
-                    decisions.append(Evict(d.index, fn.model_id))
+        state = self.functions.pop(name, None)
+        if state is None:
+            return []
+        self._pending.discard(name)
+        self._by_model.pop(state.info.model_id, None)
+        decisions: list[Decision] = [Reject(w.rid, "removed") for w in state.queue]
+        model = state.info.model_id
+        for d in self.devices:
+            r = d.resident.get(model)
+            if r is None or (d.running is not None and d.running.model_id == model) or r.pins:
+                continue  # not here, or in use: finished() evicts it when it is free
+            if self.policy.static and r.loading:
+                self._drop(d, model)  # a native reservation never filled: nothing on the device
+            elif not r.loading:
+                self._drop(d, model)
+                decisions.append(Evict(d.index, model))
         return decisions
 
     def arrived(self, rid: int, function: str) -> list[Decision]:
-        if function not in self.functions:
+        state = self.functions.get(function)
+        if state is None:
             return [Reject(rid, "removed")]
-        self.queues[function].append(Waiting(rid, self.clock()))
+        now = self.clock()
+        if self.policy.static and state.home is None:
+            state.slo.record(now, None)
+            return [Reject(rid, "no device")]
+        state.queue.append(Waiting(rid, now, now + state.info.slo_ms / 1e3))
+        self._pending.add(function)
         return self._dispatch()
 
     def cancel(self, rid: int, function: str) -> bool:
-        """Take a waiting request out of its queue (deadline passed); False if it already runs."""
-        queue = self.queues.get(function)
-        if queue is None:
+        """Take a waiting request out of its queue (its deadline passed); False if it already runs."""
+        state = self.functions.get(function)
+        if state is None:
             return False
-        for w in queue:
+        for w in state.queue:
             if w.rid == rid:
-                queue.remove(w)
+                state.queue.remove(w)
+                if not state.queue:
+                    self._pending.discard(function)
+                state.slo.record(self.clock(), None)
                 return True
         return False
 
-    def queued(self) -> int:
-        return sum(len(q) for q in self.queues.values())
+    def swap_done(self, device: int, ok: bool = True) -> list[Decision]:
+        """The running model is now wholly on the device: it may serve as a peer source."""
+        d = self.devices[device]
+        run = d.running
+        if run is not None and run.load is not None and run.model_id in d.resident:
+            if ok:
+                d.resident[run.model_id].loading = False
+            self._unpin(run)
+        return []
 
-    def finished(self, device: int, loaded_ok: bool = True) -> list[Decision]:
+    def finished(
+        self, device: int, loaded_ok: bool = True, exec_ms: float | None = None, failed: bool = False
+    ) -> list[Decision]:
         """The device finished its Run (successfully or not) and is idle again."""
         d = self.devices[device]
         run, d.running = d.running, None
         decisions: list[Decision] = []
-        if run is not None and run.load is not None and run.load.peer is not None:
-            src = self.devices[run.load.peer].resident.get(run.model_id)
-            if src is not None:
-                src.pins -= 1
-        if run is not None:
-            if not loaded_ok:
+        if run is None:
+            return self._dispatch()
+        now = self.clock()
+        self._unpin(run)
+        if not loaded_ok:
+            self._drop(d, run.model_id)
+        elif run.model_id in d.resident:
+            d.resident[run.model_id].loading = False
+            d.resident[run.model_id].last_used = now
+            d.resident.move_to_end(run.model_id)
+        state = self.functions.get(run.function)
+        if state is None or state.info.model_id != run.model_id:
+            if run.model_id in d.resident:  # removed while it ran: evict now it is free
                 self._drop(d, run.model_id)
-            elif run.model_id in d.resident:
-                d.resident[run.model_id].loading = False
-                d.resident[run.model_id].last_used = self.clock()
-                d.resident.move_to_end(run.model_id)
-            if run.function not in self.functions or self.functions[run.function].model_id != run.model_id:
-                if run.model_id in d.resident:  # removed while it ran: evict now it is free
-                    self._drop(d, run.model_id)
-                    decisions.append(Evict(device, run.model_id))
+                decisions.append(Evict(device, run.model_id))
+        else:
+            started = {w.rid: w for w in self._inflight.pop(device, [])}
+            for rid in run.rids:
+                w = started.get(rid)
+                latency = None if failed or w is None else (now - w.arrived) * 1e3
+                state.slo.record(now, latency)
+            if exec_ms is not None and not failed:
+                state.exec.observe(len(run.rids), exec_ms)
         return decisions + self._dispatch()
 
     def device_lost(self, device: int) -> list[Decision]:
         d = self.devices[device]
         run, d.online, d.running = d.running, False, None
-        if run is not None and run.load is not None and run.load.peer is not None:
-            src = self.devices[run.load.peer].resident.get(run.model_id)
-            if src is not None:
-                src.pins -= 1
+        if run is not None:
+            self._unpin(run)
+        self._inflight.pop(device, None)
         for model_id in list(d.resident):
             self._drop(d, model_id)
+        for state in self.functions.values():
+            if state.home == device:  # native: the model comes back with the device
+                state.home = None
         return []
 
     def device_added(self, device: int) -> list[Decision]:
         self.devices[device].online = True
+        if self.policy.static:
+            for state in self.functions.values():
+                if state.home is None:
+                    self._assign_home(state)
         return self._dispatch()
 
     # -- queries ---------------------------------------------------------------
     def residency(self, model_id: str) -> list[int]:
-        return [d.index for d in self.devices if model_id in d.resident]
+        return [d.index for d in self.devices if model_id in d.resident and not self._reserved_only(d, model_id)]
 
     def queue_depth(self, function: str) -> int:
-        return len(self.queues.get(function, ()))
+        state = self.functions.get(function)
+        return len(state.queue) if state else 0
+
+    def queued(self) -> int:
+        return sum(len(self.functions[n].queue) for n in self._pending)
+
+    def rrc(self, function: str) -> float:
+        return self.functions[function].slo.rrc(self.clock())
+
+    def predict(self, function: str) -> dict[str, float]:
+        """What a request arriving now would cost (ms), by the cost model: for reports."""
+        state = self.functions[function]
+        now = self.clock()
+        plan = self._plan(state, dry=True)
+        if plan is not None:
+            wait = 0.0
+            service = self.cost.service_ms(plan.transfer_ms, self._exec_ms(state, plan.device, 1))
+            transfer = plan.transfer_ms
+        else:
+            # No device for it now: it waits for the first device to finish, behind its queue.
+            ends = [d.started + d.running.predicted_ms / 1e3 for d in self.devices if d.running and d.online]
+            online = max(1, sum(d.online for d in self.devices))
+            ahead = len(state.queue) * state.exec.at(1) / online
+            wait = max(0.0, (min(ends) - now) * 1e3) + ahead if ends else float("inf")
+            transfer = 0.0 if self.residency(state.info.model_id) else self._host_ms(state, 0)
+            service = self.cost.service_ms(transfer, state.exec.at(1))
+        return {
+            "wait_ms": wait,
+            "transfer_ms": transfer,
+            "exec_ms": state.exec.at(1),
+            "completion_ms": wait + service,
+        }
 
     # -- policy ----------------------------------------------------------------
     def _dispatch(self) -> list[Decision]:
         decisions: list[Decision] = []
-        while any(d.idle for d in self.devices):
-            heads = sorted((q[0].arrived, name) for name, q in self.queues.items() if q)
+        if self.policy.slo_order:
+            now = self.clock()
+            if self.tuner.due(now):
+                self.tuner.tune(now, sum(s.slo.meeting(now) for s in self.functions.values()))
+        while self._pending and any(d.idle for d in self.devices):
             placed = False
-            for _, name in heads:
-                run = self._place(self.functions[name])
-                if run is not None:
-                    decisions.append(run)
+            for name in self._order():
+                out = self._serve(self.functions[name])
+                decisions.extend(out)
+                if out and isinstance(out[-1], Run):
                     placed = True
                     break
             if not placed:
                 break
         return decisions
 
-    def _place(self, fn: FunctionInfo) -> Run | None:
+    def _order(self) -> list[str]:
+        """Functions with requests waiting, the most urgent first."""
+        if not self.policy.slo_order:
+            return sorted(self._pending, key=lambda n: (self.functions[n].queue[0].arrived, n))
+        now, threshold = self.clock(), self.tuner.threshold
+
+        def urgency(name: str) -> tuple[int, float, str]:
+            state = self.functions[name]
+            high = state.slo.rrc(now) > threshold
+            return (0 if high else 1, state.queue[0].deadline, name)
+
+        return sorted(self._pending, key=urgency)
+
+    def _serve(self, state: FunctionState) -> list[Decision]:
+        """Place the function's next request(s), or drop the ones that can no longer make it."""
+        plan = self._plan(state)
+        if plan is None:
+            return []
+        now = self.clock()
+        decisions: list[Decision] = []
+        queue = state.queue
+        if self.policy.drop_late and state.info.drop_late:
+            service1 = self._service_ms(state, plan, 1)
+            while queue and now + service1 / 1e3 > queue[0].deadline:
+                w = queue.popleft()
+                state.slo.record(now, None)
+                decisions.append(Reject(w.rid, "late"))
+            if not queue:
+                self._pending.discard(state.info.name)
+                return decisions
+        batch = [queue[0]]
+        if self.policy.batching:
+            limit = min(state.info.max_batch_size, len(queue))
+            while len(batch) < limit:
+                finish = now + self._service_ms(state, plan, len(batch) + 1) / 1e3
+                if finish > min(w.deadline for w in [*batch, queue[len(batch)]]):
+                    break
+                batch.append(queue[len(batch)])
+        for _ in batch:
+            queue.popleft()
+        if not queue:
+            self._pending.discard(state.info.name)
+        decisions.append(self._commit(state, plan, batch))
+        return decisions
+
+    def _plan(self, state: FunctionState, dry: bool = False) -> Plan | None:
+        model = state.info.model_id
         idle = [d for d in self.devices if d.idle]
-        warm = [d for d in idle if fn.model_id in d.resident]
+        if self.policy.static:
+            home = self.devices[state.home] if state.home is not None else None
+            if home is None or not home.idle:
+                return None
+            cold = home.resident[model].loading
+            return Plan(home, [], self._host_ms(state, home.index) if cold else 0.0, None, cold)
+        warm = [d for d in idle if model in d.resident and not d.resident[model].loading]
         if warm:
-            return self._start(warm[0], fn, (), None)
-        # Torpor's Algorithm 1: a busy device holding the model can serve it as a peer.
-        peers = [
-            d for d in self.devices if d.online and fn.model_id in d.resident and not d.resident[fn.model_id].loading
-        ]
-        best: tuple[int, int, DeviceState, list[str]] | None = None
+            return Plan(min(warm, key=lambda d: (self._interfered(d), d.index)), [], 0.0, None, False)
+        sources = [
+            d for d in self.devices if d.online and model in d.resident and not d.resident[model].loading
+        ] * self.policy.peer_copy
+        active = self._active_transfers()
+        options: list[tuple[tuple[float, ...], Plan]] = []
         for d in idle:
-            victims = self._victims(d, fn.nbytes)
+            victims = self._victims(d, state)
             if victims is None:
                 continue
-            freed = sum(d.resident[v].slice.size for v in victims)
-            if best is None or (freed, d.index) < best[:2]:
-                best = (freed, d.index, d, victims)
-        if best is None:
+            freed = float(sum(d.resident[v].slice.size for v in victims))
+            host_ms = self.cost.transfer_ms(state.info.nbytes, d.index, None, active)
+            best = min(
+                ((self.cost.transfer_ms(state.info.nbytes, d.index, s.index, active), s.index) for s in sources),
+                default=None,
+            )
+            if best is not None and best[0] <= host_ms:
+                key = (0.0, best[0], freed, d.index)  # a peer copy, over the fastest link
+                options.append((key, Plan(d, victims, best[0], best[1], True)))
+            else:
+                key = (1.0, float(self._neighbour_rank(d)), freed, d.index)
+                options.append((key, Plan(d, victims, host_ms, None, True)))
+        if not options:
             return None
-        d, victims = best[2], best[3]
-        for v in victims:
-            self._drop(d, v)
-        s = d.layout.allocate(fn.nbytes)
-        assert s is not None, "victims were chosen to make room"
-        d.resident[fn.model_id] = Resident(fn.model_id, s, self.clock(), loading=True)
-        load = Load(s)
-        if peers:
-            src = peers[0].resident[fn.model_id]
-            src.pins += 1  # released in finished()
-            load = Load(s, peers[0].index, src.slice.offset)
-        return self._start(d, fn, tuple(victims), load)
+        if self.policy.random_target:
+            return self._rng.choice(options)[1] if not dry else options[0][1]
+        return min(options, key=lambda o: o[0])[1]
 
-    def _victims(self, d: DeviceState, nbytes: int) -> list[str] | None:
-        """Least-recently-used idle models to evict so that `nbytes` fits, or None."""
+    def _neighbour_rank(self, d: DeviceState) -> int:
+        """0: no neighbour on its PCIe switch swaps; 1: they swap only light models; 2: a heavy one."""
+        if not self.policy.neighbour_aware:
+            return 0
+        rank = 0
+        for n in self.topology.neighbours(d.index):
+            other = self.devices[n]
+            if other.swapping and other.running is not None:
+                state = self.functions.get(other.running.function)
+                rank = max(rank, 2 if state is None or state.info.heavy else 1)
+        return rank
+
+    def _interfered(self, d: DeviceState) -> bool:
+        return any(self.devices[n].swapping for n in self.topology.neighbours(d.index))
+
+    def _active_transfers(self) -> dict[int, int]:
+        active: dict[int, int] = {}
+        for d in self.devices:
+            if d.swapping and d.running is not None and d.running.load is not None:
+                switches = {self.topology.switches[d.index]}
+                if d.running.load.peer is not None:
+                    switches.add(self.topology.switches[d.running.load.peer])
+                for s in switches:
+                    active[s] = active.get(s, 0) + 1
+        return active
+
+    def _host_ms(self, state: FunctionState, device: int) -> float:
+        return self.cost.transfer_ms(state.info.nbytes, device, None, self._active_transfers())
+
+    def _exec_ms(self, state: FunctionState, d: DeviceState, batch: int) -> float:
+        ms = state.exec.at(batch)
+        if state.info.heavy and self._interfered(d):
+            ms *= self.topology.interference
+        return ms
+
+    def _service_ms(self, state: FunctionState, plan: Plan, batch: int) -> float:
+        return self.cost.service_ms(plan.transfer_ms, self._exec_ms(state, plan.device, batch))
+
+    def _victims(self, d: DeviceState, state: FunctionState) -> list[str] | None:
+        """Models to evict from `d` so the function's model fits, in eviction order, or None."""
+        nbytes = state.info.nbytes
         if nbytes > d.layout.capacity:
             return None
+        if d.layout.fits(nbytes):
+            return []
+        protected = d.in_use()
+        candidates = []
+        for model_id in d.resident:  # LRU first
+            if model_id in protected:
+                continue
+            owner = self._by_model.get(model_id)
+            replicas = len(self.residency(model_id))
+            if owner is not None and owner.queue and replicas <= 1:
+                continue  # its waiting requests will be served here
+            light_or_duplicate = replicas > 1 or (owner is not None and not owner.info.heavy)
+            candidates.append((0 if light_or_duplicate or not self.policy.smart_eviction else 1, model_id))
+        candidates.sort(key=lambda c: c[0])  # stable: least recently used first within a class
         victims: list[str] = []
         released: list[Slice] = []
-        busy = d.in_use()
-        for model_id, r in d.resident.items():  # LRU first
-            if d.layout.fits_after_releasing(nbytes, released):
-                return victims
-            if model_id in busy:
-                continue
+        free = d.layout.capacity - d.layout.used
+        for _, model_id in candidates:
             victims.append(model_id)
-            released.append(r.slice)
-        return victims if d.layout.fits_after_releasing(nbytes, released) else None
+            released.append(d.resident[model_id].slice)
+            free += d.resident[model_id].slice.size
+            # The byte count is a cheap necessary condition; only then look at the holes.
+            if free >= nbytes and d.layout.fits_after_releasing(nbytes, released):
+                return self._trim(d, nbytes, victims)
+        return None
 
-    def _start(self, d: DeviceState, fn: FunctionInfo, evict: tuple[str, ...], load: Load | None) -> Run:
-        waiting = self.queues[fn.name].popleft()
-        run = Run(d.index, fn.name, fn.model_id, (waiting.rid,), evict, load)
-        d.running = run
+    def _trim(self, d: DeviceState, nbytes: int, victims: list[str]) -> list[str]:
+        """Keep back any victim whose eviction turned out unnecessary (fragmentation aside)."""
+        for model_id in list(victims):
+            rest = [v for v in victims if v != model_id]
+            if d.layout.fits_after_releasing(nbytes, [d.resident[v].slice for v in rest]):
+                victims = rest
+        return victims
+
+    def _commit(self, state: FunctionState, plan: Plan, batch: list[Waiting]) -> Run:
+        d, info = plan.device, state.info
+        now = self.clock()
+        load = None
+        if self.policy.static:
+            if plan.cold:
+                load = Load(d.resident[info.model_id].slice)
+        elif plan.cold:
+            for v in plan.victims:
+                self._drop(d, v)
+            s = d.layout.allocate(info.nbytes)
+            assert s is not None, "victims were chosen to make room"
+            d.resident[info.model_id] = Resident(info.model_id, s, now, loading=True)
+            load = Load(s)
+            if plan.source is not None:
+                src = self.devices[plan.source].resident[info.model_id]
+                src.pins += 1
+                self._pinned.add(d.index)
+                load = Load(s, plan.source, src.slice.offset)
+        run = Run(
+            d.index,
+            info.name,
+            info.model_id,
+            tuple(w.rid for w in batch),
+            tuple(plan.victims) if plan.cold and not self.policy.static else (),
+            load,
+            self._service_ms(state, plan, len(batch)),
+        )
+        d.running, d.started = run, now
+        self._inflight[d.index] = batch
         return run
+
+    def _assign_home(self, state: FunctionState) -> None:
+        """Native: reserve room on the online device with the most free memory, if any fits."""
+        fits = [d for d in self.devices if d.online and d.layout.fits(state.info.nbytes)]
+        if not fits:
+            return
+        d = max(fits, key=lambda d: (d.layout.largest_hole(), -d.index))
+        s = d.layout.allocate(state.info.nbytes)
+        assert s is not None
+        d.resident[state.info.model_id] = Resident(state.info.model_id, s, self.clock(), loading=True)
+        state.home = d.index
+
+    def _reserved_only(self, d: DeviceState, model_id: str) -> bool:
+        r = d.resident[model_id]
+        return self.policy.static and r.loading and (d.running is None or d.running.model_id != model_id)
+
+    def _unpin(self, run: Run) -> None:
+        """Release the peer source of a copy, once: at swap_done or, failing that, at finish."""
+        if run.device in self._pinned and run.load is not None and run.load.peer is not None:
+            self._pinned.discard(run.device)
+            src = self.devices[run.load.peer].resident.get(run.model_id)
+            if src is not None:
+                src.pins -= 1
 
     def _drop(self, d: DeviceState, model_id: str) -> None:
         r = d.resident.pop(model_id, None)

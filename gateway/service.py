@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from gateway import deploy
+from gateway.costmodel import GB, Topology
 from gateway.dispatcher import Dispatcher, Invocation, Limits, Outcome
 from gateway.metrics import Metrics
 from gateway.registry import Function, Registry, check_name
@@ -25,6 +26,7 @@ from shared.protocol import Kind
 log = logging.getLogger("torpor.gateway")
 
 CPU_DEFAULT_BUDGET = 1 << 30
+NVLINK_BYTES_PER_S = 25 * GB  # one NVLink 2 link, one direction (V100)
 DEMO = (
     ("mlp", "mlp", 50.0),
     ("resnet18", "resnet18", 500.0),
@@ -39,7 +41,7 @@ class Service:
         self.budget = cfg.device_memory or default_budget(cfg)
         self.registry = Registry(cfg.state_dir)
         self.pool = WorkerPool(cfg, self.budget, self._worker_lost)
-        self.scheduler = Scheduler([self.budget] * len(cfg.devices), time.monotonic)
+        self.scheduler = Scheduler(live_topology(cfg, self.budget), time.monotonic)
         self.metrics = Metrics()
         self.dispatcher = Dispatcher(self.scheduler, self.pool, Limits(cfg.max_queue, cfg.max_queued), self.metrics)
         self.metrics.attach(self)
@@ -108,14 +110,21 @@ class Service:
                 timeout_ms=spec.timeout_ms,
                 invoke_token_sha256=token_digest(spec.invoke_token) if spec.invoke_token else None,
                 version=(old.version + 1) if old else 1,
+                slo_percentile=spec.slo_percentile,
+                max_batch_size=spec.max_batch_size,
+                drop_late=spec.drop_late,
+                heavy=spec.heavy,
             )
             await self._install(fn, source, persist=True, input_spec=spec.input_spec)
             return fn, old is None
 
     async def _install(self, fn: Function, source: dict[str, Any], persist: bool, input_spec: Any = None) -> None:
         started = time.perf_counter()
-        built = await asyncio.to_thread(deploy.build, source, fn.model_id, self.budget, input_spec)
+        built = await asyncio.to_thread(
+            deploy.build, source, fn.model_id, self.budget, input_spec, fn.max_batch_size, self.cfg.threads_per_device
+        )
         fn.inputs, fn.outputs, fn.image, fn.model_bytes = built.inputs, built.outputs, built.image, built.image.nbytes
+        fn.timing = built.timing
         try:
             await self._prepare_everywhere(fn)
             old = self.registry.functions.get(fn.name)
@@ -135,7 +144,7 @@ class Service:
             raise
         if old is not None:
             await self._retire(old)
-        self.dispatcher.function_added(FunctionInfo(fn.name, fn.model_id, fn.model_bytes))
+        self.dispatcher.function_added(function_info(fn))
         self.metrics.function_deployed(fn.name, fn.slo_ms, time.perf_counter() - started)
         log.info(
             "deployed %s (%s, %s) in %.2f s",
@@ -216,6 +225,21 @@ class Service:
             log.info("device %d restarted", device)
             return
 
+    def schedule_view(self, fn: Function) -> dict[str, Any] | None:
+        """The scheduler's view of a function: profile, urgency and predicted cost of a request now."""
+        state = self.scheduler.functions.get(fn.name)
+        if state is None:
+            return None
+        predicted = {k: round(v, 3) for k, v in self.scheduler.predict(fn.name).items()}
+        return {
+            "exec_ms": round(state.exec.batch1_ms, 3),
+            "batch_exec_ms": round(state.exec.batch_max_ms, 3) if state.exec.batch_max_ms else None,
+            "heavy": state.info.heavy,
+            "slowdown_under_copy": round(fn.timing.slowdown, 3) if fn.timing else None,
+            "rrc": round(self.scheduler.rrc(fn.name), 3),
+            "predicted": predicted,
+        }
+
     async def device_stats(self) -> list[dict[str, Any]]:
         out = []
         for i, spec in enumerate(self.cfg.devices):
@@ -242,6 +266,47 @@ class Service:
                 )
             out.append(entry)
         return out
+
+
+def function_info(fn: Function) -> FunctionInfo:
+    """What the scheduler knows of a function: its SLO, size and profiled timing."""
+    t = fn.timing
+    return FunctionInfo(
+        fn.name,
+        fn.model_id,
+        fn.model_bytes,
+        slo_ms=fn.slo_ms,
+        percentile=fn.slo_percentile / 100,
+        # Unprofiled: a guess the live runs correct (see ExecProfile.observe).
+        exec_ms=t.exec_ms if t else 10.0,
+        batch_exec_ms=t.batch_exec_ms if t else None,
+        max_batch_size=fn.max_batch_size,
+        drop_late=fn.drop_late,
+        heavy=fn.heavy if fn.heavy is not None else (t.heavy if t else True),
+    )
+
+
+def live_topology(cfg: ServeConfig, budget: int) -> Topology:
+    """CPU devices share nothing; GPUs are grouped by PCIe switch and linked as NVML reports."""
+    capacities = [budget] * len(cfg.devices)
+    if all(d.kind == "cpu" for d in cfg.devices):
+        return Topology.flat(capacities)
+    from gpuworker.backends.topology import gpu_report
+
+    ordinals = [d.index for d in cfg.devices]
+    reports = [gpu_report(o) for o in ordinals]
+    switch = list(range(len(ordinals)))
+    links: dict[tuple[int, int], float] = {}
+    for i, report in enumerate(reports):
+        for other, link in report["links"].items():
+            if other not in ordinals:
+                continue
+            j = ordinals.index(other)
+            if link["pcie"] in ("same_board", "same_pcie_switch"):
+                switch[j] = switch[i] = min(switch[i], switch[j])
+            if link["nvlinks"] and i < j:
+                links[(i, j)] = link["nvlinks"] * NVLINK_BYTES_PER_S
+    return Topology(tuple(capacities), tuple(switch), links=links)
 
 
 def token_digest(token: str) -> str:

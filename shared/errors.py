@@ -10,6 +10,7 @@
     ├── RequestFailed (500)          the model raised while executing this request
     ├── WorkerLost (503)             the worker serving the request died or hung
     ├── Unavailable (503)            no device can serve (e.g. shutting down, function removed)
+    │   └── DroppedLate (503)        dropped early: it could no longer meet its SLO (drop_late)
     └── ProtocolError (502)          a malformed frame crossed a worker socket
 
 Errors cross the worker socket as data (kind + message) and are rebuilt here with
@@ -74,6 +75,10 @@ class WorkerLost(TorporError):
 class Unavailable(TorporError):
     status = 503
     kind = "unavailable"
+
+
+class DroppedLate(Unavailable):
+    kind = "dropped_late"
 
 
 class ProtocolError(TorporError):

@@ -25,7 +25,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(state, "--max-body", "16MiB").start()
     try:
         for name, (zoo_name, seed) in DEPLOYED.items():
-            r = srv.deploy(name, {"model": {"zoo": zoo_name, "seed": seed}, "slo_ms": 5000})
+            # heavy set, not measured: eviction order (light models first) must not depend on
+            # how this machine's memory bandwidth happened to behave at deploy.
+            r = srv.deploy(name, {"model": {"zoo": zoo_name, "seed": seed}, "slo_ms": 5000, "heavy": True})
             assert r.status_code == 201, r.text
         yield srv
     finally:

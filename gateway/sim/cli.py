@@ -1,0 +1,135 @@
+"""`torpor simulate` and `torpor profile`: the scheduler on a virtual clock, and this machine's profile."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+POLICY_NAMES = ("torpor", "simpleswap", "native")
+
+
+def add_commands(sub: Any) -> None:
+    s = sub.add_parser(
+        "simulate",
+        help="run the scheduler on a hardware profile and a trace (no processes, virtual time)",
+        description="Simulate one node: the live scheduler object on a discrete-event clock.",
+    )
+    s.add_argument("--profile", default="v100x4", help="a profile file, or a built-in name (default v100x4)")
+    s.add_argument("--trace", help="per-minute invocation counts in the Azure Functions 2019 CSV layout")
+    s.add_argument("--policy", default="torpor", help=f"{', '.join(POLICY_NAMES)} or all (default torpor)")
+    s.add_argument("--functions", type=int, default=200, help="functions deployed (default 200)")
+    s.add_argument("--sweep", help="FROM:TO:STEP function counts: the density curve (e.g. 40:800:40)")
+    s.add_argument("--minutes", type=int, default=10, help="trace length in minutes (default 10)")
+    s.add_argument("--rate", type=float, default=1.0, help="mean requests/s per function (generated trace)")
+    s.add_argument("--sigma", type=float, default=1.0, help="log-normal spread of rates across functions")
+    s.add_argument("--burstiness", type=float, default=0.5, help="0 = steady Poisson, 1 = very bursty")
+    s.add_argument("--slo-factor", type=float, default=5.0, help="SLO = factor × the model's exec time")
+    s.add_argument("--slo-ms", type=float, help="one SLO for every function instead of --slo-factor")
+    s.add_argument("--percentile", type=float, default=98.0, help="SLO percentile (default 98)")
+    s.add_argument("--models", nargs="+", default=[], help="models of the profile to use (default all)")
+    s.add_argument("--max-batch", type=int, default=1, help="dynamic batching limit per function")
+    s.add_argument("--drop-late", action="store_true", help="functions drop requests that cannot meet the SLO")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes for --sweep")
+    s.add_argument("--out", default="sim-out", help="directory for JSON summaries and PNG figures")
+    s.set_defaults(func=_simulate)
+
+    p = sub.add_parser("profile", help="measure this machine into a hardware profile for the simulator")
+    p.add_argument("--devices", default="cpu:2", help="cpu:N, or cuda / cuda:0,1")
+    p.add_argument("--device-memory", default="4GiB", help="per-device budget for models")
+    p.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "resnet152", "bert-base"])
+    p.add_argument("--max-batch", type=int, default=8, help="batch size profiled besides 1")
+    p.add_argument("--threads", type=int, default=1, help="compute threads per CPU device")
+    p.add_argument("--out", default="profile.json")
+    p.set_defaults(func=_profile)
+
+
+def _workload(args: argparse.Namespace, functions: int) -> Any:
+    from gateway.sim.run import Workload
+
+    return Workload(
+        functions=functions,
+        minutes=args.minutes,
+        mean_rate=args.rate,
+        sigma=args.sigma,
+        burstiness=args.burstiness,
+        slo_factor=args.slo_factor,
+        slo_ms=args.slo_ms,
+        percentile=args.percentile / 100,
+        models=tuple(args.models),
+        max_batch=args.max_batch,
+        drop_late=args.drop_late,
+        seed=args.seed,
+        trace=args.trace,
+    )
+
+
+def _policies(text: str) -> list[str]:
+    chosen = list(POLICY_NAMES) if text == "all" else text.split(",")
+    bad = [p for p in chosen if p not in POLICY_NAMES]
+    if bad:
+        raise SystemExit(f"torpor simulate: --policy: unknown {bad}; expected {', '.join(POLICY_NAMES)} or all")
+    return chosen
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from gateway.sim import plots
+    from gateway.sim.profile import load
+    from gateway.sim.run import density, summary, write_json
+
+    try:
+        profile = load(args.profile)
+    except ValueError as exc:
+        raise SystemExit(f"torpor simulate: {exc}") from None
+    out = Path(args.out)
+    policies = _policies(args.policy)
+    if args.sweep:
+        try:
+            lo, hi, step = (int(x) for x in args.sweep.split(":"))
+        except ValueError:
+            raise SystemExit("torpor simulate: --sweep: expected FROM:TO:STEP, e.g. 40:800:40") from None
+        counts = list(range(lo, hi + 1, step))
+        curves = density(args.profile, _workload(args, counts[0]), counts, policies, jobs=args.jobs)
+        write_json(curves, out / "density.json")
+        png = plots.density_figure(curves, f"{profile.name}: functions meeting their SLO", out / "density.png")
+        print(f"{'functions':>9}" + "".join(f"{p:>12}" for p in policies))
+        for i, n in enumerate(counts):
+            print(f"{n:>9}" + "".join(f"{curves[p][i]['functions_meeting_slo']:>12}" for p in policies))
+        for p in policies:
+            all_ok = [pt["functions"] for pt in curves[p] if pt["functions_meeting_slo"] == pt["functions"]]
+            print(f"{p}: every function within its SLO up to {max(all_ok, default=0)} functions")
+        print(f"wrote {out / 'density.json'} and {png}")
+        return 0
+    print(f"{'policy':<11}{'meeting SLO':>12}{'requests':>10}{'dropped':>9}{'p50 ms':>9}{'p99 ms':>9}{'util':>7}")
+    for policy in policies:
+        s = summary(profile, _workload(args, args.functions), policy)
+        write_json(s, out / f"summary-{policy}.json")
+        plots.run_figures(s, out / policy)
+        util = sum(d["utilization"] for d in s["devices"]) / len(s["devices"])
+        lat = s["latency_ms"]
+        print(
+            f"{policy:<11}{s['functions_meeting_slo']:>6}/{s['functions_with_requests']:<5}{s['requests']:>10}"
+            f"{s['dropped']:>9}{_ms(lat['p50']):>9}{_ms(lat['p99']):>9}{util:>7.2f}"
+        )
+    print(f"wrote {out}/summary-<policy>.json and {out}/<policy>/*.png")
+    return 0
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from gateway.sim.measure import measure_profile
+    from gateway.sim.profile import dump
+    from gateway.sim.run import write_json
+    from shared.config import parse_devices, parse_size
+
+    devices = parse_devices(args.devices)
+    memory = parse_size(args.device_memory, "--device-memory")
+    profile = measure_profile(devices, memory, args.models, args.max_batch, args.threads, progress=print)
+    path = write_json(dump(profile, memory), Path(args.out))
+    print(f"wrote {path}")
+    return 0

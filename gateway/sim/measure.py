@@ -1,0 +1,134 @@
+"""`torpor profile`: measure this machine into a hardware profile for the simulator.
+
+On CPU devices it uses the worker's own swap code (gpuworker.bench_swap) for copy
+bandwidth and for how much of a swap-in hides behind execution, and
+shared.profiling for execution times by batch size and the slowdown under a
+concurrent copy. On GPUs: pinned host-to-device and device-to-device copies and
+synchronised execution timings, with standard torch APIs only.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from gateway.costmodel import Topology
+from gateway.sim.profile import HardwareProfile, ModelProfile
+from shared import program, zoo
+from shared.config import DeviceSpec
+from shared.profiling import profile as profile_exec
+from shared.profiling import random_inputs
+
+
+def measure_profile(
+    devices: tuple[DeviceSpec, ...],
+    device_memory: int,
+    models: list[str],
+    max_batch: int,
+    threads: int,
+    progress: Callable[[str], None] = lambda _: None,
+) -> HardwareProfile:
+    if all(d.kind == "cpu" for d in devices):
+        return _measure_cpu(len(devices), device_memory, models, max_batch, threads, progress)
+    return _measure_cuda(devices, device_memory, models, max_batch, progress)
+
+
+def _measure_cpu(
+    n: int, memory: int, models: list[str], max_batch: int, threads: int, progress: Callable[[str], None]
+) -> HardwareProfile:
+    from gpuworker.bench_swap import Bench
+
+    bench = Bench(max(512 << 20, memory // 4), threads, 2 << 20)
+    measured: dict[str, ModelProfile] = {}
+    bandwidths, overlaps, slowdowns = [], [], []
+    try:
+        for name in models:
+            progress(f"profiling {name} ...")
+            swap = bench.measure(name, repeats=3)
+            gm = program.build({"zoo": name}, meta=False)
+            timing = profile_exec(gm, zoo.entry(name).inputs, max_batch, threads)
+            bandwidths.append(swap["bytes"] / (swap["memcpy"] / 1e3))
+            hidden = swap["serial"] - swap["piped"]
+            overlaps.append(min(1.0, max(0.0, hidden / max(1e-9, min(swap["swap"], swap["warm"])))))
+            slowdowns.append(timing.slowdown)
+            measured[name] = ModelProfile(
+                name, int(swap["bytes"]), timing.exec_ms, timing.batch_exec_ms, max_batch, timing.heavy
+            )
+            progress(
+                f"  {name}: {swap['bytes'] / 2**20:.0f} MiB, exec {timing.exec_ms:.1f} ms, "
+                f"batch {max_batch} {timing.batch_exec_ms or 0:.1f} ms, slowdown under copy {timing.slowdown:.2f}"
+            )
+    finally:
+        bench.close()
+    bw = statistics.median(bandwidths)
+    topology = Topology(
+        capacities=(memory,) * n,
+        switches=tuple(range(n)),  # CPU devices share no PCIe switch
+        host_bandwidth=bw,
+        pcie_peer_bandwidth=bw,
+        pipeline_overlap=statistics.median(overlaps),
+        interference=max(1.0, statistics.median(slowdowns)),
+    )
+    return HardwareProfile(
+        f"{n} CPU devices on this machine ({threads} thread(s) each)",
+        topology,
+        measured,
+        exec_jitter=0.05,
+        source=f"measured by torpor profile on {time.strftime('%Y-%m-%d')}",
+    )
+
+
+def _measure_cuda(
+    devices: tuple[DeviceSpec, ...], memory: int, models: list[str], max_batch: int, progress: Callable[[str], None]
+) -> HardwareProfile:
+    first = torch.device("cuda", devices[0].index)
+    nbytes = 256 << 20
+    host = torch.empty(nbytes, dtype=torch.uint8).pin_memory()
+    dev = torch.empty(nbytes, dtype=torch.uint8, device=first)
+    host_bw = nbytes / _timed(lambda: dev.copy_(host, non_blocking=True), first)
+    links: dict[tuple[int, int], float] = {}
+    peer_bw = host_bw
+    for j, other in enumerate(devices[1:], 1):
+        dst = torch.empty(nbytes, dtype=torch.uint8, device=torch.device("cuda", other.index))
+        bw = nbytes / _timed(lambda dst=dst: dst.copy_(dev), first)
+        if bw > 1.5 * host_bw:  # clearly faster than PCIe: a direct link
+            links[(0, j)] = bw
+        else:
+            peer_bw = bw
+    measured = {}
+    for name in models:
+        progress(f"profiling {name} ...")
+        model = zoo.build(name).to(first)
+        specs = zoo.entry(name).inputs
+        x1 = [t.to(first) for t in random_inputs(specs, 1)]
+        xb = [t.to(first) for t in random_inputs(specs, max_batch)]
+        with torch.inference_mode():
+            e1 = _timed(lambda: model(*x1), first) * 1e3
+            eb = _timed(lambda: model(*xb), first) * 1e3
+        size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        measured[name] = ModelProfile(name, size, e1, eb, max_batch, True)
+    topology = Topology(
+        capacities=(memory,) * len(devices),
+        switches=tuple(range(len(devices))),  # refine by hand from `nvidia-smi topo -m`
+        host_bandwidth=host_bw,
+        pcie_peer_bandwidth=peer_bw,
+        links=links,
+    )
+    return HardwareProfile(f"{len(devices)} GPUs on this machine", topology, measured, 0.05, "torpor profile")
+
+
+def _timed(fn: Callable[[], object], device: torch.device, runs: int = 5) -> float:
+    """Median seconds of `fn` on `device`, synchronised."""
+    fn()
+    torch.cuda.synchronize(device)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+

@@ -1,0 +1,109 @@
+"""Workloads for the simulator, single runs, and the density sweep (functions meeting SLO vs deployed).
+
+A workload is N functions over the profile's models, assigned round-robin (or
+from an explicit list), each with an SLO of `slo_factor` × its model's batch-1
+execution time at `percentile`, and a trace of arrivals: generated (heavy-tailed
+rates across functions, bursty within each; see shared.traces) or read from an
+Azure Functions 2019 per-minute CSV, its rows mapped onto the functions in order.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.sim.engine import SimFunction, Simulation
+from gateway.sim.profile import HardwareProfile
+from gateway.sim.profile import load as load_profile
+from gateway.sim.summary import summarize
+from shared import traces
+
+
+@dataclass(frozen=True)
+class Workload:
+    functions: int
+    minutes: int = 10
+    mean_rate: float = 1.0  # requests/s per function, averaged over functions
+    sigma: float = 1.0  # spread (log-normal) of rates across functions
+    burstiness: float = 0.5
+    slo_factor: float = 5.0  # SLO = slo_factor × the model's batch-1 execution time
+    slo_ms: float | None = None  # or one SLO for every function
+    percentile: float = 0.98
+    models: tuple[str, ...] = ()  # () = every model of the profile, round-robin
+    max_batch: int = 1
+    drop_late: bool = False
+    seed: int = 0
+    trace: str | None = None  # an Azure-layout CSV instead of a generated trace
+
+
+def functions_for(profile: HardwareProfile, w: Workload) -> list[SimFunction]:
+    names = list(w.models) or sorted(profile.models)
+    unknown = [m for m in names if m not in profile.models]
+    if unknown:
+        raise ValueError(f"models: {unknown} not in profile {profile.name!r} ({sorted(profile.models)})")
+    out = []
+    for i in range(w.functions):
+        m = profile.models[names[i % len(names)]]
+        slo = w.slo_ms if w.slo_ms is not None else w.slo_factor * m.exec_ms
+        out.append(SimFunction(f"f{i:04d}", m, slo, w.percentile, w.max_batch, w.drop_late))
+    return out
+
+
+def trace_for(w: Workload) -> traces.Trace:
+    if w.trace:
+        t = traces.read_azure_csv(w.trace, functions=w.functions, minutes=w.minutes)
+        if len(t.functions) < w.functions:
+            raise ValueError(f"trace {w.trace}: {len(t.functions)} functions, {w.functions} asked for")
+        return t
+    return traces.generate(w.functions, w.minutes, w.mean_rate, w.sigma, w.burstiness, w.seed)
+
+
+def simulate(profile: HardwareProfile, w: Workload, policy: str) -> Simulation:
+    sim = Simulation(profile, policy, functions_for(profile, w), seed=w.seed)
+    return sim.run(trace_for(w).arrivals(seed=w.seed))
+
+
+def summary(profile: HardwareProfile, w: Workload, policy: str) -> dict[str, Any]:
+    s = summarize(simulate(profile, w, policy))
+    s["slo_percentile"] = w.percentile
+    s["workload"] = asdict(w)
+    return s
+
+
+def _point(args: tuple[str, Workload, str]) -> dict[str, Any]:
+    profile_ref, w, policy = args
+    s = summary(load_profile(profile_ref), w, policy)
+    return {k: v for k, v in s.items() if k != "per_function"}
+
+
+def density(
+    profile_ref: str, base: Workload, counts: list[int], policies: list[str], jobs: int = 1
+) -> dict[str, list[dict[str, Any]]]:
+    """One simulation per (policy, function count); the workload is otherwise the same."""
+    from dataclasses import replace
+
+    tasks = [(profile_ref, replace(base, functions=n), p) for p in policies for n in counts]
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            points = list(pool.map(_point, tasks))
+    else:
+        points = [_point(t) for t in tasks]
+    curves: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
+    for (_, _, policy), point in zip(tasks, points, strict=True):
+        curves[policy].append(point)
+    return curves
+
+
+def write_json(obj: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1, default=_jsonable))
+    return path
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")

@@ -1,0 +1,75 @@
+"""What a simulation run amounts to: per-function SLO attainment and p98, per-device work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gateway.sim.engine import Simulation
+
+
+def summarize(sim: Simulation) -> dict[str, Any]:
+    duration = max(sim.end, 1e-9)
+    functions = []
+    meeting = requested = 0
+    all_latencies: list[float] = []
+    dropped = 0
+    for f, t in zip(sim.functions, sim.tallies, strict=True):
+        n = len(t.latencies_ms) + t.dropped
+        lat = np.asarray(t.latencies_ms)
+        on_time = int((lat <= f.slo_ms).sum())
+        # A dropped request never came back: it counts as infinitely late.
+        full = np.concatenate([lat, np.full(t.dropped, np.inf)])
+        p98 = float(np.percentile(full, 98)) if n else None
+        attainment = on_time / n if n else None
+        ok = attainment is not None and attainment >= f.percentile
+        meeting += ok
+        requested += n > 0
+        dropped += t.dropped
+        all_latencies.extend(t.latencies_ms)
+        functions.append(
+            {
+                "name": f.name,
+                "model": f.model.name,
+                "slo_ms": f.slo_ms,
+                "requests": n,
+                "dropped": t.dropped,
+                "attainment": attainment,
+                "p98_ms": p98 if p98 is None or np.isfinite(p98) else None,
+                "meets_slo": ok,
+            }
+        )
+    lat_all = np.asarray(all_latencies)
+    return {
+        "policy": sim.policy,
+        "profile": sim.profile.name,
+        "functions": len(sim.functions),
+        "functions_with_requests": requested,
+        "functions_meeting_slo": meeting,
+        "fraction_meeting_slo": meeting / requested if requested else None,
+        "requests": int(sum(len(t.latencies_ms) + t.dropped for t in sim.tallies)),
+        "served": int(lat_all.size),
+        "dropped": dropped,
+        "latency_ms": _percentiles(lat_all),
+        "simulated_seconds": round(duration, 3),
+        "devices": [
+            {
+                "device": i,
+                "utilization": round(d.busy_s / duration, 4),
+                "runs": d.runs,
+                "swaps": d.swaps,
+                "swap_bytes": d.swap_bytes,
+                "evictions": d.evictions,
+            }
+            for i, d in enumerate(sim.devices)
+        ],
+        "per_function": functions,
+    }
+
+
+def _percentiles(lat: np.ndarray) -> dict[str, float | None]:
+    if lat.size == 0:
+        return {"p50": None, "p98": None, "p99": None}
+    p50, p98, p99 = np.percentile(lat, [50, 98, 99])
+    return {"p50": round(float(p50), 3), "p98": round(float(p98), 3), "p99": round(float(p99), 3)}

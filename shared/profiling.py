@@ -1,0 +1,107 @@
+"""Execution profiles of a model: warm run times by batch size, and how much a concurrent copy hurts.
+
+The scheduler's cost model needs, per model and device kind, the warm execution
+time at batch 1 and at the function's largest batch, and whether the model is
+"heavy" (Torpor's term): its execution slows down noticeably while another copy
+competes for the memory system -- on a GPU the PCIe switch it shares with a
+neighbour, on a CPU device the memory bandwidth. Measured at deploy with a few
+runs, and by `torpor profile` for the simulator.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from shared.program import dtype_from_name
+from shared.specs import TensorSpec
+
+HEAVY_SLOWDOWN = 1.15  # a model whose execution slows by this much under a concurrent copy is heavy
+
+
+@dataclass(frozen=True)
+class ExecTiming:
+    exec_ms: float  # batch 1, warm
+    batch_exec_ms: float | None  # at max_batch, warm (None when max_batch is 1)
+    max_batch: int
+    slowdown: float  # exec time under a concurrent copy ÷ alone
+
+    @property
+    def heavy(self) -> bool:
+        return self.slowdown >= HEAVY_SLOWDOWN
+
+
+FREE_DIM = 128  # the size profiled for a free dimension other than the batch (e.g. sequence length)
+
+
+def random_inputs(specs: Sequence[TensorSpec], batch: int, seed: int = 0) -> list[torch.Tensor]:
+    """Inputs of the declared shapes: a free first dim is the batch, other free dims FREE_DIM.
+
+    Integers are zeros, valid as indices into any embedding.
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for spec in specs:
+        shape = tuple((batch if i == 0 else FREE_DIM) if d == -1 else d for i, d in enumerate(spec.shape))
+        dtype = dtype_from_name(spec.datatype)
+        if dtype.is_floating_point:
+            out.append(torch.randn(shape, generator=g).to(dtype))
+        else:
+            out.append(torch.zeros(shape, dtype=dtype))
+    return out
+
+
+def time_runs(model: torch.nn.Module, inputs: list[torch.Tensor], runs: int = 3, warmup: int = 1) -> float:
+    """Median warm run time in milliseconds."""
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            t0 = time.perf_counter()
+            model(*inputs)
+            if i >= warmup:
+                times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+class CopyLoad:
+    """A background thread copying a large buffer over and over (torch copies release the GIL)."""
+
+    def __init__(self, nbytes: int = 64 << 20) -> None:
+        self._src = torch.empty(nbytes, dtype=torch.uint8)
+        self._dst = torch.empty_like(self._src)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="profile-copy", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._dst.copy_(self._src)
+
+    def __enter__(self) -> CopyLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def profile(
+    model: torch.nn.Module, specs: Sequence[TensorSpec], max_batch: int = 1, threads: int | None = None, runs: int = 3
+) -> ExecTiming:
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)  # as many as a worker computes with
+    try:
+        x1 = random_inputs(specs, 1)
+        alone = time_runs(model, x1, runs)
+        with CopyLoad():
+            loaded = time_runs(model, x1, runs)
+        batch_ms = time_runs(model, random_inputs(specs, max_batch), runs) if max_batch > 1 else None
+    finally:
+        torch.set_num_threads(before)
+    return ExecTiming(alone, batch_ms, max_batch, loaded / alone if alone > 0 else 1.0)
