@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway import progress
 from shared.config import ServeConfig, env, format_size, parse_devices, parse_size
 from shared.errors import InvalidInput
 
@@ -66,9 +67,17 @@ def _deploy(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"model": model, "slo_ms": args.slo_ms}
     if args.input_spec:
         body["input_spec"] = json.loads(Path(args.input_spec).read_text())
-    data, r = _http(args, "PUT", f"/v1/functions/{args.name}", body)
+    for key in ("slo_percentile", "max_batch_size", "drop_late", "heavy"):
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
+    # Building, packing and profiling a large model takes seconds: show that it is under way.
+    with progress.spinner(f"deploying {args.name} (building, packing and profiling the model)"):
+        data, r = _http(args, "PUT", f"/v1/functions/{args.name}", body)
     verb = "deployed" if r.status_code == 201 else "replaced"
-    print(f"{verb} {data['name']}: {format_size(data['model_bytes'])}, SLO {data['slo_ms']:g} ms")
+    print(
+        f"{verb} {data['name']}: {format_size(data['model_bytes'])}, "
+        f"SLO {data['slo_ms']:g} ms at p{data['slo_percentile']:g}"
+    )
     return 0
 
 
@@ -117,12 +126,24 @@ def _invoke(args: argparse.Namespace) -> int:
 def _ls(args: argparse.Namespace) -> int:
     fns, _ = _http(args, "GET", "/v1/functions")
     devs, _ = _http(args, "GET", "/v1/devices")
-    rows = [("FUNCTION", "MODEL", "SIZE", "SLO", "QUEUED", "RESIDENT ON")]
+    rows = [("FUNCTION", "MODEL", "SIZE", "SLO", "IN SLO", "P98", "QUEUED", "RESIDENT ON")]
     for f in fns["functions"]:
         model = f["model"].get("zoo") or Path(f["model"].get("pt2", "?")).name
         where = ",".join(str(d) for d in f["resident_on"]) or "-"
+        stats = f.get("stats") or {}
+        attained = stats.get("slo_attainment")
+        p98 = stats.get("p98_ms")
         rows.append(
-            (f["name"], model, format_size(f["model_bytes"]), f"{f['slo_ms']:g} ms", str(f["queue_depth"]), where)
+            (
+                f["name"],
+                model,
+                format_size(f["model_bytes"]),
+                f"{f['slo_ms']:g} ms @p{f.get('slo_percentile', 98):g}",
+                "-" if attained is None else f"{attained:.1%}",
+                "-" if p98 is None else f"{p98:.1f} ms",
+                str(f["queue_depth"]),
+                where,
+            )
         )
     _table(rows)
     print()
@@ -214,6 +235,20 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=None)
     d.add_argument("--slo-ms", type=float, default=1000.0)
     d.add_argument("--input-spec", help="JSON file with a list of {name, datatype, shape}")
+    d.add_argument("--slo-percentile", type=float, help="share of requests the SLO holds for (default 98)")
+    d.add_argument("--max-batch-size", type=int, help="run up to this many waiting requests together")
+    d.add_argument(
+        "--drop-late",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="reject early (503) requests that can no longer meet the SLO",
+    )
+    d.add_argument(
+        "--heavy",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="whether a concurrent swap slows the model down (default: measured at deploy)",
+    )
     d.set_defaults(func=_deploy)
 
     i = client("invoke", "invoke a function")

@@ -37,162 +37,15 @@ lasts; a function without a device is not served).
 from __future__ import annotations
 
 import random
-from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from gateway.costmodel import CostModel, ExecProfile, Topology
+from gateway.decisions import POLICIES, Decision, Evict, FunctionInfo, Load, Policy, Reject, Run
+from gateway.devicestate import DeviceState, FunctionState, Plan, Resident, Waiting
 from gateway.slo import PriorityTuner, SloWindow
-from shared.arena import ArenaLayout, Slice
+from shared.arena import ArenaLayout, align_up
 
-
-@dataclass(frozen=True)
-class FunctionInfo:
-    name: str
-    model_id: str
-    nbytes: int
-    slo_ms: float = 1000.0
-    percentile: float = 0.98
-    exec_ms: float = 10.0  # profiled at batch 1
-    batch_exec_ms: float | None = None  # profiled at max_batch_size
-    max_batch_size: int = 1
-    drop_late: bool = False
-    heavy: bool = True  # its execution suffers from a concurrent swap on its PCIe switch
-
-
-@dataclass(frozen=True)
-class Policy:
-    name: str
-    slo_order: bool = True  # RRC classes + earliest deadline; else FIFO by arrival
-    peer_copy: bool = True
-    neighbour_aware: bool = True
-    smart_eviction: bool = True  # light and duplicate first; else plain LRU
-    random_target: bool = False  # any idle device that fits, at random
-    batching: bool = True
-    drop_late: bool = True  # honour the functions' drop_late
-    static: bool = False  # native: one dedicated device per function, no swapping
-
-
-POLICIES = {
-    "torpor": Policy("torpor"),
-    "simpleswap": Policy(
-        "simpleswap",
-        slo_order=False,
-        peer_copy=False,
-        neighbour_aware=False,
-        smart_eviction=False,
-        random_target=True,
-        batching=False,
-        drop_late=False,
-    ),
-    "native": Policy(
-        "native",
-        slo_order=False,
-        peer_copy=False,
-        neighbour_aware=False,
-        smart_eviction=False,
-        batching=False,
-        drop_late=False,
-        static=True,
-    ),
-}
-
-
-@dataclass(frozen=True)
-class Load:
-    """Swap the model into `slice` of the device's arena, from host memory or a peer device."""
-
-    slice: Slice
-    peer: int | None = None  # source device; None = the host image
-    peer_offset: int = 0  # where the model lies in the peer's arena
-
-    @property
-    def source(self) -> str:
-        return "host" if self.peer is None else f"peer:{self.peer}"
-
-
-@dataclass(frozen=True)
-class Run:
-    device: int
-    function: str
-    model_id: str
-    rids: tuple[int, ...]
-    evict: tuple[str, ...] = ()  # models to drop first, to make room
-    load: Load | None = None  # None: the model is already resident
-    predicted_ms: float = 0.0  # service time the cost model expects
-
-
-@dataclass(frozen=True)
-class Evict:
-    device: int
-    model_id: str
-
-
-@dataclass(frozen=True)
-class Reject:
-    rid: int
-    reason: str  # "removed", "late" or "no device"
-
-
-Decision = Run | Evict | Reject
-
-
-@dataclass
-class Resident:
-    model_id: str
-    slice: Slice
-    last_used: float
-    pins: int = 0  # peer copies reading it right now
-    loading: bool = False  # not (yet) fully on the device: not a peer source
-
-
-@dataclass
-class DeviceState:
-    index: int
-    layout: ArenaLayout
-    resident: OrderedDict[str, Resident] = field(default_factory=OrderedDict)  # LRU first
-    running: Run | None = None
-    started: float = 0.0
-    online: bool = True
-
-    @property
-    def idle(self) -> bool:
-        return self.online and self.running is None
-
-    @property
-    def swapping(self) -> bool:
-        run = self.running
-        return run is not None and run.load is not None and self.resident[run.model_id].loading
-
-    def in_use(self) -> set[str]:
-        """Models that must not be evicted: executing, loading, or a peer is copying them."""
-        busy = {m for m, r in self.resident.items() if r.pins or r.loading}
-        return busy | ({self.running.model_id} if self.running else set())
-
-
-@dataclass
-class Waiting:
-    rid: int
-    arrived: float
-    deadline: float
-
-
-@dataclass
-class FunctionState:
-    info: FunctionInfo
-    exec: ExecProfile
-    slo: SloWindow
-    queue: deque[Waiting] = field(default_factory=deque)
-    home: int | None = None  # native: its dedicated device
-
-
-@dataclass
-class Plan:
-    device: DeviceState
-    victims: list[str]
-    transfer_ms: float  # 0 when resident
-    source: int | None  # peer device, or None for host (or resident)
-    cold: bool
+__all__ = ["POLICIES", "Decision", "Evict", "FunctionInfo", "Load", "Policy", "Reject", "Run", "Scheduler"]
 
 
 class Scheduler:
@@ -485,7 +338,28 @@ class Scheduler:
             return None
         if self.policy.random_target:
             return self._rng.choice(options)[1] if not dry else options[0][1]
-        return min(options, key=lambda o: o[0])[1]
+        plan = min(options, key=lambda o: o[0])[1]
+        if self.policy.wait_for_warm and not dry:
+            # A busy device that holds the model may finish sooner than a copy would: then
+            # the request waits for it, and no other model is evicted for a duplicate.
+            wait = min((self._remaining_ms(d) for d in sources if not d.idle), default=None)
+            if wait is not None:
+                exec_ms = state.exec.at(1)
+                moved = self.cost.service_ms(plan.transfer_ms, exec_ms)
+                if wait + exec_ms <= moved:
+                    return None
+                # Evicting the only copy of another model for a duplicate of this one costs
+                # that model a swap later: worth it only if waiting would miss the deadline.
+                sole = any(len(self.residency(v)) <= 1 for v in plan.victims)
+                if sole and self.clock() + (wait + exec_ms) / 1e3 <= state.queue[0].deadline:
+                    return None
+        return plan
+
+    def _remaining_ms(self, d: DeviceState) -> float:
+        """Predicted time until the device's current run ends."""
+        if d.running is None:
+            return 0.0
+        return max(0.0, d.started * 1e3 + d.running.predicted_ms - self.clock() * 1e3)
 
     def _neighbour_rank(self, d: DeviceState) -> int:
         """0: no neighbour on its PCIe switch swaps; 1: they swap only light models; 2: a heavy one."""
@@ -526,43 +400,56 @@ class Scheduler:
         return self.cost.service_ms(plan.transfer_ms, self._exec_ms(state, plan.device, batch))
 
     def _victims(self, d: DeviceState, state: FunctionState) -> list[str] | None:
-        """Models to evict from `d` so the function's model fits, in eviction order, or None."""
+        """The cheapest run of adjacent models to evict from `d` so the model fits, or None.
+
+        A model's slice must be contiguous, so the candidates are windows of neighbouring
+        slices (with the holes between them). Cheapest: fewest heavy sole copies, then
+        those used longest ago, then fewest bytes; under plain LRU, the window whose
+        newest model is oldest.
+        """
         nbytes = state.info.nbytes
         if nbytes > d.layout.capacity:
             return None
         if d.layout.fits(nbytes):
             return []
         protected = d.in_use()
-        candidates = []
-        for model_id in d.resident:  # LRU first
-            if model_id in protected:
+        by_offset = {r.slice.offset: r for r in d.resident.values()}
+        taken = d.layout.slices()
+        cost: list[tuple[int, float] | None] = []  # per slice: (heavy sole?, last used), None = keep
+        for sl in taken:
+            r = by_offset.get(sl.offset)
+            if r is None or r.model_id in protected:
+                cost.append(None)
                 continue
-            owner = self._by_model.get(model_id)
-            replicas = len(self.residency(model_id))
+            owner = self._by_model.get(r.model_id)
+            replicas = len(self.residency(r.model_id))
             if owner is not None and owner.queue and replicas <= 1:
-                continue  # its waiting requests will be served here
-            light_or_duplicate = replicas > 1 or (owner is not None and not owner.info.heavy)
-            candidates.append((0 if light_or_duplicate or not self.policy.smart_eviction else 1, model_id))
-        candidates.sort(key=lambda c: c[0])  # stable: least recently used first within a class
-        victims: list[str] = []
-        released: list[Slice] = []
-        free = d.layout.capacity - d.layout.used
-        for _, model_id in candidates:
-            victims.append(model_id)
-            released.append(d.resident[model_id].slice)
-            free += d.resident[model_id].slice.size
-            # The byte count is a cheap necessary condition; only then look at the holes.
-            if free >= nbytes and d.layout.fits_after_releasing(nbytes, released):
-                return self._trim(d, nbytes, victims)
-        return None
-
-    def _trim(self, d: DeviceState, nbytes: int, victims: list[str]) -> list[str]:
-        """Keep back any victim whose eviction turned out unnecessary (fragmentation aside)."""
-        for model_id in list(victims):
-            rest = [v for v in victims if v != model_id]
-            if d.layout.fits_after_releasing(nbytes, [d.resident[v].slice for v in rest]):
-                victims = rest
-        return victims
+                cost.append(None)  # its waiting requests will be served here
+                continue
+            cheap = replicas > 1 or (owner is not None and not owner.info.heavy) or not self.policy.smart_eviction
+            cost.append((0 if cheap else 1, r.last_used))
+        need = align_up(nbytes)
+        best: tuple[tuple[float, ...], int, int] | None = None
+        for i in range(len(taken)):
+            lo = taken[i - 1].end if i else 0
+            heavy, newest, evicted = 0, float("-inf"), 0
+            for j in range(i, len(taken)):
+                c = cost[j]
+                if c is None:
+                    break
+                heavy += c[0]
+                newest = max(newest, c[1]) if (c[0] or not self.policy.smart_eviction) else newest
+                evicted += taken[j].size
+                hi = taken[j + 1].offset if j + 1 < len(taken) else d.layout.capacity
+                if hi - lo >= need:
+                    key = (float(heavy), newest, float(evicted))
+                    if best is None or key < best[0]:
+                        best = (key, i, j)
+                    break
+        if best is None:
+            return None
+        _, i, j = best
+        return [by_offset[taken[k].offset].model_id for k in range(i, j + 1)]
 
     def _commit(self, state: FunctionState, plan: Plan, batch: list[Waiting]) -> Run:
         d, info = plan.device, state.info

@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from gateway import deploy
+from gateway import deploy, progress
 from gateway.costmodel import GB, Topology
 from gateway.dispatcher import Dispatcher, Invocation, Limits, Outcome
 from gateway.metrics import Metrics
@@ -57,12 +57,13 @@ class Service:
             log.warning("reclaimed shared memory %s left by a crashed run", name)
         await self.pool.start_all()
         saved = self.registry.load()
-        for i, fn in enumerate(saved, 1):
-            log.info("restoring function %s (%d/%d)", fn.name, i, len(saved))
-            try:
-                await self._install(fn, fn.source, persist=False)
-            except TorporError as exc:
-                log.error("could not restore function %s: %s", fn.name, exc.message)
+        with progress.Steps("restoring function", len(saved), log) as steps:
+            for fn in saved:
+                steps.step(fn.name)
+                try:
+                    await self._install(fn, fn.source, persist=False)
+                except TorporError as exc:
+                    log.error("could not restore function %s: %s", fn.name, exc.message)
         if self.cfg.demo:
             for name, zoo_name, slo in DEMO:
                 if name not in self.registry.functions:

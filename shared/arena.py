@@ -41,6 +41,10 @@ class ArenaLayout:
     def used(self) -> int:
         return sum(s.size for s in self._taken)
 
+    def slices(self) -> list[Slice]:
+        """The taken slices, by offset."""
+        return list(self._taken)
+
     def holes(self) -> list[Slice]:
         holes, pos = [], 0
         for s in self._taken:
@@ -72,5 +76,6 @@ class ArenaLayout:
     def fits_after_releasing(self, nbytes: int, released: list[Slice]) -> bool:
         """Would `nbytes` fit if `released` were freed? (Used to plan evictions.)"""
         trial = ArenaLayout(self.capacity)
-        trial._taken = [s for s in self._taken if s not in released]
+        gone = set(released)
+        trial._taken = [s for s in self._taken if s not in gone]
         return trial.fits(nbytes)

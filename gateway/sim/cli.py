@@ -22,7 +22,7 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--functions", type=int, default=200, help="functions deployed (default 200)")
     s.add_argument("--sweep", help="FROM:TO:STEP function counts: the density curve (e.g. 40:800:40)")
     s.add_argument("--minutes", type=int, default=10, help="trace length in minutes (default 10)")
-    s.add_argument("--rate", type=float, default=1.0, help="mean requests/s per function (generated trace)")
+    s.add_argument("--rate", type=float, default=0.15, help="mean requests/s per function (generated trace)")
     s.add_argument("--sigma", type=float, default=1.0, help="log-normal spread of rates across functions")
     s.add_argument("--burstiness", type=float, default=0.5, help="0 = steady Poisson, 1 = very bursty")
     s.add_argument("--slo-factor", type=float, default=5.0, help="SLO = factor × the model's exec time")

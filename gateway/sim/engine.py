@@ -72,13 +72,16 @@ class Simulation:
         self.tallies = [FunctionTally() for _ in functions]
         self._index = {f.name: i for i, f in enumerate(functions)}
         self.end = 0.0
+        # Native serving gives each function its own process on its device: its runtime
+        # (CUDA context, framework workspace) takes device memory beside the weights.
+        overhead = profile.native_overhead if policy == "native" else 0
         for f in functions:
             m = f.model
             self.scheduler.function_added(
                 FunctionInfo(
                     f.name,
                     f"{f.name}@1",
-                    m.nbytes,
+                    m.nbytes + overhead,
                     slo_ms=f.slo_ms,
                     percentile=f.percentile,
                     exec_ms=m.exec_ms,

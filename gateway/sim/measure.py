@@ -106,8 +106,8 @@ def _measure_cuda(
         x1 = [t.to(first) for t in random_inputs(specs, 1)]
         xb = [t.to(first) for t in random_inputs(specs, max_batch)]
         with torch.inference_mode():
-            e1 = _timed(lambda: model(*x1), first) * 1e3
-            eb = _timed(lambda: model(*xb), first) * 1e3
+            e1 = _timed(lambda m=model, x=x1: m(*x), first) * 1e3
+            eb = _timed(lambda m=model, x=xb: m(*x), first) * 1e3
         size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         measured[name] = ModelProfile(name, size, e1, eb, max_batch, True)
     topology = Topology(
@@ -131,4 +131,3 @@ def _timed(fn: Callable[[], object], device: torch.device, runs: int = 5) -> flo
         torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-

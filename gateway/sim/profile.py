@@ -8,6 +8,7 @@
   "pcie_peer_bandwidth_gbps": 10.0,                            # GB/s device <-> device without NVLink
   "links": [{"devices": [0, 1], "gbps": 40.0}],                # direct links (NVLink)
   "pipeline_overlap": 0.8, "interference": 1.3, "exec_jitter": 0.05,
+  "native_function_overhead": "1.5GiB",   # a dedicated process' CUDA context and workspace
   "models": {"resnet50": {"bytes": 102000000, "exec_ms": 11.0,
                            "batch_exec_ms": 40.0, "max_batch": 8, "heavy": true}}
 }
@@ -47,6 +48,7 @@ class HardwareProfile:
     models: dict[str, ModelProfile]
     exec_jitter: float = 0.0
     source: str = ""
+    native_overhead: int = 0  # device memory a function's own runtime takes when it has a dedicated device
 
     @property
     def devices(self) -> int:
@@ -113,7 +115,12 @@ def parse(data: Any, where: str = "profile") -> HardwareProfile:
     if not models:
         raise ValueError(f"{where}: models is empty")
     return HardwareProfile(
-        str(data.get("name", where)), topology, models, float(data.get("exec_jitter", 0.0)), str(data.get("source", ""))
+        str(data.get("name", where)),
+        topology,
+        models,
+        float(data.get("exec_jitter", 0.0)),
+        str(data.get("source", "")),
+        parse_size(data.get("native_function_overhead", "0"), f"{where}: native_function_overhead"),
     )
 
 
@@ -133,6 +140,7 @@ def dump(profile: HardwareProfile, device_memory: int, reserve: int = 0) -> dict
         "pipeline_overlap": round(t.pipeline_overlap, 3),
         "interference": round(t.interference, 3),
         "exec_jitter": profile.exec_jitter,
+        "native_function_overhead": str(profile.native_overhead),
         "models": {
             m.name: {
                 "bytes": m.nbytes,

@@ -26,7 +26,7 @@ from shared import traces
 class Workload:
     functions: int
     minutes: int = 10
-    mean_rate: float = 1.0  # requests/s per function, averaged over functions
+    mean_rate: float = 0.15  # requests/s per function, averaged over functions
     sigma: float = 1.0  # spread (log-normal) of rates across functions
     burstiness: float = 0.5
     slo_factor: float = 5.0  # SLO = slo_factor × the model's batch-1 execution time
@@ -37,6 +37,7 @@ class Workload:
     drop_late: bool = False
     seed: int = 0
     trace: str | None = None  # an Azure-layout CSV instead of a generated trace
+    population: int | None = None  # generate this many functions and keep the first `functions`
 
 
 def functions_for(profile: HardwareProfile, w: Workload) -> list[SimFunction]:
@@ -58,7 +59,10 @@ def trace_for(w: Workload) -> traces.Trace:
         if len(t.functions) < w.functions:
             raise ValueError(f"trace {w.trace}: {len(t.functions)} functions, {w.functions} asked for")
         return t
-    return traces.generate(w.functions, w.minutes, w.mean_rate, w.sigma, w.burstiness, w.seed)
+    # A sweep draws one population and deploys more and more of it, so every point
+    # adds functions to the same traffic instead of drawing new traffic.
+    n = max(w.population or 0, w.functions)
+    return traces.generate(n, w.minutes, w.mean_rate, w.sigma, w.burstiness, w.seed).head(w.functions)
 
 
 def simulate(profile: HardwareProfile, w: Workload, policy: str) -> Simulation:
@@ -85,7 +89,7 @@ def density(
     """One simulation per (policy, function count); the workload is otherwise the same."""
     from dataclasses import replace
 
-    tasks = [(profile_ref, replace(base, functions=n), p) for p in policies for n in counts]
+    tasks = [(profile_ref, replace(base, functions=n, population=max(counts)), p) for p in policies for n in counts]
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
             points = list(pool.map(_point, tasks))

@@ -122,28 +122,40 @@ def test_eviction_only_under_pressure_and_light_or_duplicate_first() -> None:
     assert r.evict == ("light_new@1",), "the light model goes before the least recently used heavy one"
 
 
-def test_in_use_and_sole_copies_with_waiting_requests_are_never_evicted() -> None:
-    topo = Topology((200 * MB, 200 * MB), (0, 1))
-    s = Scheduler(topo, Clock())
-    for name in "abcd":
+def test_a_sole_copy_with_requests_waiting_is_never_evicted() -> None:
+    topo = Topology((200 * MB,), (0,))
+    clock = Clock()
+    s = Scheduler(topo, clock)
+    for name in ("a", "b", "e"):
         s.function_added(fn(name, 100))
-    # Device 0 holds a and b; device 1 holds c and d.
-    for rid, (name, dev) in enumerate([("a", 0), ("c", 1), ("b", 0), ("d", 1)], 1):
-        warm(s, name, dev, rid)
-    (ra,) = runs(s.arrived(10, "a"))  # device 0 runs a
-    s.function_added(fn("e", 100))
-    s.function_added(fn("f", 100))
-    assert runs(s.arrived(11, "c")) != []  # device 1 runs c
-    assert runs(s.arrived(12, "d")) == []  # d waits for device 1
-    assert runs(s.arrived(13, "e")) == []  # no device is idle
-    (r,) = runs(s.finished(0))  # device 0 frees: d's sole copy on device 1 has a request waiting
-    # d goes first by deadline, copied from busy device 1 onto device 0 (evicting the LRU idle model)
-    assert r.function == "d" and r.device == 0 and r.load is not None and r.load.peer == 1
-    assert r.evict == ("b@1",) or r.evict == ("a@1",)
-    assert "c@1" in s.devices[1].resident and "d@1" in s.devices[1].resident
-    assert s.devices[1].resident["d@1"].pins == 1
-    s.finished(1)  # c done; device 1 must not evict d (pinned by the copy) to place e
-    assert "d@1" in s.devices[1].resident
+    for rid, name in enumerate(["b", "a"], 1):  # b is the least recently used
+        (r,) = runs(s.arrived(rid, name))
+        s.finished(0)
+    runs(s.arrived(3, "a"))  # the device runs a
+    s.arrived(4, "e")  # e first: earlier deadline
+    clock.t += 0.001
+    s.arrived(5, "b")  # b waits, its model is here
+    (r,) = runs(s.finished(0))
+    assert r.function == "e" and r.evict == ("a@1",), "b is older but has a request waiting"
+    s.swap_done(0)
+    (r,) = runs(s.finished(0))
+    assert r.function == "b" and r.load is None
+
+
+def test_a_peer_source_is_not_evicted_while_copied_from() -> None:
+    topo = Topology((100 * MB, 100 * MB), (0, 1))
+    s = Scheduler(topo, Clock())
+    s.function_added(fn("a", 100, exec_ms=1000))  # long runs: copying beats waiting
+    s.function_added(fn("b", 100))
+    warm(s, "a", 0, 1)
+    runs(s.arrived(2, "a"))  # device 0 busy with a
+    (copy,) = runs(s.arrived(3, "a"))  # a copied from device 0 onto device 1
+    assert copy.load is not None and copy.load.peer == 0
+    assert s.devices[0].resident["a@1"].pins == 1
+    s.finished(0)  # device 0 idle again, but its a is still being read
+    assert runs(s.arrived(4, "b")) == [], "b would have to evict the pinned a: it waits"
+    (r,) = runs(s.swap_done(1) + s.finished(1))
+    assert r.function == "b" and "a@1" in r.evict
 
 
 def test_model_larger_than_any_device_is_never_placed() -> None:

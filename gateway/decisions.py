@@ -1,0 +1,104 @@
+"""The scheduler's vocabulary: what it knows of a function, its policy presets, and its decisions.
+
+Pure data, shared by the scheduler, the gateway's dispatcher and the simulator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.arena import Slice
+
+
+@dataclass(frozen=True)
+class FunctionInfo:
+    name: str
+    model_id: str
+    nbytes: int
+    slo_ms: float = 1000.0
+    percentile: float = 0.98
+    exec_ms: float = 10.0  # profiled at batch 1
+    batch_exec_ms: float | None = None  # profiled at max_batch_size
+    max_batch_size: int = 1
+    drop_late: bool = False
+    heavy: bool = True  # its execution suffers from a concurrent swap on its PCIe switch
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    slo_order: bool = True  # RRC classes + earliest deadline; else FIFO by arrival
+    peer_copy: bool = True
+    neighbour_aware: bool = True
+    smart_eviction: bool = True  # light and duplicate first; else plain LRU
+    random_target: bool = False  # any idle device that fits, at random
+    batching: bool = True
+    drop_late: bool = True  # honour the functions' drop_late
+    static: bool = False  # native: one dedicated device per function, no swapping
+    wait_for_warm: bool = True  # rather wait for a busy device holding the model when that is sooner
+
+
+POLICIES = {
+    "torpor": Policy("torpor"),
+    "simpleswap": Policy(
+        "simpleswap",
+        slo_order=False,
+        peer_copy=False,
+        neighbour_aware=False,
+        smart_eviction=False,
+        random_target=True,
+        batching=False,
+        drop_late=False,
+        wait_for_warm=False,
+    ),
+    "native": Policy(
+        "native",
+        slo_order=False,
+        peer_copy=False,
+        neighbour_aware=False,
+        smart_eviction=False,
+        batching=False,
+        drop_late=False,
+        static=True,
+        wait_for_warm=False,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Load:
+    """Swap the model into `slice` of the device's arena, from host memory or a peer device."""
+
+    slice: Slice
+    peer: int | None = None  # source device; None = the host image
+    peer_offset: int = 0  # where the model lies in the peer's arena
+
+    @property
+    def source(self) -> str:
+        return "host" if self.peer is None else f"peer:{self.peer}"
+
+
+@dataclass(frozen=True)
+class Run:
+    device: int
+    function: str
+    model_id: str
+    rids: tuple[int, ...]
+    evict: tuple[str, ...] = ()  # models to drop first, to make room
+    load: Load | None = None  # None: the model is already resident
+    predicted_ms: float = 0.0  # service time the cost model expects
+
+
+@dataclass(frozen=True)
+class Evict:
+    device: int
+    model_id: str
+
+
+@dataclass(frozen=True)
+class Reject:
+    rid: int
+    reason: str  # "removed", "late" or "no device"
+
+
+Decision = Run | Evict | Reject

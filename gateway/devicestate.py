@@ -1,0 +1,69 @@
+"""What the scheduler tracks per device and per function (pure bookkeeping, no policy)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from gateway.costmodel import ExecProfile
+from gateway.decisions import FunctionInfo, Run
+from gateway.slo import SloWindow
+from shared.arena import ArenaLayout, Slice
+
+
+@dataclass
+class Resident:
+    model_id: str
+    slice: Slice
+    last_used: float
+    pins: int = 0  # peer copies reading it right now
+    loading: bool = False  # not (yet) fully on the device: not a peer source
+
+
+@dataclass
+class DeviceState:
+    index: int
+    layout: ArenaLayout
+    resident: OrderedDict[str, Resident] = field(default_factory=OrderedDict)  # LRU first
+    running: Run | None = None
+    started: float = 0.0
+    online: bool = True
+
+    @property
+    def idle(self) -> bool:
+        return self.online and self.running is None
+
+    @property
+    def swapping(self) -> bool:
+        run = self.running
+        return run is not None and run.load is not None and self.resident[run.model_id].loading
+
+    def in_use(self) -> set[str]:
+        """Models that must not be evicted: executing, loading, or a peer is copying them."""
+        busy = {m for m, r in self.resident.items() if r.pins or r.loading}
+        return busy | ({self.running.model_id} if self.running else set())
+
+
+@dataclass
+class Waiting:
+    rid: int
+    arrived: float
+    deadline: float
+
+
+@dataclass
+class FunctionState:
+    info: FunctionInfo
+    exec: ExecProfile
+    slo: SloWindow
+    queue: deque[Waiting] = field(default_factory=deque)
+    home: int | None = None  # native: its dedicated device
+
+
+@dataclass
+class Plan:
+    device: DeviceState
+    victims: list[str]
+    transfer_ms: float  # 0 when resident
+    source: int | None  # peer device, or None for host (or resident)
+    cold: bool

@@ -1,0 +1,103 @@
+"""The simulator: profiles, the discrete-event engine around the live scheduler, summaries."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gateway.sim.engine import SimFunction, Simulation
+from gateway.sim.profile import builtin, load, parse
+from gateway.sim.summary import summarize
+
+PROFILE = {
+    "name": "two small GPUs",
+    "devices": 2,
+    "device_memory": "1GiB",
+    "reserve": "0",
+    "switches": [0, 0],
+    "host_bandwidth_gbps": 10.0,
+    "links": [{"devices": [0, 1], "gbps": 40.0}],
+    "pipeline_overlap": 0.8,
+    "interference": 1.3,
+    "models": {
+        "small": {"bytes": 100_000_000, "exec_ms": 5.0, "batch_exec_ms": 12.0, "max_batch": 4, "heavy": False},
+        "big": {"bytes": 400_000_000, "exec_ms": 20.0, "heavy": True},
+    },
+}
+
+
+def poisson(rates: list[float], seconds: float, seed: int = 0) -> list[tuple[float, int]]:
+    rng = random.Random(seed)
+    out = []
+    for i, rate in enumerate(rates):
+        t = rng.expovariate(rate)
+        while t < seconds:
+            out.append((t, i))
+            t += rng.expovariate(rate)
+    return sorted(out)
+
+
+def functions(n: int, slo_factor: float = 10.0) -> list[SimFunction]:
+    p = parse(PROFILE)
+    models = [p.models["small"], p.models["big"]]
+    return [SimFunction(f"f{i}", models[i % 2], slo_factor * models[i % 2].exec_ms) for i in range(n)]
+
+
+def test_profile_parses_and_names_what_is_wrong() -> None:
+    p = parse(PROFILE)
+    assert p.devices == 2 and p.topology.direct(0, 1) and p.topology.neighbours(0) == [1]
+    assert p.models["small"].max_batch == 4 and not p.models["small"].heavy
+    bad = dict(PROFILE, switches=[0])
+    with pytest.raises(ValueError, match="switches"):
+        parse(bad)
+    with pytest.raises(ValueError, match="models.x.exec_ms"):
+        parse(dict(PROFILE, models={"x": {"bytes": 1}}))
+
+
+def test_shipped_profiles_load() -> None:
+    assert "v100x4" in builtin()
+    for name in builtin():
+        p = load(name)
+        assert p.devices >= 1 and p.models
+
+
+def test_light_load_is_all_served_within_slo() -> None:
+    fns = functions(6)
+    sim = Simulation(parse(PROFILE), "torpor", fns).run(poisson([2.0] * 6, 60))
+    s = summarize(sim)
+    assert s["dropped"] == 0 and s["served"] == s["requests"] > 500
+    assert s["functions_meeting_slo"] == 6
+    assert all(0 < d["utilization"] < 1 for d in s["devices"])
+    assert sum(d["swaps"]["host"] for d in s["devices"]) >= 2, "models start in host memory"
+
+
+def test_native_serves_only_what_fits_and_swapping_serves_more() -> None:
+    fns = functions(16)  # 8 small + 8 big = 4 GB of models on 2 GB of devices
+    arrivals = poisson([0.5] * 16, 120)
+    native = summarize(Simulation(parse(PROFILE), "native", fns).run(arrivals))
+    torpor = summarize(Simulation(parse(PROFILE), "torpor", fns).run(arrivals))
+    unserved = [f for f in native["per_function"] if f["attainment"] == 0]
+    assert unserved, "native has no device for some functions"
+    assert all(f["dropped"] == f["requests"] for f in unserved)
+    assert sum(d["swaps"]["host"] + d["swaps"]["peer"] for d in native["devices"]) <= 16 - len(unserved)
+    assert torpor["functions_meeting_slo"] > native["functions_meeting_slo"]
+
+
+def test_same_seed_same_result() -> None:
+    arrivals = poisson([1.0] * 8, 30)
+    a = summarize(Simulation(parse(PROFILE), "simpleswap", functions(8), seed=3).run(arrivals))
+    b = summarize(Simulation(parse(PROFILE), "simpleswap", functions(8), seed=3).run(arrivals))
+    assert a == b
+
+
+def test_batching_and_peer_copies_happen_under_bursts() -> None:
+    p = parse(PROFILE)
+    fn = SimFunction("burst", p.models["small"], 100.0, max_batch=4)
+    # One request makes the model resident on a device, then 40 arrive within 20 ms.
+    arrivals = [(0.0, 0)] + [(1.0 + i * 0.0005, 0) for i in range(40)]
+    sim = Simulation(p, "torpor", [fn]).run(arrivals)
+    s = summarize(sim)
+    runs = sum(d["runs"] for d in s["devices"])
+    assert s["served"] == 41 and runs < 41, "queued requests ran in batches"
+    assert sum(d["swaps"]["peer"] for d in s["devices"]) >= 1, "the second device copied from the first"
