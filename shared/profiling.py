@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from shared.program import dtype_from_name
+from shared.program import KSERVE_TO_TORCH
 from shared.specs import TensorSpec
 
 HEAVY_SLOWDOWN = 1.15  # a model whose execution slows by this much under a concurrent copy is heavy
@@ -48,7 +48,7 @@ def random_inputs(specs: Sequence[TensorSpec], batch: int, seed: int = 0) -> lis
     out = []
     for spec in specs:
         shape = tuple((batch if i == 0 else FREE_DIM) if d == -1 else d for i, d in enumerate(spec.shape))
-        dtype = dtype_from_name(spec.datatype)
+        dtype = KSERVE_TO_TORCH[spec.datatype]
         if dtype.is_floating_point:
             out.append(torch.randn(shape, generator=g).to(dtype))
         else:

@@ -18,7 +18,11 @@ def add_commands(sub: Any) -> None:
     )
     s.add_argument("--profile", default="v100x4", help="a profile file, or a built-in name (default v100x4)")
     s.add_argument("--trace", help="per-minute invocation counts in the Azure Functions 2019 CSV layout")
-    s.add_argument("--policy", default="torpor", help=f"{', '.join(POLICY_NAMES)} or all (default torpor)")
+    s.add_argument(
+        "--policy",
+        default="torpor",
+        help=f"{', '.join(POLICY_NAMES)}, each optionally with +drop_late; a comma list; or all (default torpor)",
+    )
     s.add_argument("--functions", type=int, default=200, help="functions deployed (default 200)")
     s.add_argument("--sweep", help="FROM:TO:STEP function counts: the density curve (e.g. 40:800:40)")
     s.add_argument("--minutes", type=int, default=10, help="trace length in minutes (default 10)")
@@ -67,17 +71,24 @@ def _workload(args: argparse.Namespace, functions: int) -> Any:
 
 
 def _policies(text: str) -> list[str]:
-    chosen = list(POLICY_NAMES) if text == "all" else text.split(",")
-    bad = [p for p in chosen if p not in POLICY_NAMES]
+    from gateway.sim.run import DROP_LATE, variant
+
+    chosen = [*POLICY_NAMES, f"torpor{DROP_LATE}"] if text == "all" else text.split(",")
+    bad = [p for p in chosen if variant(p)[0] not in POLICY_NAMES]
     if bad:
-        raise SystemExit(f"torpor simulate: --policy: unknown {bad}; expected {', '.join(POLICY_NAMES)} or all")
+        raise SystemExit(
+            f"torpor simulate: --policy: unknown {bad}; expected {', '.join(POLICY_NAMES)} (each may end in "
+            f"{DROP_LATE}: every function drops requests that cannot meet the SLO), a comma list, or all"
+        )
     return chosen
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from gateway.sim import plots
     from gateway.sim.profile import load
-    from gateway.sim.run import density, summary, write_json
+    from gateway.sim.run import density, summary, variant, write_json
 
     try:
         profile = load(args.profile)
@@ -94,23 +105,26 @@ def _simulate(args: argparse.Namespace) -> int:
         curves = density(args.profile, _workload(args, counts[0]), counts, policies, jobs=args.jobs)
         write_json(curves, out / "density.json")
         png = plots.density_figure(curves, f"{profile.name}: functions meeting their SLO", out / "density.png")
-        print(f"{'functions':>9}" + "".join(f"{p:>12}" for p in policies))
+        print(f"{'functions':>9}" + "".join(f"{p:>19}" for p in policies))
         for i, n in enumerate(counts):
-            print(f"{n:>9}" + "".join(f"{curves[p][i]['functions_meeting_slo']:>12}" for p in policies))
+            print(f"{n:>9}" + "".join(f"{curves[p][i]['functions_meeting_slo']:>19}" for p in policies))
         for p in policies:
             all_ok = [pt["functions"] for pt in curves[p] if pt["functions_meeting_slo"] == pt["functions"]]
             print(f"{p}: every function within its SLO up to {max(all_ok, default=0)} functions")
         print(f"wrote {out / 'density.json'} and {png}")
         return 0
-    print(f"{'policy':<11}{'meeting SLO':>12}{'requests':>10}{'dropped':>9}{'p50 ms':>9}{'p99 ms':>9}{'util':>7}")
+    print(f"{'policy':<18}{'meeting SLO':>12}{'requests':>10}{'dropped':>9}{'p50 ms':>9}{'p99 ms':>9}{'util':>7}")
     for policy in policies:
-        s = summary(profile, _workload(args, args.functions), policy)
+        name, drop_late = variant(policy)
+        w = _workload(args, args.functions)
+        s = summary(profile, replace(w, drop_late=w.drop_late or drop_late), name)
+        s["policy"] = policy
         write_json(s, out / f"summary-{policy}.json")
         plots.run_figures(s, out / policy)
         util = sum(d["utilization"] for d in s["devices"]) / len(s["devices"])
         lat = s["latency_ms"]
         print(
-            f"{policy:<11}{s['functions_meeting_slo']:>6}/{s['functions_with_requests']:<5}{s['requests']:>10}"
+            f"{policy:<18}{s['functions_meeting_slo']:>6}/{s['functions_with_requests']:<5}{s['requests']:>10}"
             f"{s['dropped']:>9}{_ms(lat['p50']):>9}{_ms(lat['p99']):>9}{util:>7.2f}"
         )
     print(f"wrote {out}/summary-<policy>.json and {out}/<policy>/*.png")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +77,21 @@ def summary(profile: HardwareProfile, w: Workload, policy: str) -> dict[str, Any
     return s
 
 
+DROP_LATE = "+drop_late"  # a curve name suffix: the same policy, every function with drop_late
+
+
+def variant(name: str) -> tuple[str, bool]:
+    """'torpor+drop_late' -> ('torpor', True)."""
+    return (name.removesuffix(DROP_LATE), True) if name.endswith(DROP_LATE) else (name, False)
+
+
 def _point(args: tuple[str, Workload, str]) -> dict[str, Any]:
-    profile_ref, w, policy = args
+    profile_ref, w, curve = args
+    policy, drop_late = variant(curve)
+    if drop_late:
+        w = replace(w, drop_late=True)
     s = summary(load_profile(profile_ref), w, policy)
+    s["policy"] = curve
     return {k: v for k, v in s.items() if k != "per_function"}
 
 
@@ -87,8 +99,6 @@ def density(
     profile_ref: str, base: Workload, counts: list[int], policies: list[str], jobs: int = 1
 ) -> dict[str, list[dict[str, Any]]]:
     """One simulation per (policy, function count); the workload is otherwise the same."""
-    from dataclasses import replace
-
     tasks = [(profile_ref, replace(base, functions=n, population=max(counts)), p) for p in policies for n in counts]
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
