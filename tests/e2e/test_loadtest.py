@@ -1,0 +1,39 @@
+"""The documented load test: headless locust replaying a trace against a real server, then the report."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest.server import Server
+
+pytestmark = pytest.mark.e2e
+
+
+def test_load_test_replays_a_trace_and_reports(server: Server, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    cmd = [sys.executable, "-m", "loadtest.run", "--url", server.url, "--duration", "12", "--users", "2"]
+    cmd += ["--functions", "4", "--rate", "1", "--targets", "mlp,r18", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in ("report.md", "report.html", "throughput.png", "latency.png", "locust_stats.csv"):
+        assert (out / name).stat().st_size > 0, name
+    with open(out / "locust_stats.csv", newline="") as fh:
+        stats = {r["Name"]: r for r in csv.DictReader(fh)}
+    total = int(stats["Aggregated"]["Request Count"])
+    assert total > 10 and set(stats) == {"mlp", "r18", "Aggregated"}, "requests are named by function"
+    report = (out / "report.md").read_text()
+    assert f"{total} requests" in report
+    with open(out / "requests.csv", newline="") as fh:
+        logged = list(csv.DictReader(fh))
+    assert logged and {r["function"] for r in logged} <= {"mlp", "r18"}
+    for line in report.splitlines():
+        if line.startswith(("| mlp ", "| r18 ")):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            in_slo = float(cells[7].rstrip("%")) / 100
+            cold = float(cells[8].rstrip("%")) / 100
+            assert 0 <= in_slo <= 1 and 0 <= cold <= 1
