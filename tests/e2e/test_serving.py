@@ -90,12 +90,28 @@ def test_cli_ls_and_random_invoke(server: Server) -> None:
 def test_busy_device_serves_its_model_to_an_idle_one_peer_to_peer(server: Server) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    first = _invoke_checked(server, "r152", seed=30)  # now fully resident on one device
-    with ThreadPoolExecutor(2) as pool:
-        heads = list(pool.map(lambda s: _invoke_checked(server, "r152", seed=s), (31, 32)))
+    # A tight SLO: waiting for the busy device (its run, then ours) would miss it, so
+    # the scheduler copies the model to the idle device even if that evicts something.
+    r = server.deploy("r152peer", {"model": {"zoo": "resnet152", "seed": 5}, "slo_ms": 150, "heavy": True})
+    assert r.status_code == 201, r.text
+    inputs = [sample_input("resnet152", seed=s) for s in (30, 31, 32)]
+    want = [native_output("resnet152", x, 5) for x in inputs]
+
+    def call(i: int) -> dict[str, str]:
+        resp = server.invoke("r152peer", inputs[i])
+        assert resp.status_code == 200, resp.text
+        assert output_array(resp.json()).tobytes() == want[i].tobytes()
+        return dict(resp.headers)
+
+    try:
+        first = call(0)  # now fully resident on one device
+        with ThreadPoolExecutor(2) as pool:
+            heads = list(pool.map(call, (1, 2)))
+    finally:
+        server.client.delete("/v1/functions/r152peer")
     sources = sorted(h["x-torpor-source"] for h in heads)
     devices = {h["x-torpor-device"] for h in heads}
-    # One request runs on the device that holds r152; the other, on the idle device,
+    # One request runs on the device that holds the model; the other, on the idle device,
     # copies the model from the busy one instead of from host memory.
     assert devices == {"0", "1"}, heads
     assert sources == ["peer:" + first["x-torpor-device"], "resident"], sources
