@@ -25,8 +25,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from geventhttpclient import HTTPClient
 import tritonclient.http as triton
+from geventhttpclient import HTTPClient
 
 from loadtest.server import Server, free_port
 
