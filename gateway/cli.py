@@ -12,6 +12,7 @@ from typing import Any
 from gateway import progress
 from shared.config import ServeConfig, env, format_size, parse_devices, parse_size
 from shared.errors import InvalidInput
+from shared.specs import random_inputs
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -79,26 +80,6 @@ def _deploy(args: argparse.Namespace) -> int:
         f"SLO {data['slo_ms']:g} ms at p{data['slo_percentile']:g}"
     )
     return 0
-
-
-def random_inputs(inputs: list[dict[str, Any]], batch: int = 1) -> list[dict[str, Any]]:
-    """A valid random request for an input spec (-1 dims become `batch`, then 8)."""
-    import numpy as np
-
-    rng = np.random.default_rng()
-    out = []
-    for spec in inputs:
-        shape = [(batch if i == 0 else 8) if d == -1 else d for i, d in enumerate(spec["shape"])]
-        n = int(np.prod(shape))
-        dt = spec["datatype"]
-        if dt == "BOOL":
-            data: list[Any] = rng.integers(0, 2, n).astype(bool).tolist()
-        elif dt.startswith(("INT", "UINT")):
-            data = rng.integers(0, 100, n).tolist()  # small: valid token ids and class indices
-        else:
-            data = rng.standard_normal(n).astype("float32").tolist()
-        out.append({"name": spec["name"], "shape": shape, "datatype": dt, "data": data})
-    return out
 
 
 def _invoke(args: argparse.Namespace) -> int:

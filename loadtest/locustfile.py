@@ -40,24 +40,13 @@ from locust import HttpUser, events, task
 from locust.exception import StopUser
 
 from shared import traces
+from shared.specs import random_inputs
 
 PLAN: dict[str, Any] = {}  # filled once at test start, read by every user
 
 
 def _payload(spec: list[dict[str, Any]], rng: np.random.Generator) -> dict[str, Any]:
-    inputs = []
-    for t in spec:
-        shape = [(1 if i == 0 else 16) if d == -1 else d for i, d in enumerate(t["shape"])]
-        n = int(np.prod(shape))
-        dt = t["datatype"]
-        if dt == "BOOL":
-            data: list[Any] = rng.integers(0, 2, n).astype(bool).tolist()
-        elif dt.startswith(("INT", "UINT")):
-            data = rng.integers(0, 100, n).tolist()  # small: valid token ids and class indices
-        else:
-            data = rng.standard_normal(n).astype(np.float32).tolist()
-        inputs.append({"name": t["name"], "datatype": dt, "shape": shape, "data": data})
-    return {"inputs": inputs}
+    return {"inputs": random_inputs(spec, batch=1, free=16, rng=rng)}
 
 
 def _trace(n_default: int) -> traces.Trace:

@@ -39,7 +39,7 @@ class ExecTiming:
 FREE_DIM = 128  # the size profiled for a free dimension other than the batch (e.g. sequence length)
 
 
-def random_inputs(specs: Sequence[TensorSpec], batch: int, seed: int = 0) -> list[torch.Tensor]:
+def random_tensors(specs: Sequence[TensorSpec], batch: int, seed: int = 0) -> list[torch.Tensor]:
     """Inputs of the declared shapes: a free first dim is the batch, other free dims FREE_DIM.
 
     Integers are zeros, valid as indices into any embedding.
@@ -97,11 +97,11 @@ def profile(
     if threads:
         torch.set_num_threads(threads)  # as many as a worker computes with
     try:
-        x1 = random_inputs(specs, 1)
+        x1 = random_tensors(specs, 1)
         alone = time_runs(model, x1, runs)
         with CopyLoad():
             loaded = time_runs(model, x1, runs)
-        batch_ms = time_runs(model, random_inputs(specs, max_batch), runs) if max_batch > 1 else None
+        batch_ms = time_runs(model, random_tensors(specs, max_batch), runs) if max_batch > 1 else None
     finally:
         torch.set_num_threads(before)
     return ExecTiming(alone, batch_ms, max_batch, loaded / alone if alone > 0 else 1.0)

@@ -6,6 +6,7 @@ Torch-free on purpose: the gateway validates requests with numpy only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -84,3 +85,23 @@ def specs_from_json(objs: object, where: str) -> tuple[TensorSpec, ...]:
     if len(set(names)) != len(names):
         raise InvalidInput(f"{where}: tensor names must be unique, got {names}")
     return specs
+
+
+def random_inputs(
+    inputs: list[dict[str, Any]], batch: int = 1, free: int = 8, rng: np.random.Generator | None = None
+) -> list[dict[str, Any]]:
+    """A valid random OIP request for an input spec in JSON form (-1 dims: `batch` first, then `free`)."""
+    rng = rng or np.random.default_rng()
+    out = []
+    for spec in inputs:
+        shape = [(batch if i == 0 else free) if d == -1 else d for i, d in enumerate(spec["shape"])]
+        n = int(np.prod(shape))
+        dt = spec["datatype"]
+        if dt == "BOOL":
+            data: list[Any] = rng.integers(0, 2, n).astype(bool).tolist()
+        elif dt.startswith(("INT", "UINT")):
+            data = rng.integers(0, 100, n).tolist()  # small: valid token ids and class indices
+        else:
+            data = rng.standard_normal(n).astype("float32").tolist()
+        out.append({"name": spec["name"], "shape": shape, "datatype": dt, "data": data})
+    return out

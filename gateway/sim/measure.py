@@ -20,7 +20,7 @@ from gateway.sim.profile import HardwareProfile, ModelProfile
 from shared import program, zoo
 from shared.config import DeviceSpec
 from shared.profiling import profile as profile_exec
-from shared.profiling import random_inputs
+from shared.profiling import random_tensors
 
 
 def measure_profile(
@@ -103,8 +103,8 @@ def _measure_cuda(
         progress(f"profiling {name} ...")
         model = zoo.build(name).to(first)
         specs = zoo.entry(name).inputs
-        x1 = [t.to(first) for t in random_inputs(specs, 1)]
-        xb = [t.to(first) for t in random_inputs(specs, max_batch)]
+        x1 = [t.to(first) for t in random_tensors(specs, 1)]
+        xb = [t.to(first) for t in random_tensors(specs, max_batch)]
         with torch.inference_mode():
             e1 = _timed(lambda m=model, x=x1: m(*x), first) * 1e3
             eb = _timed(lambda m=model, x=xb: m(*x), first) * 1e3
