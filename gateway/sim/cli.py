@@ -35,6 +35,7 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--models", nargs="+", default=[], help="models of the profile to use (default all)")
     s.add_argument("--max-batch", type=int, default=1, help="dynamic batching limit per function")
     s.add_argument("--drop-late", action="store_true", help="functions drop requests that cannot meet the SLO")
+    s.add_argument("--nodes", type=int, default=1, help="identical nodes; functions are spread across them")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes for --sweep")
     s.add_argument("--out", default="sim-out", help="directory for JSON summaries and PNG figures")
@@ -67,6 +68,7 @@ def _workload(args: argparse.Namespace, functions: int) -> Any:
         drop_late=args.drop_late,
         seed=args.seed,
         trace=args.trace,
+        nodes=args.nodes,
     )
 
 
@@ -104,7 +106,8 @@ def _simulate(args: argparse.Namespace) -> int:
         counts = list(range(lo, hi + 1, step))
         curves = density(args.profile, _workload(args, counts[0]), counts, policies, jobs=args.jobs)
         write_json(curves, out / "density.json")
-        png = plots.density_figure(curves, f"{profile.name}: functions meeting their SLO", out / "density.png")
+        where = profile.name if args.nodes == 1 else f"{args.nodes} nodes of {profile.name}"
+        png = plots.density_figure(curves, f"{where}: functions meeting their SLO", out / "density.png")
         print(f"{'functions':>9}" + "".join(f"{p:>19}" for p in policies))
         for i, n in enumerate(counts):
             print(f"{n:>9}" + "".join(f"{curves[p][i]['functions_meeting_slo']:>19}" for p in policies))

@@ -38,6 +38,7 @@ class Workload:
     seed: int = 0
     trace: str | None = None  # an Azure-layout CSV instead of a generated trace
     population: int | None = None  # generate this many functions and keep the first `functions`
+    nodes: int = 1  # a cluster of identical nodes; the front end spreads functions round-robin
 
 
 def functions_for(profile: HardwareProfile, w: Workload) -> list[SimFunction]:
@@ -65,9 +66,17 @@ def trace_for(w: Workload) -> traces.Trace:
     return traces.generate(n, w.minutes, w.mean_rate, w.sigma, w.burstiness, w.seed).head(w.functions)
 
 
-def simulate(profile: HardwareProfile, w: Workload, policy: str) -> Simulation:
-    sim = Simulation(profile, policy, functions_for(profile, w), seed=w.seed)
-    return sim.run(trace_for(w).arrivals(seed=w.seed))
+def simulate(profile: HardwareProfile, w: Workload, policy: str) -> list[Simulation]:
+    """One simulation per node. Functions are partitioned across nodes (no swapping
+    between nodes), as a cluster front end that routes each function to one node would."""
+    functions, trace = functions_for(profile, w), trace_for(w)
+    runs = []
+    for node in range(w.nodes):
+        rows = list(range(node, len(functions), w.nodes))
+        part = traces.Trace([trace.functions[i] for i in rows], trace.counts[rows])
+        sim = Simulation(profile, policy, [functions[i] for i in rows], seed=w.seed + node)
+        runs.append(sim.run(part.arrivals(seed=w.seed + node)))
+    return runs
 
 
 def summary(profile: HardwareProfile, w: Workload, policy: str) -> dict[str, Any]:

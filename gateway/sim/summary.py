@@ -9,13 +9,17 @@ import numpy as np
 from gateway.sim.engine import Simulation
 
 
-def summarize(sim: Simulation) -> dict[str, Any]:
-    duration = max(sim.end, 1e-9)
+def summarize(sims: Simulation | list[Simulation]) -> dict[str, Any]:
+    """One node's run, or several nodes' runs of one cluster taken together."""
+    nodes = sims if isinstance(sims, list) else [sims]
+    sim = nodes[0]
+    duration = max(max(s.end for s in nodes), 1e-9)
     functions = []
     meeting = requested = 0
     all_latencies: list[float] = []
     dropped = 0
-    for f, t in zip(sim.functions, sim.tallies, strict=True):
+    pairs = [(f, t) for s in nodes for f, t in zip(s.functions, s.tallies, strict=True)]
+    for f, t in pairs:
         n = len(t.latencies_ms) + t.dropped
         lat = np.asarray(t.latencies_ms)
         on_time = int((lat <= f.slo_ms).sum())
@@ -44,11 +48,12 @@ def summarize(sim: Simulation) -> dict[str, Any]:
     return {
         "policy": sim.policy,
         "profile": sim.profile.name,
-        "functions": len(sim.functions),
+        "nodes": len(nodes),
+        "functions": len(pairs),
         "functions_with_requests": requested,
         "functions_meeting_slo": meeting,
         "fraction_meeting_slo": meeting / requested if requested else None,
-        "requests": int(sum(len(t.latencies_ms) + t.dropped for t in sim.tallies)),
+        "requests": int(sum(len(t.latencies_ms) + t.dropped for _, t in pairs)),
         "served": int(lat_all.size),
         "dropped": dropped,
         "latency_ms": _percentiles(lat_all),
@@ -62,7 +67,7 @@ def summarize(sim: Simulation) -> dict[str, Any]:
                 "swap_bytes": d.swap_bytes,
                 "evictions": d.evictions,
             }
-            for i, d in enumerate(sim.devices)
+            for i, d in enumerate(d for s in nodes for d in s.devices)
         ],
         "per_function": functions,
     }

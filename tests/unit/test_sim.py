@@ -101,3 +101,15 @@ def test_batching_and_peer_copies_happen_under_bursts() -> None:
     runs = sum(d["runs"] for d in s["devices"])
     assert s["served"] == 41 and runs < 41, "queued requests ran in batches"
     assert sum(d["swaps"]["peer"] for d in s["devices"]) >= 1, "the second device copied from the first"
+
+
+def test_a_cluster_spreads_functions_over_its_nodes() -> None:
+    from gateway.sim.run import Workload, summary
+
+    p = parse(PROFILE)
+    one = summary(p, Workload(functions=12, minutes=1, mean_rate=0.5, nodes=1), "torpor")
+    three = summary(p, Workload(functions=12, minutes=1, mean_rate=0.5, nodes=3), "torpor")
+    assert three["nodes"] == 3 and len(three["devices"]) == 3 * p.devices
+    assert three["functions"] == one["functions"] == 12
+    assert three["requests"] == one["requests"], "the same trace, partitioned"
+    assert sorted(f["name"] for f in three["per_function"]) == sorted(f["name"] for f in one["per_function"])
