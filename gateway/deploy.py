@@ -134,8 +134,12 @@ def build(
     input_spec: tuple[TensorSpec, ...] | None,
     max_batch: int = 1,
     threads: int | None = None,
+    profile_on: str | None = None,
 ) -> Built:
-    """Build, check, pack and profile a model (runs in a worker thread of the gateway)."""
+    """Build, check, pack and profile a model (runs in a worker thread of the gateway).
+
+    `profile_on`: a torch device ("cuda:0") to profile on, None for the CPU.
+    """
     import torch
 
     from shared import program
@@ -176,7 +180,9 @@ def build(
         image = pack(ordered, shm.segment_name(f"model-{_safe(model_id)}"))
     try:
         # A few warm runs for the scheduler's cost model (see shared/profiling.py).
-        timing = profile(gm, inputs, max_batch, threads)
+        # On the device kind that serves it: a GPU's timing is nothing like a CPU's. The packed
+        # image is already written, so the program may move to the GPU and be dropped after.
+        timing = profile(gm, inputs, max_batch, threads, device=torch.device(profile_on) if profile_on else None)
     except Exception as exc:  # a model that needs inputs we cannot make up still serves
         log.warning("could not profile %s (%s); the scheduler learns its timing from live runs", model_id, exc)
         timing = None

@@ -122,7 +122,14 @@ class Service:
     async def _install(self, fn: Function, source: dict[str, Any], persist: bool, input_spec: Any = None) -> None:
         started = time.perf_counter()
         built = await asyncio.to_thread(
-            deploy.build, source, fn.model_id, self.budget, input_spec, fn.max_batch_size, self.cfg.threads_per_device
+            deploy.build,
+            source,
+            fn.model_id,
+            self.budget,
+            input_spec,
+            fn.max_batch_size,
+            self.cfg.threads_per_device,
+            self._profile_device(),
         )
         fn.inputs, fn.outputs, fn.image, fn.model_bytes = built.inputs, built.outputs, built.image, built.image.nbytes
         fn.timing = built.timing
@@ -225,6 +232,11 @@ class Service:
             self.dispatcher.apply(self.scheduler.device_added(device))
             log.info("device %d restarted", device)
             return
+
+    def _profile_device(self) -> str | None:
+        """Where deploy-time profiling runs: the first GPU when serving GPUs, else the CPU."""
+        first = self.cfg.devices[0]
+        return f"cuda:{first.index}" if first.kind == "cuda" else None
 
     def schedule_view(self, fn: Function) -> dict[str, Any] | None:
         """The scheduler's view of a function: profile, urgency and predicted cost of a request now."""

@@ -57,23 +57,31 @@ def random_tensors(specs: Sequence[TensorSpec], batch: int, seed: int = 0) -> li
 
 
 def time_runs(model: torch.nn.Module, inputs: list[torch.Tensor], runs: int = 3, warmup: int = 1) -> float:
-    """Median warm run time in milliseconds."""
+    """Median warm run time in milliseconds (synchronised when the inputs are on a GPU)."""
+    device = inputs[0].device if inputs else torch.device("cpu")
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     times = []
     with torch.inference_mode():
         for i in range(warmup + runs):
+            sync()
             t0 = time.perf_counter()
             model(*inputs)
+            sync()
             if i >= warmup:
                 times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
 
 class CopyLoad:
-    """A background thread copying a large buffer over and over (torch copies release the GIL)."""
+    """A background thread copying a large buffer over and over (torch copies release the GIL).
 
-    def __init__(self, nbytes: int = 64 << 20) -> None:
-        self._src = torch.empty(nbytes, dtype=torch.uint8)
-        self._dst = torch.empty_like(self._src)
+    On a GPU it copies from page-locked host memory onto the device, as a swap-in does.
+    """
+
+    def __init__(self, nbytes: int = 64 << 20, device: torch.device | None = None) -> None:
+        on_gpu = device is not None and device.type == "cuda"
+        self._src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=on_gpu)
+        self._dst = torch.empty(nbytes, dtype=torch.uint8, device=device if on_gpu else None)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="profile-copy", daemon=True)
 
@@ -91,17 +99,32 @@ class CopyLoad:
 
 
 def profile(
-    model: torch.nn.Module, specs: Sequence[TensorSpec], max_batch: int = 1, threads: int | None = None, runs: int = 3
+    model: torch.nn.Module,
+    specs: Sequence[TensorSpec],
+    max_batch: int = 1,
+    threads: int | None = None,
+    runs: int = 3,
+    device: torch.device | None = None,
 ) -> ExecTiming:
+    """Time `model` on the device kind that will serve it (CPU, or a GPU: `device`).
+
+    On a GPU the model is moved there, so pass a model that is not needed elsewhere.
+    """
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)  # as many as a worker computes with
     try:
-        x1 = random_tensors(specs, 1)
+        if device is not None:
+            model = model.to(device)
+
+        def inputs(batch: int) -> list[torch.Tensor]:
+            return [t.to(device) if device is not None else t for t in random_tensors(specs, batch)]
+
+        x1 = inputs(1)
         alone = time_runs(model, x1, runs)
-        with CopyLoad():
+        with CopyLoad(device=device):
             loaded = time_runs(model, x1, runs)
-        batch_ms = time_runs(model, random_tensors(specs, max_batch), runs) if max_batch > 1 else None
+        batch_ms = time_runs(model, inputs(max_batch), runs) if max_batch > 1 else None
     finally:
         torch.set_num_threads(before)
     return ExecTiming(alone, batch_ms, max_batch, loaded / alone if alone > 0 else 1.0)

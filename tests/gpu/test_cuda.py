@@ -103,3 +103,12 @@ def test_serve_on_cuda_end_to_end(tmp_path: Path) -> None:
         assert devices[0]["backend"] == "cuda" and devices[0]["link_gbps"]["host"] > 1.0
     finally:
         assert srv.stop() == 0
+
+
+def test_deploy_time_profile_runs_on_the_gpu() -> None:
+    from shared.profiling import profile
+
+    gm = program.build({"zoo": "resnet50"}, meta=False)
+    timing = profile(gm, zoo.entry("resnet50").inputs, max_batch=4, device=torch.device("cuda", 0))
+    assert next(gm.parameters()).is_cuda, "profiled where it will be served"
+    assert 0 < timing.exec_ms < timing.batch_exec_ms and timing.slowdown > 0
