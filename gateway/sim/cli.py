@@ -86,6 +86,13 @@ def _policies(text: str) -> list[str]:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    try:
+        return _run_simulation(args)
+    except (ValueError, OSError) as exc:  # a bad profile, trace or workload: say which, no traceback
+        raise SystemExit(f"torpor simulate: {exc}") from None
+
+
+def _run_simulation(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from gateway.sim import plots
