@@ -1,130 +1,151 @@
 """Locust users that replay a serverless trace against a running torpor server.
 
-    locust -f loadtest/locustfile.py --host http://127.0.0.1:8080 --headless -u 4 -r 4 -t 60s
+    locust -f loadtest/locustfile.py --host http://127.0.0.1:8080 --headless -u 2 -r 2 -t 60s
 
-(or `python -m loadtest.run`, which also writes a report). Open loop: the arrivals
-follow the trace's timestamps whatever the server's latency -- each user owns every
-N-th arrival, sleeps until its time and fires it in a greenlet of its own -- so a slow
-server sees requests pile up, as it would in production, instead of a closed loop
-politely waiting for it.
+(or `python -m loadtest.run`, which also writes a report). Open loop: requests fire at
+the trace's timestamps whatever the server's latency. Each user claims the next arrival
+from one shared schedule, sleeps until its timestamp and fires it in a greenlet of its
+own without waiting for the answer, so a slow server sees requests pile up as it would
+in production. The number of users only spreads that work; it does not set the load.
+Run one locust process (no --processes or workers): each would replay the whole trace.
 
 Environment:
-  TORPOR_TRACE        an Azure Functions 2019 layout CSV (HashOwner,HashApp,HashFunction,Trigger,1..1440);
-                      if unset, a trace is generated (shared.traces.generate) with:
-  TORPOR_FUNCTIONS    trace functions (default: as many as the server has deployed)
-  TORPOR_RATE         mean requests/s per trace function (default 0.5)
-  TORPOR_SIGMA        spread of rates across functions (default 1.0)
-  TORPOR_BURSTINESS   0..1 (default 0.5)
-  TORPOR_MINUTES      trace minutes to replay (default 10; the run time may stop it sooner)
-  TORPOR_SEED         (default 0)
-  TORPOR_TARGETS      comma list of deployed functions to invoke (default: all); trace functions
-                      are mapped onto them round-robin
-  TORPOR_TOKEN        bearer token for invoke, if the functions need one
-  TORPOR_REQUEST_LOG  CSV to append one line per request: time, function, ms, status, cold
+  TORPOR_TRACE            an Azure Functions 2019 layout CSV (HashOwner,HashApp,HashFunction,Trigger,1..1440);
+                          if unset, a trace is generated (shared.traces.generate) with:
+  TORPOR_FUNCTIONS        trace functions (default: one per target; with TORPOR_TRACE, the first N rows)
+  TORPOR_RATE             mean requests/s per trace function (default 0.5)
+  TORPOR_SIGMA            log-normal spread of rates across functions (default 1.0)
+  TORPOR_BURSTINESS       0..1, minute-to-minute burstiness (default 0.5)
+  TORPOR_SEED             trace, arrival times and payloads (default 0)
+  TORPOR_MINUTES          trace minutes to replay (default 10; locust's --run-time may stop sooner)
+  TORPOR_SCALE            every trace rate times this (default 1)
+  TORPOR_TARGETS          comma list of deployed functions to invoke (default: all deployed)
+  TORPOR_FUNCTION_PREFIX  only deployed functions whose name starts with this
+  TORPOR_TOKEN            bearer token for invoke, if the functions need one
+  TORPOR_REQUEST_LOG      CSV written with one line per request: start (unix s), function,
+                          trace_function, ms, status, cold (x-torpor-cold), source
+                          (x-torpor-source: resident, host or peer:N), late_ms (fired behind the trace)
+  TORPOR_DRAIN            seconds to wait at the end for requests still in flight (default 10)
 
-Payloads are built from each function's input spec: random values of its datatype,
-free dimensions 1 (batch) and 16 (others). Requests are named by function, so locust's
-stats CSV has one row per function.
+Trace functions map round-robin onto the targets (the deployed functions listed by
+GET /v1/functions, in order). Each target gets one request body built from its input
+spec: random values of the declared datatype, free dimensions 1 (batch) and 16 (others).
+Requests are named by function, so locust's stats CSV has one row per function.
 """
 
 from __future__ import annotations
 
-import csv
-import os
 import time
 from typing import Any
 
-import gevent
-import numpy as np
+import httpx
+from gevent.pool import Group
 from locust import HttpUser, events, task
-from locust.exception import StopUser
+from locust.exception import StopTest, StopUser
+from urllib3 import PoolManager
 
-from shared import traces
-from shared.specs import random_inputs
+from loadtest.replay import Replay, ReplayConfig, RequestLog, choose_targets, load_trace
 
-PLAN: dict[str, Any] = {}  # filled once at test start, read by every user
-
-
-def _payload(spec: list[dict[str, Any]], rng: np.random.Generator) -> dict[str, Any]:
-    return {"inputs": random_inputs(spec, batch=1, free=16, rng=rng)}
-
-
-def _trace(n_default: int) -> traces.Trace:
-    env = os.environ.get
-    minutes = int(env("TORPOR_MINUTES", "10"))
-    if env("TORPOR_TRACE"):
-        return traces.read_azure_csv(env("TORPOR_TRACE", ""), minutes=minutes)
-    return traces.generate(
-        int(env("TORPOR_FUNCTIONS", str(n_default))),
-        minutes,
-        float(env("TORPOR_RATE", "0.5")),
-        float(env("TORPOR_SIGMA", "1.0")),
-        float(env("TORPOR_BURSTINESS", "0.5")),
-        int(env("TORPOR_SEED", "0")),
-    )
+# Filled at each test start and read by every user (locust runs them all in this process).
+STATE: dict[str, Any] = {"replay": None, "config": None, "log": None}
 
 
 @events.test_start.add_listener
 def _plan(environment: Any, **_: Any) -> None:
-    import httpx
+    try:
+        cfg = ReplayConfig.from_env()
+        headers = {"authorization": f"Bearer {cfg.token}"} if cfg.token else {}
+        response = httpx.get(f"{environment.host.rstrip('/')}/v1/functions", headers=headers, timeout=30)
+        response.raise_for_status()
+        targets = choose_targets(response.json()["functions"], cfg)
+        replay = Replay(load_trace(cfg, len(targets)), targets, cfg.seed)
+    except (ValueError, KeyError, httpx.HTTPError) as exc:
+        # StopTest from here makes locust log the message and quit (headless) or stop (web UI).
+        raise StopTest(f"torpor replay: {exc}") from exc
+    _close_log()
+    STATE.update(replay=replay, config=cfg, log=RequestLog(cfg.request_log) if cfg.request_log else None)
 
-    listing = httpx.get(f"{environment.host.rstrip('/')}/v1/functions", timeout=30).json()["functions"]
-    wanted = [w for w in os.environ.get("TORPOR_TARGETS", "").split(",") if w]
-    functions = [f for f in listing if not wanted or f["name"] in wanted]
-    if not functions:
-        raise RuntimeError(f"no deployed function to invoke (TORPOR_TARGETS={wanted or 'all'})")
-    trace = _trace(len(functions))
-    rng = np.random.default_rng(int(os.environ.get("TORPOR_SEED", "0")))
-    targets = [functions[i % len(functions)]["name"] for i in range(len(trace.functions))]
-    PLAN.update(
-        start=time.time() + 1.0,  # every user starts the clock together
-        arrivals=[(t, targets[fi]) for t, fi in trace.arrivals(seed=int(os.environ.get("TORPOR_SEED", "0")))],
-        payloads={f["name"]: _payload(f["inputs"], rng) for f in functions},
-        users=0,
-    )
-    log = os.environ.get("TORPOR_REQUEST_LOG")
-    if log:
-        with open(log, "w", newline="") as fh:
-            csv.writer(fh).writerow(["time", "function", "ms", "status", "cold"])
+
+@events.test_stop.add_listener
+def _close_log(**_: Any) -> None:
+    if STATE["log"] is not None:
+        STATE["log"].close()
+        STATE["log"] = None
 
 
 @events.request.add_listener
-def _record(name: str, response_time: float, response: Any, exception: Any, **_: Any) -> None:
-    log = os.environ.get("TORPOR_REQUEST_LOG")
-    if not log or response is None:
+def _record(name: str, response_time: float, response: Any, context: dict[str, Any], **_: Any) -> None:
+    log: RequestLog | None = STATE["log"]
+    if log is None or "trace_function" not in context:
         return
     status = getattr(response, "status_code", 0) or 0
-    cold = (response.headers or {}).get("x-torpor-cold", "") if status == 200 else ""
-    with open(log, "a", newline="") as fh:
-        csv.writer(fh).writerow([f"{time.time():.3f}", name, f"{response_time:.3f}", status, cold])
+    headers = getattr(response, "headers", None) or {}
+    cold = headers.get("x-torpor-cold", "") if status == 200 else ""
+    source = headers.get("x-torpor-source", "") if status == 200 else ""
+    log.write(
+        (
+            f"{context['fired']:.3f}",
+            name,
+            context["trace_function"],
+            f"{response_time:.3f}",
+            status,
+            cold,
+            source,
+            f"{context['late_ms']:.1f}",
+        )
+    )
 
 
 class TraceUser(HttpUser):
-    """Fires its share of the trace's arrivals at their timestamps."""
+    """Fires the arrivals it claims at their timestamps; never waits for an answer before the next."""
+
+    # Shared by all users: concurrent requests of a burst each need a connection, and the
+    # default pool of 10 would open and discard the rest with a warning each.
+    pool_manager = PoolManager(maxsize=256)
+
+    def wait_time(self) -> float:
+        # Not think time: the delay to the next claimed arrival, from the trace's clock.
+        # Sleeping in locust's own wait lets a stop interrupt it at once.
+        if self.pending is None:
+            return 3600.0  # the trace is over; idle until locust's run time ends
+        return max(0.0, self.replay.start + self.pending.at - time.time())
 
     def on_start(self) -> None:
-        self.index = PLAN["users"]
-        PLAN["users"] += 1
-        token = os.environ.get("TORPOR_TOKEN")
-        self.headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.replay: Replay = STATE["replay"]
+        if self.replay is None:
+            raise StopUser()
+        cfg: ReplayConfig = STATE["config"]
+        self.drain_s = cfg.drain_s
+        self.headers = {"content-type": "application/json"}
+        if cfg.token:
+            self.headers["authorization"] = f"Bearer {cfg.token}"
+        self.in_flight = Group()
+        self.pending = self.replay.claim()
+
+    def on_stop(self) -> None:
+        # Requests fired before the run time ended still count: wait for their answers.
+        self.in_flight.join(timeout=self.drain_s)
+        self.in_flight.kill(block=False)
 
     @task
-    def replay(self) -> None:
-        users = max(1, self.environment.runner.target_user_count if self.environment.runner else 1)
-        for t, name in PLAN["arrivals"][self.index :: users]:
-            delay = PLAN["start"] + t - time.time()
-            if delay > 0:
-                gevent.sleep(delay)
-            gevent.spawn(self._invoke, name)
-        gevent.sleep(3600)  # the trace is over: idle until locust's run time ends
-        raise StopUser()
+    def fire(self) -> None:
+        arrival = self.pending
+        if arrival is None:
+            return
+        late_s = time.time() - (self.replay.start + arrival.at)
+        if late_s < 0:  # the first task runs before any wait
+            return
+        self.in_flight.spawn(self._invoke, arrival.function, arrival.trace_function, late_s)
+        self.pending = self.replay.claim()
 
-    def _invoke(self, name: str) -> None:
+    def _invoke(self, name: str, trace_function: str, late_s: float) -> None:
+        context = {"trace_function": trace_function, "fired": time.time(), "late_ms": 1000 * late_s}
         with self.client.post(
             f"/v1/functions/{name}/invoke",
-            json=PLAN["payloads"][name],
+            data=self.replay.bodies[name],
             headers=self.headers,
             name=name,
+            context=context,
             catch_response=True,
         ) as r:
             if r.status_code != 200:

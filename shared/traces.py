@@ -3,17 +3,11 @@
 A trace is a matrix of per-minute invocation counts, one row per function, as in
 the Azure Functions 2019 public trace (Shahrad et al., "Serverless in the Wild",
 ATC '20), whose files have the columns HashOwner, HashApp, HashFunction, Trigger,
-1, 2, ..., 1440. Both the simulator and the locust load test replay traces.
+1, 2, ..., 1440. Both the simulator and the locust load test replay traces:
+`Trace.arrivals` turns the counts into request timestamps.
 
 `generate` draws one with the two properties that make serverless traffic hard:
-- heavy-tailed popularity: each function's mean rate is log-normal across
-  functions (`sigma`; 1 gives a ~20x spread between the 10th and 90th
-  percentile, 2 a ~170x spread), rescaled so the mean over functions is
-  `mean_rate` requests per second;
-- bursts within a function: each minute's rate is the mean times a gamma
-  variate of mean 1 and coefficient of variation 2·`burstiness` (0: a steady
-  Poisson process), and within a minute requests cluster around a few burst
-  centres (`Trace.arrivals`).
+heavy-tailed popularity across functions and bursts within a function.
 """
 
 from __future__ import annotations
@@ -26,13 +20,26 @@ from pathlib import Path
 import numpy as np
 
 AZURE_COLUMNS = ("HashOwner", "HashApp", "HashFunction", "Trigger")
-MINUTES_PER_DAY = 1440
+# The latest time placed inside a minute. Far enough below 60 s that adding the
+# minute's offset (up to a day of seconds) cannot round the sum into the next minute.
+_LAST_IN_MINUTE = 60.0 - 1e-6
 
 
 @dataclass(frozen=True)
 class Trace:
     functions: list[str]
     counts: np.ndarray  # (functions, minutes) invocations per minute, int64
+
+    def __post_init__(self) -> None:
+        counts = np.asarray(self.counts)
+        if counts.ndim != 2 or counts.shape[0] != len(self.functions):
+            raise ValueError(f"traces: counts of shape {counts.shape} for {len(self.functions)} functions")
+        if counts.size and counts.min() < 0:
+            raise ValueError("traces: negative invocation count")
+        object.__setattr__(self, "counts", counts.astype(np.int64, copy=False))
+
+    def __repr__(self) -> str:
+        return f"Trace({len(self.functions)} functions x {self.minutes} minutes, {self.total()} invocations)"
 
     @property
     def minutes(self) -> int:
@@ -46,12 +53,16 @@ class Trace:
         return int(self.counts.sum())
 
     def arrivals(self, seed: int = 0, burst: float = 0.5) -> Iterator[tuple[float, int]]:
-        """(seconds from the start, function index) in time order.
+        """(seconds from the start, function index) in time order, lazily, minute by minute.
 
-        Each minute's requests of a function are spread over the minute: a share
-        `burst` of them cluster around 1-3 random burst centres (1 s spread), the rest
-        arrive uniformly.
+        Each minute's count of a function is placed inside that minute, [60·m, 60·m + 60):
+        a share `burst` of the requests (binomial) cluster around 1-3 burst centres drawn
+        uniformly in the minute, with a normal spread of 1 s (clipped to the minute); the
+        rest arrive uniformly. burst=0 gives a Poisson-like spread, burst=1 only clusters.
+        Deterministic for a seed.
         """
+        if not 0 <= burst <= 1:
+            raise ValueError(f"traces: burst must be within [0, 1], got {burst}")
         rng = np.random.default_rng(seed)
         for minute in range(self.minutes):
             times: list[np.ndarray] = []
@@ -67,7 +78,7 @@ class Trace:
                         rng.uniform(0, 60, n - clustered),
                     ]
                 )
-                times.append(np.clip(t, 0, np.nextafter(60, 0)) + 60 * minute)
+                times.append(np.clip(t, 0, _LAST_IN_MINUTE) + 60 * minute)
                 funcs.append(np.full(n, fi))
             if not times:
                 continue
@@ -77,7 +88,9 @@ class Trace:
                 yield float(t), int(fi)
 
     def scaled(self, factor: float, seed: int = 0) -> Trace:
-        """Every rate times `factor` (stochastic rounding keeps the expected count exact)."""
+        """Every rate times `factor`; stochastic rounding (fixed `seed`) keeps each expected count exact."""
+        if factor < 0:
+            raise ValueError(f"traces: scale factor must be >= 0, got {factor}")
         rng = np.random.default_rng(seed)
         x = self.counts * factor
         base = np.floor(x)
@@ -85,12 +98,26 @@ class Trace:
         return Trace(list(self.functions), counts)
 
     def head(self, functions: int) -> Trace:
+        """The first `functions` functions (all of them if there are fewer)."""
         return Trace(self.functions[:functions], self.counts[:functions].copy())
 
 
 def generate(
-    functions: int, minutes: int, mean_rate: float = 1.0, sigma: float = 1.0, burstiness: float = 0.5, seed: int = 0
+    functions: int, minutes: int, mean_rate: float = 1.0, sigma: float = 2.0, burstiness: float = 0.5, seed: int = 0
 ) -> Trace:
+    """A synthetic trace of `functions` functions named f0000, f0001, ... over `minutes` minutes.
+
+    - mean_rate: requests per second per function, averaged over the functions.
+    - sigma: heavy tail across functions. Each function's mean rate is log-normal with
+      this sigma, rescaled so the mean over functions is `mean_rate`; sigma=1 gives a
+      ~13x spread between the 10th and 90th percentile function, sigma=2 a ~170x spread
+      (the top 10% of functions then get most of the requests), sigma=0 equal rates.
+    - burstiness in [0, 1]: each minute's rate is the function's mean times a gamma
+      variate of mean 1 and coefficient of variation 2·burstiness (a gamma-modulated
+      Poisson process); 0 gives a steady Poisson process, 1 minutes that swing from
+      near silence to several times the mean.
+    - seed: the same arguments give the same trace.
+    """
     if functions < 1 or minutes < 1:
         raise ValueError("traces: functions and minutes must be >= 1")
     if mean_rate < 0 or sigma < 0 or not 0 <= burstiness <= 1:
@@ -110,44 +137,60 @@ def generate(
 def read_azure_csv(
     path: str | Path, functions: int | None = None, start_minute: int = 1, minutes: int | None = None
 ) -> Trace:
-    """Per-minute counts of the first `functions` rows, minutes start_minute .. start_minute+minutes-1."""
+    """Per-minute counts of the first `functions` rows, minutes start_minute .. start_minute+minutes-1.
+
+    The file has the Azure Functions 2019 layout: a header HashOwner,HashApp,HashFunction,
+    Trigger,1,2,...,N and one row per function; functions are named by HashFunction.
+    A malformed file raises ValueError naming the file, the line and the column.
+    """
     path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return _read_azure_rows(csv.reader(f), path, functions, start_minute, minutes)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text CSV file ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise ValueError(f"{path}: malformed CSV: {exc}") from None
+
+
+def _read_azure_rows(
+    reader: Iterator[list[str]], path: Path, functions: int | None, start_minute: int, minutes: int | None
+) -> Trace:
+    header = next(reader, None)
+    if header is None or tuple(c.strip() for c in header[:4]) != AZURE_COLUMNS:
+        raise ValueError(f"{path}: line 1: expected the columns {','.join(AZURE_COLUMNS)},1,2,...")
+    for j, col in enumerate(header[4:], 1):
+        if col.strip() != str(j):
+            raise ValueError(f"{path}: line 1, column {j + 4}: expected minute {j}, found {col!r}")
+    available = len(header) - 4
+    first = start_minute - 1
+    last = available if minutes is None else first + minutes
+    if first < 0 or last > available or first >= last:
+        raise ValueError(f"{path}: minutes {start_minute}..{last} asked for, the file has 1..{available}")
     names: list[str] = []
     rows: list[list[int]] = []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or tuple(header[:4]) != AZURE_COLUMNS:
-            raise ValueError(f"{path}: line 1: expected the columns {','.join(AZURE_COLUMNS)},1,2,...")
-        available = len(header) - 4
-        for j, col in enumerate(header[4:], 1):
-            if col.strip() != str(j):
-                raise ValueError(f"{path}: line 1, column {j + 4}: expected minute {j}, found {col!r}")
-        first = start_minute - 1
-        last = available if minutes is None else first + minutes
-        if first < 0 or last > available or first >= last:
-            raise ValueError(f"{path}: minutes {start_minute}..{last} asked for, the file has 1..{available}")
-        for line, row in enumerate(reader, 2):
-            if functions is not None and len(rows) >= functions:
-                break
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise ValueError(f"{path}: line {line}: {len(row)} columns, the header has {len(header)}")
-            try:
-                counts = [int(c) for c in row[4 + first : 4 + last]]
-            except ValueError:
-                bad = next(i for i, c in enumerate(row[4 + first : 4 + last]) if not c.strip().isdigit())
-                raise ValueError(
-                    f"{path}: line {line}, column {5 + first + bad}: expected a count, found {row[4 + first + bad]!r}"
-                ) from None
-            if any(c < 0 for c in counts):
-                raise ValueError(f"{path}: line {line}: negative count")
-            names.append(row[2])
-            rows.append(counts)
+    for line, row in enumerate(reader, 2):
+        if functions is not None and len(rows) >= functions:
+            break
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise ValueError(f"{path}: line {line}: {len(row)} columns, the header has {len(header)}")
+        rows.append([_count(row[col], path, line, col) for col in range(4 + first, 4 + last)])
+        names.append(row[2])
     if not rows:
         raise ValueError(f"{path}: no function rows")
     return Trace(names, np.asarray(rows, dtype=np.int64))
+
+
+def _count(cell: str, path: Path, line: int, col: int) -> int:
+    try:
+        value = int(cell)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"{path}: line {line}, column {col + 1}: expected a count >= 0, found {cell!r}")
+    return value
 
 
 def write_azure_csv(trace: Trace, path: str | Path) -> None:
