@@ -11,7 +11,8 @@
     ├── WorkerLost (503)             the worker serving the request died or hung
     ├── Unavailable (503)            no device can serve (e.g. shutting down, function removed)
     │   └── DroppedLate (503)        dropped early: it could no longer meet its SLO (drop_late)
-    └── ProtocolError (502)          a malformed frame crossed a worker socket
+    ├── ProtocolError (502)          a malformed frame crossed a worker socket
+    └── DamagedImage (500)           a model image file is missing, of another format or corrupt
 
 Errors cross the worker socket as data (kind + message) and are rebuilt here with
 `from_wire`, so the gateway never sees a worker's traceback, and neither does a client.
@@ -86,6 +87,11 @@ class ProtocolError(TorporError):
     kind = "protocol_error"
 
 
+class DamagedImage(TorporError):
+    status = 500
+    kind = "damaged_image"
+
+
 _BY_KIND: dict[str, type[TorporError]] = {
     cls.kind: cls
     for cls in (
@@ -100,6 +106,7 @@ _BY_KIND: dict[str, type[TorporError]] = {
         WorkerLost,
         Unavailable,
         ProtocolError,
+        DamagedImage,
     )
 }
 

@@ -1,0 +1,223 @@
+"""A model image on disk: the exact bytes of its shared-memory image, checked chunk by chunk.
+
+The file is what a `ModelImage` segment holds, behind a small header, so restoring it
+is one sequential read straight into a new segment -- no model building, no
+unpickling, no intermediate buffer:
+
+    offset 0       b"TORPORIM", format version (u32), metadata length (u32)
+    offset 16      metadata: JSON {model_id, table, nbytes, chunk_bytes, checksums}
+    DATA_ALIGN     the image bytes (table.nbytes of them), in first-use order
+
+Every `chunk_bytes` of the image carries an XXH3-64 checksum, so a reader verifies
+each chunk as it arrives (at memory speed, far above any disk's) and a damaged file
+is refused naming the chunk, never served. Chunks are checked in order, which lets a
+cold request start on the first groups while later ones are still being read
+(`read_into`'s `on_chunk`).
+
+Writes go to a temporary file that is fsynced and renamed over the target, so a file
+under its final name is always whole.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import xxhash
+
+from shared.errors import DamagedImage
+from shared.modelstore import TensorTable
+
+MAGIC = b"TORPORIM"
+VERSION = 1
+_PREFIX = struct.Struct("<8sII")  # magic, version, metadata length
+DATA_ALIGN = 4096  # the image starts on a page: reads land page-aligned in the segment
+CHUNK_BYTES = 4 << 20  # a few copy groups: fine-grained enough to pipeline, cheap to check
+MAX_META_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class ImageFileInfo:
+    path: Path
+    model_id: str
+    table: TensorTable
+    chunk_bytes: int
+    checksums: tuple[int, ...]
+    data_offset: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.table.nbytes
+
+
+def _checksums(data: memoryview, chunk: int) -> list[int]:
+    return [xxhash.xxh3_64_intdigest(data[i : i + chunk]) for i in range(0, len(data), chunk)]
+
+
+def write(path: str | Path, model_id: str, table: TensorTable, data: Any, chunk_bytes: int = CHUNK_BYTES) -> Path:
+    """Write an image's bytes (a buffer of `table.nbytes` bytes) to `path`, atomically."""
+    path = Path(path)
+    view = memoryview(data).cast("B")
+    if len(view) < table.nbytes:
+        raise ValueError(f"image of {len(view)} bytes is shorter than its table's {table.nbytes}")
+    view = view[: table.nbytes]
+    meta = orjson.dumps(
+        {
+            "model_id": model_id,
+            "table": table.to_wire(),
+            "nbytes": table.nbytes,
+            "chunk_bytes": chunk_bytes,
+            "checksums": _checksums(view, chunk_bytes),
+        }
+    )
+    head = _PREFIX.pack(MAGIC, VERSION, len(meta)) + meta
+    data_offset = _align(len(head))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(head + bytes(data_offset - len(head)))
+            f.write(view)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def read_info(path: str | Path) -> ImageFileInfo:
+    """The header of an image file, checked for format and consistency (not the data)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            prefix = f.read(_PREFIX.size)
+            if len(prefix) < _PREFIX.size:
+                raise DamagedImage(f"{path}: not a torpor image file (too short)")
+            magic, version, meta_len = _PREFIX.unpack(prefix)
+            if magic != MAGIC:
+                raise DamagedImage(f"{path}: not a torpor image file")
+            if version != VERSION:
+                raise DamagedImage(f"{path}: image format version {version}; this torpor reads version {VERSION}")
+            if meta_len > MAX_META_BYTES:
+                raise DamagedImage(f"{path}: damaged header (metadata of {meta_len} bytes)")
+            raw = f.read(meta_len)
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        raise DamagedImage(f"{path}: no such image file") from None
+    try:
+        meta = orjson.loads(raw)
+        table = TensorTable.from_wire(meta["table"])
+        info = ImageFileInfo(
+            path,
+            str(meta["model_id"]),
+            table,
+            int(meta["chunk_bytes"]),
+            tuple(int(c) for c in meta["checksums"]),
+            _align(_PREFIX.size + meta_len),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise DamagedImage(f"{path}: damaged header ({exc})") from None
+    chunks = -(-info.nbytes // info.chunk_bytes) if info.chunk_bytes > 0 else -1
+    if info.chunk_bytes <= 0 or len(info.checksums) != chunks or int(meta["nbytes"]) != info.nbytes:
+        raise DamagedImage(f"{path}: damaged header (chunk table does not match the image size)")
+    if size < info.data_offset + info.nbytes:
+        raise DamagedImage(f"{path}: truncated: {size} bytes, the header promises {info.data_offset + info.nbytes}")
+    return info
+
+
+def read_into(
+    path: str | Path,
+    dest: Any,
+    on_chunk: Callable[[int], None] | None = None,
+    expect_model: str | None = None,
+) -> ImageFileInfo:
+    """Read an image file straight into `dest` (a writable buffer of at least its size).
+
+    Each chunk is verified as soon as it is read; `on_chunk(bytes_ready)` is called after
+    every verified chunk, so a consumer may start on the first bytes while the rest
+    arrives. A damaged chunk raises DamagedImage naming it; the bytes already
+    reported stay valid, the rest of `dest` is undefined.
+    """
+    info = read_info(path)
+    if expect_model is not None and info.model_id != expect_model:
+        raise DamagedImage(f"{info.path}: holds model {info.model_id!r}, expected {expect_model!r}")
+    view = memoryview(dest).cast("B")
+    if len(view) < info.nbytes:
+        raise ValueError(f"destination of {len(view)} bytes for an image of {info.nbytes}")
+    # A reader thread stays one chunk or more ahead while this thread checks: the read
+    # and the hash each release the GIL, so on two cores checking hides behind reading.
+    arrived: queue.SimpleQueue[int | BaseException] = queue.SimpleQueue()
+    stop = threading.Event()
+    reader = threading.Thread(target=_read_chunks, args=(info, view, arrived, stop), daemon=True)
+    reader.start()
+    try:
+        for index, expected in enumerate(info.checksums):
+            end = arrived.get()
+            if isinstance(end, BaseException):
+                raise end
+            start = index * info.chunk_bytes
+            if xxhash.xxh3_64_intdigest(view[start:end]) != expected:
+                raise DamagedImage(f"{info.path}: damaged: chunk {index} (bytes {start}..{end}) fails its checksum")
+            if on_chunk is not None:
+                on_chunk(end)
+    finally:
+        stop.set()
+        reader.join()
+    return info
+
+
+def _read_chunks(
+    info: ImageFileInfo, view: memoryview, arrived: queue.SimpleQueue[int | BaseException], stop: threading.Event
+) -> None:
+    """Read every chunk in order into `view`, posting each chunk's end offset (or the error)."""
+    try:
+        with open(info.path, "rb", buffering=0) as f:
+            f.seek(info.data_offset)
+            for start in range(0, info.nbytes, info.chunk_bytes):
+                if stop.is_set():
+                    return
+                end = min(start + info.chunk_bytes, info.nbytes)
+                _readinto_exact(f, view[start:end], info.path)
+                arrived.put(end)
+    except BaseException as exc:  # handed to the checking thread, which raises it
+        arrived.put(exc if isinstance(exc, DamagedImage) else DamagedImage(f"{info.path}: read failed: {exc}"))
+
+
+def verify_buffer(info: ImageFileInfo, data: Any) -> int | None:
+    """The first chunk of `data` (an image's bytes) that differs from the file's checksums, or None."""
+    view = memoryview(data).cast("B")[: info.nbytes]
+    for index, got in enumerate(_checksums(view, info.chunk_bytes)):
+        if got != info.checksums[index]:
+            return index
+    return None
+
+
+def _readinto_exact(f: Any, view: memoryview, path: Path) -> None:
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            raise DamagedImage(f"{path}: truncated while reading")
+        got += n
+
+
+def _align(n: int) -> int:
+    return (n + DATA_ALIGN - 1) // DATA_ALIGN * DATA_ALIGN
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
