@@ -5,6 +5,7 @@ All of it runs on the worker's main thread except the copy itself (SwapEngine).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,9 +16,9 @@ import torch.fx
 
 from gpuworker.backends import Backend
 from gpuworker.gate import SwapGate, gated
-from gpuworker.swap import Swap, SwapEngine, SwapPlan, plan_groups
-from shared import program
-from shared.errors import InvalidInput, RequestFailed
+from gpuworker.swap import HostFill, Swap, SwapEngine, SwapPlan, plan_groups
+from shared import imagefile, program, shm
+from shared.errors import InvalidInput, RequestFailed, TorporError
 from shared.modelstore import ModelImage, views
 from shared.protocol import check_wire_tensor, tensor_to_wire
 
@@ -81,10 +82,14 @@ class Executor:
         if offset < 0 or offset + nbytes > self.backend.arena.numel():
             raise InvalidInput(f"slice [{offset}, {offset + nbytes}) is outside the arena")
         self._check_overlap(offset, nbytes)
-        peer = body.get("peer")
+        peer, fill = body.get("peer"), None
         if peer is None:
             src = self.backend.host_buffer(prog.image.segment_name)[:nbytes]
             source = "host"
+            if body.get("fill") is not None:
+                # The host image is still on disk: read it in while the copy follows.
+                fill = self._fill_host(prog, str(body["fill"]["path"]))
+                source = "disk"
         else:
             src = self.backend.peer_arena(int(peer["device"]))[int(peer["offset"]) : int(peer["offset"]) + nbytes]
             source = f"peer:{peer['device']}"
@@ -101,7 +106,7 @@ class Executor:
                     self._drop(prog.model_id)
                 self._reply(rid, RequestFailed(f"swap-in of {prog.model_id} failed: {swap.error}"))
 
-        swap = Swap(prog.model_id, prog.plan, dst, src, done)
+        swap = Swap(prog.model_id, prog.plan, dst, src, done, fill)
         res = Residency(prog.model_id, offset, nbytes, swap, source)
         self.resident[prog.model_id] = res
         self.engine.submit(swap)
@@ -111,6 +116,28 @@ class Executor:
             program.bind(prog.plain, tensors)
             program.bind(prog.gated, {n: tensors[n] for n in prog.gated_own})
             prog.bound_offset = offset
+
+    def _fill_host(self, prog: Program, path: str) -> HostFill:
+        """Read a model's image file into its (gateway-created) host segment on a thread of its own.
+
+        Every chunk is checksum-verified before the copy thread may take it, so a damaged
+        file fails the swap (and the request) instead of running on wrong weights.
+        """
+        fill = HostFill()
+
+        def read() -> None:
+            seg = shm.attach(prog.image.segment_name, writable=True)
+            try:
+                imagefile.read_into(path, seg.buf, on_chunk=fill.advance, expect_model=prog.model_id)
+            except TorporError as exc:
+                fill.fail(exc.message)
+            except Exception as exc:  # the reader must always release the copy thread
+                fill.fail(f"{type(exc).__name__}: {exc}")
+            finally:
+                seg.close()
+
+        threading.Thread(target=read, name="disk-fill", daemon=True).start()
+        return fill
 
     def evict(self, body: dict[str, Any]) -> dict[str, Any]:
         res = self.resident.get(body["model_id"])

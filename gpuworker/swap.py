@@ -48,6 +48,36 @@ def plan_groups(table: TensorTable, group_bytes: int) -> SwapPlan:
     return SwapPlan(tuple(bounds), group_of)
 
 
+class HostFill:
+    """How much of a host image has arrived so far, while it is still being filled.
+
+    A model on the disk tier (or on another node) reaches host memory chunk by chunk;
+    the copy thread waits here for each group's bytes instead of for the whole image,
+    so disk read, host-to-device copy and execution overlap group by group.
+    """
+
+    def __init__(self) -> None:
+        self.ready = 0
+        self.error: str | None = None
+        self._cond = threading.Condition()
+
+    def advance(self, upto: int) -> None:
+        with self._cond:
+            self.ready = max(self.ready, upto)
+            self._cond.notify_all()
+
+    def fail(self, message: str) -> None:
+        with self._cond:
+            self.error = message
+            self._cond.notify_all()
+
+    def wait_for(self, upto: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.ready >= upto or self.error is not None)
+            if self.ready < upto:
+                raise RequestFailed(f"host image unavailable: {self.error}")
+
+
 @dataclass
 class Swap:
     """One in-flight copy; execution waits on its per-group events."""
@@ -57,6 +87,7 @@ class Swap:
     dst: torch.Tensor
     src: torch.Tensor
     on_done: Callable[[Swap], None]
+    fill: HostFill | None = None  # the source is still arriving (disk tier): wait per group
     events: list[threading.Event] = field(init=False)  # set once group k is copied (CPU) or enqueued (CUDA)
     handles: list[Any] = field(init=False)  # the backend's completion marker per group (CUDA: an event)
     error: str | None = None
@@ -112,6 +143,8 @@ class SwapEngine:
             for k in range(swap.plan.groups):
                 if swap.cancelled:
                     raise RequestFailed("cancelled by an eviction")
+                if swap.fill is not None:
+                    swap.fill.wait_for(b[k + 1])
                 swap.handles[k] = self._backend.copy(swap.dst[b[k] : b[k + 1]], swap.src[b[k] : b[k + 1]])
                 swap.events[k].set()
             self._backend.wait_host(swap.handles[-1])  # timing and the reply mean "all bytes landed"

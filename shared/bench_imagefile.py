@@ -25,7 +25,7 @@ from shared import imagefile, program, shm
 from shared.modelstore import pack
 
 
-def _drop_cache(path: Path) -> None:
+def drop_cache(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
@@ -42,7 +42,7 @@ def _into_segment(nbytes: int, fill) -> float:
         shm.unlink(seg.name)
 
 
-def _plain(path: Path, offset: int, nbytes: int):
+def plain_read(path: Path, offset: int, nbytes: int):
     def fill(buf) -> None:
         view = memoryview(buf)[:nbytes]
         with open(path, "rb", buffering=0) as f:
@@ -80,11 +80,11 @@ def main() -> None:
             for _ in range(args.repeat):
                 for kind, out in (("plain", plain), ("restore", restore)):
                     if temp == "cold":
-                        _drop_cache(path)
+                        drop_cache(path)
                     else:
-                        _into_segment(n, _plain(path, info.data_offset, n))  # make sure it is cached
+                        _into_segment(n, plain_read(path, info.data_offset, n))  # make sure it is cached
                     fill = (
-                        _plain(path, info.data_offset, n)
+                        plain_read(path, info.data_offset, n)
                         if kind == "plain"
                         else (lambda buf: imagefile.read_into(path, buf))
                     )

@@ -162,3 +162,57 @@ def test_overlapping_or_out_of_range_loads_are_refused(devices: list[Device], re
     dev.executor.load(6, {"model_id": "r18", "offset": 0})
     with pytest.raises(InvalidInput, match="already resident"):
         dev.executor.load(7, {"model_id": "r18", "offset": 1 << 26})
+
+
+def _disk_image(tmp_path, image: ModelImage):
+    """The image written to a file, and an empty host segment of its size (the disk tier)."""
+    from shared import imagefile
+
+    src = shm.attach(image.segment_name, writable=False)
+    path = imagefile.write(tmp_path / "r18.img", "r18", image.table, src.buf, chunk_bytes=256 << 10)
+    src.close()
+    empty = ModelImage(shm.segment_name("test-r18-from-disk"), image.table)
+    shm.create(empty.segment_name, image.nbytes).close()
+    return path, empty
+
+
+def test_a_swap_from_disk_fills_the_host_image_and_runs_bitwise_equal(devices, resnet18, tmp_path) -> None:
+    """disk -> host -> device -> execution, group by group; the host image is whole afterwards."""
+    path, empty = _disk_image(tmp_path, resnet18)
+    try:
+        dev = devices[0]
+        _prepare(dev, empty)
+        wire, x = _input()
+        dev.executor.load(1, {"model_id": "r18", "offset": 0, "fill": {"path": str(path)}})
+        assert _infer(dev, wire) == _native(x)  # may run while groups still arrive
+        dev.executor.resident["r18"].swap.done.wait(10)
+        assert dev.replies[1]["source"] == "disk"
+        filled, orig = shm.attach(empty.segment_name, False), shm.attach(resnet18.segment_name, False)
+        assert bytes(filled.buf[: resnet18.nbytes]) == bytes(orig.buf[: resnet18.nbytes])
+        filled.close()
+        orig.close()
+    finally:
+        empty.unlink()
+
+
+def test_a_damaged_image_file_fails_the_swap_and_leaves_nothing_resident(devices, resnet18, tmp_path) -> None:
+    from shared import imagefile
+
+    path, empty = _disk_image(tmp_path, resnet18)
+    info = imagefile.read_info(path)
+    with open(path, "r+b") as f:
+        f.seek(info.data_offset + info.nbytes - 10)
+        f.write(b"\xff" * 4)
+    try:
+        dev = devices[0]
+        _prepare(dev, empty)
+        wire, _ = _input()
+        dev.executor.load(1, {"model_id": "r18", "offset": 0, "fill": {"path": str(path)}})
+        swap = dev.executor.resident["r18"].swap
+        with pytest.raises(RequestFailed, match="fails its checksum"):
+            _infer(dev, wire)
+        assert swap.done.wait(10)
+        assert isinstance(dev.replies[1], RequestFailed) and "fails its checksum" in dev.replies[1].message
+        assert "r18" not in dev.executor.resident
+    finally:
+        empty.unlink()

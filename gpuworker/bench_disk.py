@@ -1,0 +1,104 @@
+"""A cold request from the disk tier, pipelined, against its parts, side by side in one run.
+
+    python -m gpuworker.bench_disk [--models resnet50 bert-base] [--repeats 5]
+
+For each model, with the worker's own code (CPU backend, arena, swap engine, gate) and
+the image file format of the disk tier (shared/imagefile.py):
+  disk read   a plain read of the image file into host shared memory (page cache dropped)
+  memcpy      one plain copy of the image into the arena
+  warm        one inference with the model resident
+  from disk   a cold request: the file is read into host memory, copied to the device
+              and executed, all three overlapped group by group (page cache dropped)
+and the ratio from disk / max(disk read, memcpy, warm): the goal is <= 1.25.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from gpuworker.bench_swap import Bench, _input
+from shared import imagefile, shm
+from shared.bench_imagefile import drop_cache, plain_read
+from shared.modelstore import ModelImage
+
+
+def measure(bench: Bench, name: str, repeats: int, tmp: Path) -> dict[str, float]:
+    _, nbytes = bench.prepare(name)
+    image = bench.images[-1]
+    src = shm.attach(image.segment_name, writable=False)
+    path = imagefile.write(tmp / f"{name}.img", f"{name}-disk", image.table, src.buf)
+    src.close()
+    info = imagefile.read_info(path)
+    # The disk-tier copy of the model: an empty host segment the fill writes into.
+    empty = ModelImage(shm.segment_name(f"bench-disk-{name}"), image.table)
+    shm.create(empty.segment_name, nbytes).close()
+    bench.images.append(empty)
+    bench.executor.prepare({"model_id": f"{name}-disk", "source": {"zoo": name}, "image": empty.to_wire()})
+    x = _input(name)
+    reads, copies, warm, cold = [], [], [], []
+    host = shm.attach(empty.segment_name, writable=True)
+    try:
+        for _ in range(repeats):
+            drop_cache(path)
+            t0 = time.perf_counter()
+            plain_read(path, info.data_offset, nbytes)(host.buf)
+            reads.append((time.perf_counter() - t0) * 1e3)
+            src_t = bench.backend.host_buffer(image.segment_name)[:nbytes]
+            t0 = time.perf_counter()
+            bench.backend.arena[:nbytes].copy_(src_t)
+            copies.append((time.perf_counter() - t0) * 1e3)
+            swap = bench.load(name, 0)
+            swap.done.wait()
+            warm.append(bench.infer(name, x))
+            bench.executor.evict({"model_id": name})
+            drop_cache(path)
+            t0 = time.perf_counter()
+            bench.executor.load(1, {"model_id": f"{name}-disk", "offset": 0, "fill": {"path": str(path)}})
+            swap = bench.executor.resident[f"{name}-disk"].swap
+            bench.executor.infer({"model_id": f"{name}-disk", "inputs": [x]})
+            cold.append((time.perf_counter() - t0) * 1e3)
+            swap.done.wait()
+            if swap.error:
+                raise RuntimeError(swap.error)
+            bench.executor.evict({"model_id": f"{name}-disk"})
+    finally:
+        host.close()
+    med = statistics.median
+    return {"bytes": nbytes, "read": med(reads), "memcpy": med(copies), "warm": med(warm), "cold": med(cold)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["resnet50", "bert-base"])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="compute threads (copy and disk threads are extra)")
+    args = ap.parse_args()
+    bench = Bench(512 << 20, args.threads, 2 << 20)
+    print(
+        f"CPU device: {args.threads} compute thread(s), 1 copy thread, 1 disk thread on {os.cpu_count()} cores; "
+        f"median of {args.repeats}; times in ms"
+    )
+    print(
+        f"{'model':<10}{'MiB':>7}{'disk read':>10}{'memcpy':>8}{'warm':>8}{'from disk':>10}"
+        f"{'from disk / max(read, memcpy, warm)':>37}"
+    )
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in args.models:
+                r = measure(bench, name, args.repeats, Path(tmp))
+                worst = max(r["read"], r["memcpy"], r["warm"])
+                print(
+                    f"{name:<10}{r['bytes'] / 2**20:>7.1f}{r['read']:>10.1f}{r['memcpy']:>8.1f}{r['warm']:>8.1f}"
+                    f"{r['cold']:>10.1f}{r['cold'] / worst:>37.2f}"
+                )
+    finally:
+        bench.close()
+
+
+if __name__ == "__main__":
+    main()
