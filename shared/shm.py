@@ -101,7 +101,7 @@ def unlink(name: str) -> None:
         pass
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -112,21 +112,21 @@ def _alive(pid: int) -> bool:
 
 
 def owned_by(pid: int) -> list[str]:
-    return [n for n in _listing() if (m := _NAME.match(n)) and int(m.group(1)) == pid]
+    return [n for n in listing() if (m := _NAME.match(n)) and int(m.group(1)) == pid]
 
 
 def reclaim_stale() -> list[str]:
     """Unlink segments whose owning gateway is no longer running; returns their names."""
     reclaimed = []
-    for name in _listing():
+    for name in listing():
         m = _NAME.match(name)
-        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+        if m and int(m.group(1)) != os.getpid() and not alive(int(m.group(1))):
             unlink(name)
             reclaimed.append(name)
     return reclaimed
 
 
-def _listing() -> list[str]:
+def listing() -> list[str]:
     try:
         return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(PREFIX))
     except FileNotFoundError:
