@@ -11,8 +11,8 @@ import logging
 import time
 from typing import Any
 
-from gateway import deploy, progress
-from gateway.costmodel import GB, Topology
+from gateway import deploy, devicefacts, progress
+from gateway.costmodel import Topology
 from gateway.dispatcher import Dispatcher, Invocation, Limits, Outcome
 from gateway.metrics import Metrics
 from gateway.registry import Function, Registry, check_name
@@ -26,7 +26,6 @@ from shared.protocol import Kind
 log = logging.getLogger("torpor.gateway")
 
 CPU_DEFAULT_BUDGET = 1 << 30
-NVLINK_BYTES_PER_S = 25 * GB  # one NVLink 2 link, one direction (V100)
 DEMO = (
     ("mlp", "mlp", 50.0),
     ("resnet18", "resnet18", 500.0),
@@ -38,10 +37,12 @@ DEMO = (
 class Service:
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
-        self.budget = cfg.device_memory or default_budget(cfg)
+        # None on GPUs without --device-memory: each worker sizes its arena from its free memory.
+        self.budget: int | None = cfg.device_memory or default_budget(cfg)
         self.registry = Registry(cfg.state_dir)
         self.pool = WorkerPool(cfg, self.budget, self._worker_lost)
-        self.scheduler = Scheduler(live_topology(cfg, self.budget), time.monotonic)
+        # Provisional until the workers report their devices (start): no function is added before.
+        self.scheduler = Scheduler(Topology.flat([self.budget or 0] * len(cfg.devices)), time.monotonic)
         self.metrics = Metrics()
         self.dispatcher = Dispatcher(self.scheduler, self.pool, Limits(cfg.max_queue, cfg.max_queued), self.metrics)
         self.metrics.attach(self)
@@ -56,6 +57,7 @@ class Service:
         for name in shm.reclaim_stale():
             log.warning("reclaimed shared memory %s left by a crashed run", name)
         await self.pool.start_all()
+        self._adopt_devices()
         saved = self.registry.load()
         with progress.Steps("restoring function", len(saved), log) as steps:
             for fn in saved:
@@ -81,6 +83,25 @@ class Service:
                 fn.image.unlink()
         for name in shm.owned_by(_pid()):
             shm.unlink(name)
+
+    def _adopt_devices(self) -> None:
+        """The scheduler's topology from what the workers measured (READY and PEERS replies)."""
+        facts = [self.pool.facts[i] for i in range(len(self.cfg.devices))]
+        topology = devicefacts.topology(facts)
+        self.scheduler = Scheduler(topology, time.monotonic)
+        self.dispatcher.scheduler = self.scheduler
+        self.budget = min(topology.capacities)
+        log.info(
+            "devices: %s",
+            "; ".join(
+                f"{f.device}: {f.kind} {format_size(f.budget)}"
+                + (f", host {f.host_gbps:.1f} GB/s" if f.host_gbps else "")
+                + (f", PCIe switch {topology.switches[f.device]}" if f.kind == "cuda" else "")
+                for f in facts
+            ),
+        )
+        if topology.links:
+            log.info("direct links: %s", {k: f"{v / 1e9:.0f} GB/s" for k, v in topology.links.items()})
 
     # -- functions -----------------------------------------------------------------
     async def deploy(self, name: str, body: object) -> tuple[Function, bool]:
@@ -121,8 +142,8 @@ class Service:
 
     async def _install(self, fn: Function, source: dict[str, Any], persist: bool, input_spec: Any = None) -> None:
         started = time.perf_counter()
-        built = await asyncio.to_thread(
-            deploy.build,
+        assert self.budget is not None, "set from the workers' facts at start"
+        built = await deploy.build(
             source,
             fn.model_id,
             self.budget,
@@ -130,6 +151,7 @@ class Service:
             fn.max_batch_size,
             self.cfg.threads_per_device,
             self._profile_device(),
+            self.cfg.log_level,
         )
         fn.inputs, fn.outputs, fn.image, fn.model_bytes = built.inputs, built.outputs, built.image, built.image.nbytes
         fn.timing = built.timing
@@ -299,42 +321,15 @@ def function_info(fn: Function) -> FunctionInfo:
     )
 
 
-def live_topology(cfg: ServeConfig, budget: int) -> Topology:
-    """CPU devices share nothing; GPUs are grouped by PCIe switch and linked as NVML reports."""
-    capacities = [budget] * len(cfg.devices)
-    if all(d.kind == "cpu" for d in cfg.devices):
-        return Topology.flat(capacities)
-    from gpuworker.backends.topology import gpu_report
-
-    ordinals = [d.index for d in cfg.devices]
-    reports = [gpu_report(o) for o in ordinals]
-    switch = list(range(len(ordinals)))
-    links: dict[tuple[int, int], float] = {}
-    for i, report in enumerate(reports):
-        for other, link in report["links"].items():
-            if other not in ordinals:
-                continue
-            j = ordinals.index(other)
-            if link["pcie"] in ("same_board", "same_pcie_switch"):
-                switch[j] = switch[i] = min(switch[i], switch[j])
-            if link["nvlinks"] and i < j:
-                links[(i, j)] = link["nvlinks"] * NVLINK_BYTES_PER_S
-    return Topology(tuple(capacities), tuple(switch), links=links)
-
-
 def token_digest(token: str) -> str:
     import hashlib
 
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def default_budget(cfg: ServeConfig) -> int:
-    if all(d.kind == "cpu" for d in cfg.devices):
-        return CPU_DEFAULT_BUDGET
-    from gpuworker.backends import cuda_free_memory
-
-    reserve = 2 << 30  # room for activations and the framework's own allocations
-    return max(1 << 30, min(cuda_free_memory(d.index) for d in cfg.devices) - reserve)
+def default_budget(cfg: ServeConfig) -> int | None:
+    """A CPU device's arena is created here, so it needs a size; a GPU worker sizes its own (None)."""
+    return CPU_DEFAULT_BUDGET if any(d.kind == "cpu" for d in cfg.devices) else None
 
 
 def _describe(source: dict[str, Any]) -> str:

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import devicefacts
+from gateway.devicefacts import DeviceFacts
 from gpuworker.config import WorkerConfig
 from shared import shm
 from shared.config import DeviceSpec, ServeConfig
@@ -40,6 +42,7 @@ class WorkerClient:
         self._next = 1
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.ready: dict[str, Any] = {}
+        self.facts: DeviceFacts | None = None  # what the worker measured, checked (from READY)
         self.closed = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[None] | None = None
 
@@ -48,6 +51,10 @@ class WorkerClient:
         if frame is None or frame.kind is not Kind.READY:
             raise WorkerLost(f"worker {self.device} did not report READY")
         self.ready = frame.body
+        try:
+            self.facts = devicefacts.from_ready(frame.body)
+        except ProtocolError as exc:
+            raise WorkerLost(f"worker {self.device} sent a malformed READY: {exc.message}") from exc
         self._task = asyncio.create_task(self._read_loop(), name=f"worker{self.device}-reader")
 
     def request(self, kind: Kind, body: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
@@ -125,9 +132,10 @@ class WorkerHandle:
 class WorkerPool:
     """Starts, watches and stops one worker process per device."""
 
-    def __init__(self, cfg: ServeConfig, budget: int, on_lost: Callable[[int, str], None]) -> None:
+    def __init__(self, cfg: ServeConfig, budget: int | None, on_lost: Callable[[int, str], None]) -> None:
         self.cfg = cfg
-        self.budget = budget
+        self.budget = budget  # None: each GPU worker sizes its arena from its free memory
+        self.facts: dict[int, DeviceFacts] = {}  # per device, from READY and the PEERS reply
         self.on_lost = on_lost
         self.runtime_dir = tempfile.mkdtemp(prefix="torpor-run-")
         os.chmod(self.runtime_dir, 0o700)  # sockets inside are the service user's alone
@@ -141,7 +149,8 @@ class WorkerPool:
             device=index,
             kind=spec.kind,
             ordinal=spec.index,
-            budget=self.budget,
+            # A restarted worker keeps the arena size the scheduler already plans with.
+            budget=self.facts[index].budget if index in self.facts else self.budget,
             socket_path=os.path.join(self.runtime_dir, f"worker{index}.sock"),
             arena_segment=self.arenas.get(index),
             peer_segments=peers,
@@ -153,6 +162,7 @@ class WorkerPool:
     async def start_all(self) -> None:
         for i, spec in enumerate(self.cfg.devices):
             if spec.kind == "cpu":
+                assert self.budget is not None, "CPU devices need a budget: their arena is created here"
                 name = shm.segment_name(f"arena{i}")
                 shm.create(name, self.budget).close()
                 self.arenas[i] = name
@@ -166,10 +176,12 @@ class WorkerPool:
             for i, h in self.handles.items()
             if h.client is not None and h.client.ready.get("arena") is not None
         }
-        if handles:
-            for i, h in self.handles.items():
-                if h.client is not None:
-                    await h.client.call(Kind.PEERS, {"handles": {k: v for k, v in handles.items() if k != str(i)}})
+        for i, h in self.handles.items():
+            if h.client is not None:
+                body = {"handles": {k: v for k, v in handles.items() if k != str(i)}}
+                reply = await h.client.call(Kind.PEERS, body)
+                # Peer bandwidths are measured once the peers' arenas are open.
+                self.facts[i] = devicefacts.with_peers(self.facts[i], reply)
 
     async def start(self, index: int) -> WorkerClient:
         from gpuworker.main import run
@@ -184,6 +196,8 @@ class WorkerPool:
         self.handles[index] = handle
         client = await self._connect(handle)
         handle.client = client
+        assert client.facts is not None
+        self.facts[index] = client.facts
         loop = asyncio.get_running_loop()
         # The sentinel becomes readable when the process exits: notice a crash at once.
         loop.add_reader(proc.sentinel, self._exited, index, proc)

@@ -169,7 +169,8 @@ class Executor:
     def peers(self, body: dict[str, Any]) -> dict[str, Any]:
         """Open the other devices' arenas for peer copies (CUDA IPC handles)."""
         self.backend.open_peers({int(k): v for k, v in body["handles"].items()})
-        return {"peers": len(body["handles"])}
+        # Peer copy bandwidths (CUDA measures them on opening) are device facts the gateway's topology uses.
+        return {"peers": len(body["handles"]), "link_gbps": dict(getattr(self.backend, "bandwidth", {}))}
 
     def stats(self) -> dict[str, Any]:
         return {

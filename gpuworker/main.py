@@ -65,8 +65,7 @@ def run(cfg: WorkerConfig) -> None:
     listener.close()
     conn = Connection(conn_sock)
     executor = Executor(backend, cfg.group_bytes, conn.reply)
-    ready = {"device": cfg.device, "pid": os.getpid(), "budget": cfg.budget, "arena": backend.share_arena()}
-    conn.send(Kind.READY, 0, {**ready, **backend.info()})
+    conn.send(Kind.READY, 0, ready_body(cfg, backend))
     work: queue.Queue[Frame | None] = queue.Queue()
     reader = threading.Thread(target=_read, args=(conn, executor, work), name="reader", daemon=True)
     reader.start()
@@ -76,6 +75,23 @@ def run(cfg: WorkerConfig) -> None:
         executor.close()
         backend.close()
         conn_sock.close()
+
+
+def ready_body(cfg: WorkerConfig, backend: Any) -> dict[str, Any]:
+    """What this device is, as measured here: the gateway's only source of device facts.
+
+    kind, arena budget, measured link bandwidths (``link_gbps``), and on a GPU its name,
+    memory and NVML report (PCIe switches, NVLink peers and lane counts).
+    """
+    return {
+        "device": cfg.device,
+        "kind": cfg.kind,
+        "ordinal": cfg.ordinal,
+        "pid": os.getpid(),
+        "budget": int(backend.arena.numel()),
+        "arena": backend.share_arena(),
+        **backend.info(),
+    }
 
 
 def _read(conn: Connection, executor: Any, work: queue.Queue[Frame | None]) -> None:
