@@ -12,11 +12,12 @@ NVML reports name the other GPUs by NVML index; msgpack maps carry them as strin
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.costmodel import GB, Topology
 from shared.errors import ProtocolError
+from shared.protocol import Ready
 
 NVLINK_BYTES_PER_S = 25 * GB  # one NVLink 2 link, one direction (V100): used until a copy is measured
 # NVML common-ancestor levels at which two GPUs share a PCIe switch (and so its uplink).
@@ -42,35 +43,17 @@ class DeviceFacts:
     name: str | None = None  # e.g. the GPU's model
 
 
-def _field(body: dict[str, Any], key: str, types: type | tuple[type, ...], where: str) -> Any:
-    value = body.get(key)
-    if not isinstance(value, types) or isinstance(value, bool):
-        raise ProtocolError(f"{where}: field {key!r} expected {_names(types)}, got {value!r:.80}")
-    return value
-
-
-def _names(types: type | tuple[type, ...]) -> str:
-    return " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
-
-
-def from_ready(body: dict[str, Any]) -> DeviceFacts:
-    """Check a READY body once; a malformed one is a ProtocolError naming the field."""
+def from_ready(ready: Ready) -> DeviceFacts:
+    """Check a READY body once (its field types are checked by the frame codec); errors name the field."""
     where = "READY"
-    device = _field(body, "device", int, where)
-    kind = _field(body, "kind", str, where)
-    if kind not in ("cpu", "cuda"):
-        raise ProtocolError(f"{where}: field 'kind' expected 'cpu' or 'cuda', got {kind!r:.40}")
-    budget = _field(body, "budget", int, where)
-    ordinal = _field(body, "ordinal", int, where)
-    gbps = body.get("link_gbps") or {}
-    if not isinstance(gbps, dict):
-        raise ProtocolError(f"{where}: field 'link_gbps' expected a map, got {gbps!r:.80}")
-    host, peers = _bandwidths(gbps, where)
+    if ready.kind not in ("cpu", "cuda"):
+        raise ProtocolError(f"{where}: field 'kind' expected 'cpu' or 'cuda', got {ready.kind!r:.40}")
+    host, peers = _bandwidths(ready.link_gbps, where)
     links: dict[int, Link] = {}
-    total = body.get("total_bytes")
-    nvml = body.get("nvml")
+    total = ready.total_bytes
+    nvml = ready.nvml
     if nvml is not None:
-        if not isinstance(nvml, dict) or not isinstance(nvml.get("links"), dict):
+        if not isinstance(nvml.get("links"), dict):
             raise ProtocolError(f"{where}: field 'nvml' expected a map with 'links', got {nvml!r:.80}")
         for other, link in nvml["links"].items():
             try:
@@ -80,35 +63,20 @@ def from_ready(body: dict[str, Any]) -> DeviceFacts:
             if not (
                 isinstance(link, dict) and isinstance(link.get("pcie"), str) and isinstance(link.get("nvlinks"), int)
             ):
-                raise ProtocolError(
-                    f"{where}: nvml.links[{other}] expected {{pcie: str, nvlinks: int}}, got {link!r:.80}"
-                )
+                raise ProtocolError(f"{where}: nvml.links[{other}] expected {{pcie, nvlinks}}, got {link!r:.80}")
             links[index] = Link(link["pcie"], link["nvlinks"])
-        total = nvml.get("total_bytes", total)
-    name = body.get("gpu")
-    return DeviceFacts(
-        device,
-        kind,
-        budget,
-        ordinal,
-        host,
-        peers,
-        links,
-        total if isinstance(total, int) else None,
-        name if isinstance(name, str) else None,
-    )
+        if isinstance(nvml.get("total_bytes"), int):
+            total = nvml["total_bytes"]
+    return DeviceFacts(ready.device, ready.kind, ready.budget, ready.ordinal, host, peers, links, total, ready.gpu)
 
 
-def with_peers(facts: DeviceFacts, reply: dict[str, Any]) -> DeviceFacts:
+def with_peers(facts: DeviceFacts, link_gbps: dict[str, float]) -> DeviceFacts:
     """Add the peer bandwidths a worker measured when it opened the others' arenas (PEERS reply)."""
-    gbps = reply.get("link_gbps") or {}
-    if not isinstance(gbps, dict):
-        raise ProtocolError(f"PEERS reply: field 'link_gbps' expected a map, got {gbps!r:.80}")
-    _, peers = _bandwidths(gbps, "PEERS reply")
-    return DeviceFacts(**{**facts.__dict__, "peer_gbps": {**facts.peer_gbps, **peers}})
+    _, peers = _bandwidths(link_gbps, "PEERS reply")
+    return replace(facts, peer_gbps={**facts.peer_gbps, **peers})
 
 
-def _bandwidths(gbps: dict[str, Any], where: str) -> tuple[float | None, dict[int, float]]:
+def _bandwidths(gbps: dict[str, float], where: str) -> tuple[float | None, dict[int, float]]:
     """`{"host": GB/s, "peer:<device>": GB/s, "peer": GB/s}`: "peer" alone is any other device."""
     host: float | None = None
     peers: dict[int, float] = {}

@@ -21,7 +21,7 @@ from gateway.workers import WorkerPool
 from shared import shm
 from shared.config import ServeConfig, format_size
 from shared.errors import InvalidInput, TorporError, Unavailable
-from shared.protocol import Kind
+from shared.protocol import Forget, Prepare, Stats, prepare_record
 
 log = logging.getLogger("torpor.gateway")
 
@@ -169,7 +169,7 @@ class Service:
                         self.registry.functions[fn.name] = old
                     raise Unavailable(f"could not persist the registry: {exc}") from exc
         except BaseException:
-            await self.pool.broadcast(Kind.FORGET, {"model_id": fn.model_id})
+            await self.pool.broadcast(Forget(model_id=fn.model_id))
             built.image.unlink()
             raise
         if old is not None:
@@ -185,9 +185,7 @@ class Service:
         )
 
     async def _prepare_everywhere(self, fn: Function) -> None:
-        assert fn.image is not None
-        body = {"model_id": fn.model_id, "source": fn.source, "image": fn.image.to_wire()}
-        results = await self.pool.broadcast(Kind.PREPARE, body)
+        results = await self.pool.broadcast(prepare_frame(fn))
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             err = errors[0]
@@ -212,7 +210,7 @@ class Service:
 
     async def _retire(self, fn: Function) -> None:
         self.dispatcher.function_removed(fn.name)
-        await self.pool.broadcast(Kind.FORGET, {"model_id": fn.model_id})
+        await self.pool.broadcast(Forget(model_id=fn.model_id))
         if fn.image is not None:
             fn.image.unlink()  # workers that still map it keep their mapping until they forget it
 
@@ -242,9 +240,7 @@ class Service:
                 client = self.pool.client(device)
                 for fn in list(self.registry.functions.values()):
                     if fn.image is not None:
-                        await client.call(
-                            Kind.PREPARE, {"model_id": fn.model_id, "source": fn.source, "image": fn.image.to_wire()}
-                        )
+                        await client.call(prepare_frame(fn))
                 await self.pool.exchange_peers()  # a new CUDA arena has a new IPC handle
             except TorporError as exc:
                 log.error("could not restart device %d: %s; trying again in %.1f s", device, exc.message, delay)
@@ -291,16 +287,17 @@ class Service:
                 "resident": list(d.resident),
             }
             with contextlib.suppress(TorporError, asyncio.TimeoutError):
-                stats = await self.pool.client(i).call(Kind.STATS, {}, timeout=2.0)
-                entry.update(
-                    {
-                        k: stats[k]
-                        for k in ("compute_threads", "copy_threads", "backend", "counters", "link_gbps", "gpu", "nvml")
-                        if k in stats
-                    }
-                )
+                stats = await self.pool.client(i).call(Stats(), timeout=2.0)
+                keys = ("compute_threads", "copy_threads", "backend", "counters", "link_gbps", "gpu", "nvml")
+                entry.update({k: getattr(stats, k) for k in keys if getattr(stats, k) is not None})
             out.append(entry)
         return out
+
+
+def prepare_frame(fn: Function) -> Prepare:
+    """What a worker needs to make the function's program: its source and where its image is."""
+    assert fn.image is not None
+    return prepare_record(fn.model_id, fn.source, fn.image)
 
 
 def function_info(fn: Function) -> FunctionInfo:

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,23 @@ from gpuworker.config import WorkerConfig
 from shared import shm
 from shared.config import DeviceSpec, ServeConfig
 from shared.errors import ProtocolError, TorporError, WorkerLost, from_wire
-from shared.protocol import HEADER, Kind, decode_payload, encode, frame_length
+from shared.protocol import (
+    HEADER,
+    KIND_OF,
+    REPLY,
+    Buffer,
+    Error,
+    Frame,
+    Kind,
+    Peers,
+    Ready,
+    Record,
+    Shutdown,
+    Stats,
+    decode_payload,
+    encode_parts,
+    frame_length,
+)
 
 log = logging.getLogger("torpor.gateway")
 
@@ -40,15 +56,15 @@ class WorkerClient:
         self._reader = reader
         self._writer = writer
         self._next = 1
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.ready: dict[str, Any] = {}
+        self._pending: dict[int, tuple[asyncio.Future[Frame], Kind]] = {}  # rid -> (future, reply kind)
+        self.ready: Ready | None = None
         self.facts: DeviceFacts | None = None  # what the worker measured, checked (from READY)
         self.closed = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         frame = await self._read_frame()
-        if frame is None or frame.kind is not Kind.READY:
+        if frame is None or not isinstance(frame.body, Ready):
             raise WorkerLost(f"worker {self.device} did not report READY")
         self.ready = frame.body
         try:
@@ -57,21 +73,28 @@ class WorkerClient:
             raise WorkerLost(f"worker {self.device} sent a malformed READY: {exc.message}") from exc
         self._task = asyncio.create_task(self._read_loop(), name=f"worker{self.device}-reader")
 
-    def request(self, kind: Kind, body: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
-        """Send a frame now; the returned future resolves with the reply body."""
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    def request(self, body: Record, buffers: Sequence[Buffer] = ()) -> asyncio.Future[Frame]:
+        """Send a frame now; the returned future resolves with the reply frame (typed body, buffers)."""
+        fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         if self.closed.done():
             fut.set_exception(WorkerLost(f"worker {self.device} is not running"))
             return fut
+        try:
+            parts = encode_parts(body, self._next, buffers)
+        except TorporError as exc:  # e.g. tensors over the frame limit: this request fails, nothing is sent
+            fut.set_exception(exc)
+            return fut
         rid, self._next = self._next, self._next + 1
-        self._pending[rid] = fut
-        self._writer.write(encode(kind, rid, body))
+        self._pending[rid] = (fut, REPLY[KIND_OF[type(body)]])
+        self._writer.writelines(parts)
         return fut
 
-    async def call(self, kind: Kind, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        return await asyncio.wait_for(self.request(kind, body), timeout)
+    async def call(self, body: Record, timeout: float | None = None) -> Any:
+        """Send a request and wait for its reply's body."""
+        frame = await asyncio.wait_for(self.request(body), timeout)
+        return frame.body
 
-    async def _read_frame(self) -> Any:
+    async def _read_frame(self) -> Frame | None:
         try:
             header = await self._reader.readexactly(HEADER.size)
             payload = await self._reader.readexactly(frame_length(header))
@@ -85,17 +108,17 @@ class WorkerClient:
         reason = f"worker {self.device} closed its connection"
         try:
             while (frame := await self._read_frame()) is not None:
-                fut = self._pending.pop(frame.rid, None)
+                fut, expected = self._pending.pop(frame.rid, (None, None))
                 if fut is None or fut.done():
-                    if frame.kind is Kind.ERROR:
-                        log.warning("worker %d: %s", self.device, frame.body.get("message"))
+                    if isinstance(frame.body, Error):
+                        log.warning("worker %d: %s", self.device, frame.body.message)
                     continue
-                if frame.kind is Kind.OK:
-                    fut.set_result(frame.body)
-                elif frame.kind is Kind.ERROR:
-                    fut.set_exception(from_wire(frame.body))
+                if isinstance(frame.body, Error):
+                    fut.set_exception(from_wire({"kind": frame.body.kind, "message": frame.body.message}))
+                elif frame.kind is expected:
+                    fut.set_result(frame)
                 else:
-                    fut.set_exception(ProtocolError(f"unexpected {frame.kind.name} reply"))
+                    fut.set_exception(ProtocolError(f"unexpected {frame.kind.name} reply, expected {expected}"))
         except ProtocolError as exc:
             reason = f"worker {self.device} sent a malformed frame: {exc.message}"
         finally:
@@ -103,7 +126,7 @@ class WorkerClient:
 
     def _fail_all(self, exc: TorporError) -> None:
         pending, self._pending = self._pending, {}
-        for fut in pending.values():
+        for fut, _ in pending.values():
             if not fut.done():
                 fut.set_exception(exc)
         if not self.closed.done():
@@ -172,16 +195,15 @@ class WorkerPool:
     async def exchange_peers(self) -> None:
         """Give every worker the others' arena handles (CUDA IPC; CPU arenas are named segments)."""
         handles = {
-            str(i): h.client.ready["arena"]
+            str(i): h.client.ready.arena
             for i, h in self.handles.items()
-            if h.client is not None and h.client.ready.get("arena") is not None
+            if h.client is not None and h.client.ready is not None and h.client.ready.arena is not None
         }
         for i, h in self.handles.items():
             if h.client is not None:
-                body = {"handles": {k: v for k, v in handles.items() if k != str(i)}}
-                reply = await h.client.call(Kind.PEERS, body)
+                reply = await h.client.call(Peers(handles={k: v for k, v in handles.items() if k != str(i)}))
                 # Peer bandwidths are measured once the peers' arenas are open.
-                self.facts[i] = devicefacts.with_peers(self.facts[i], reply)
+                self.facts[i] = devicefacts.with_peers(self.facts[i], reply.link_gbps)
 
     async def start(self, index: int) -> WorkerClient:
         from gpuworker.main import run
@@ -236,9 +258,9 @@ class WorkerPool:
             if client.closed.done():
                 return
             try:
-                stats = await client.call(Kind.STATS, {}, timeout=self.cfg.hang_timeout_s)
-                hung = stats.get("busy_for_s", 0.0) > self.cfg.exec_timeout_s
-                why = f"one operation has run for {stats.get('busy_for_s', 0.0):.0f} s"
+                stats = await client.call(Stats(), timeout=self.cfg.hang_timeout_s)
+                hung = stats.busy_for_s > self.cfg.exec_timeout_s
+                why = f"one operation has run for {stats.busy_for_s:.0f} s"
             except TimeoutError:
                 hung, why = True, f"no heartbeat answer within {self.cfg.hang_timeout_s:g} s"
             except TorporError:
@@ -268,16 +290,16 @@ class WorkerPool:
             raise WorkerLost(f"worker {index} is not running")
         return handle.client
 
-    async def broadcast(self, kind: Kind, body: dict[str, Any], timeout: float | None = None) -> list[Any]:
+    async def broadcast(self, body: Record, timeout: float | None = None) -> list[Any]:
         clients = [h.client for h in self.handles.values() if h.client is not None and not h.client.closed.done()]
-        return await asyncio.gather(*(c.call(kind, body, timeout) for c in clients), return_exceptions=True)
+        return await asyncio.gather(*(c.call(body, timeout) for c in clients), return_exceptions=True)
 
     async def stop_all(self) -> None:
         self._stopping = True
         handles = list(self.handles.values())
         for h in handles:
             if h.client is not None and not h.client.closed.done():
-                h.client.request(Kind.SHUTDOWN, {})
+                h.client.request(Shutdown())
         await asyncio.gather(*(self._reap(h) for h in handles))
         for name in self.arenas.values():
             shm.unlink(name)

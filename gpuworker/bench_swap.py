@@ -26,7 +26,7 @@ from gpuworker.config import WorkerConfig
 from gpuworker.executor import Executor
 from shared import program, shm, zoo
 from shared.modelstore import ModelImage, pack
-from shared.protocol import tensor_to_wire
+from shared.protocol import Evict, Infer, Load, prepare_record, tensor_meta, tensor_to_wire
 
 INPUTS = {
     "resnet50": ("FP32", (1, 3, 224, 224)),
@@ -41,7 +41,7 @@ def _input(name: str) -> dict[str, Any]:
     dtype, shape = INPUTS[name]
     g = torch.Generator().manual_seed(0)
     t = torch.randint(0, 30000, shape, generator=g) if dtype == "INT64" else torch.randn(shape, generator=g)
-    return tensor_to_wire(zoo.entry(name).inputs[0].name, dtype, shape, t.numpy().tobytes())
+    return tensor_to_wire(zoo.entry(name).inputs[0].name, dtype, shape, bytearray(t.numpy().tobytes()))
 
 
 class Bench:
@@ -58,16 +58,16 @@ class Bench:
         gm = program.build({"zoo": name}, meta=False)
         image = pack(program.packing_order(gm), shm.segment_name(f"bench-{name}"))
         self.images.append(image)
-        self.executor.prepare({"model_id": name, "source": {"zoo": name}, "image": image.to_wire()})
+        self.executor.prepare(prepare_record(name, {"zoo": name}, image))
         return name, image.nbytes
 
     def load(self, name: str, offset: int) -> Any:
-        self.executor.load(1, {"model_id": name, "offset": offset})
+        self.executor.load(1, Load(model_id=name, offset=offset))
         return self.executor.resident[name].swap
 
     def infer(self, name: str, x: dict[str, Any]) -> float:
         t0 = time.perf_counter()
-        self.executor.infer({"model_id": name, "inputs": [x]})
+        self.executor.infer(Infer(model_id=name, inputs=[tensor_meta(x)]), [x["data"]])
         return (time.perf_counter() - t0) * 1e3
 
     def measure(self, name: str, repeats: int) -> dict[str, float]:
@@ -85,14 +85,14 @@ class Bench:
             serial.append((time.perf_counter() - t0) * 1e3)
             swaps.append(swap.seconds * 1e3)  # the copy alone, as the worker reports it
             warm.append(self.infer(name, x))
-            self.executor.evict({"model_id": name})
+            self.executor.evict(Evict(model_id=name))
             # pipelined: the inference starts while the copy runs
             t0 = time.perf_counter()
             swap = self.load(name, offsets[(i + 1) % 2])
             self.infer(name, x)
             piped.append((time.perf_counter() - t0) * 1e3)
             swap.done.wait()
-            self.executor.evict({"model_id": name})
+            self.executor.evict(Evict(model_id=name))
             # plain memcpy of the same bytes into the same arena memory
             src = self.backend.host_buffer(self.images[-1].segment_name)[:nbytes]
             t0 = time.perf_counter()

@@ -13,6 +13,7 @@ import sys
 import types
 from typing import Any
 
+import msgspec
 import pytest
 
 from gateway import devicefacts
@@ -21,7 +22,7 @@ from gpuworker.backends.topology import gpu_report
 from gpuworker.config import WorkerConfig
 from gpuworker.main import ready_body
 from shared.errors import ProtocolError
-from shared.protocol import Kind, decode_payload, encode
+from shared.protocol import HEADER, Kind, Ready, decode_payload, encode
 
 # 4 GPUs: 0 and 1 behind one PCIe switch, 2 and 3 behind another; NVLink 0-2 (2 lanes) and 1-3 (1 lane).
 SWITCH = {0: "a", 1: "a", 2: "b", 3: "b"}
@@ -75,15 +76,17 @@ class ReportingBackend:
         return {
             "backend": "cuda",
             "gpu": "Fake V100",
+            "compute_threads": 4,
+            "copy_threads": 1,
             "link_gbps": dict(self.bandwidth),
             "nvml": gpu_report(self.ordinal),
         }
 
 
-def ready_over_the_wire(device: int, ordinal: int, budget: int = 8 << 30, host_gbps: float = 12.0) -> dict[str, Any]:
+def ready_over_the_wire(device: int, ordinal: int, budget: int = 8 << 30, host_gbps: float = 12.0) -> Ready:
     cfg = WorkerConfig(device, "cuda", ordinal, None, "", None, (), 4, 2 << 20)
-    frame = decode_payload(encode(Kind.READY, 0, ready_body(cfg, ReportingBackend(ordinal, budget, host_gbps)))[4:])
-    assert frame.kind is Kind.READY
+    frame = decode_payload(encode(ready_body(cfg, ReportingBackend(ordinal, budget, host_gbps)), 0)[HEADER.size :])
+    assert frame.kind is Kind.READY and isinstance(frame.body, Ready)
     return frame.body
 
 
@@ -115,10 +118,8 @@ def test_serving_a_subset_of_gpus_maps_nvml_indices_to_server_devices(nvml: None
 def test_measured_bandwidths_replace_the_nominal_ones(nvml: None) -> None:
     facts = [devicefacts.from_ready(ready_over_the_wire(i, i, host_gbps=g)) for i, g in enumerate((10, 11, 13, 9))]
     # PEERS replies: device 0 measured 44 GB/s from 2 (NVLink) and 9 GB/s from 1 (PCIe).
-    facts[0] = devicefacts.with_peers(
-        facts[0], {"peers": 3, "link_gbps": {"host": 10.0, "peer:2": 44.0, "peer:1": 9.0}}
-    )
-    facts[1] = devicefacts.with_peers(facts[1], {"peers": 3, "link_gbps": {"peer:0": 7.0}})
+    facts[0] = devicefacts.with_peers(facts[0], {"host": 10.0, "peer:2": 44.0, "peer:1": 9.0})
+    facts[1] = devicefacts.with_peers(facts[1], {"peer:0": 7.0})
     topo = devicefacts.topology(facts)
     assert topo.links[(0, 2)] == 44.0 * GB
     assert topo.links[(1, 3)] == devicefacts.NVLINK_BYTES_PER_S  # not measured: lanes × nominal
@@ -126,14 +127,23 @@ def test_measured_bandwidths_replace_the_nominal_ones(nvml: None) -> None:
     assert topo.pcie_peer_bandwidth == 8.0 * GB  # median of the non-NVLink copies 9 and 7
 
 
+def _ready(**change: Any) -> dict[str, Any]:
+    body = {"device": 0, "kind": "cuda", "ordinal": 0, "pid": 1, "budget": 1 << 30, "backend": "cuda"}
+    return {**body, "compute_threads": 1, "copy_threads": 1, "link_gbps": {"host": 12.0}, **change}
+
+
+def _decoded(body: dict[str, Any]) -> Ready:
+    header = msgspec.msgpack.encode((int(Kind.READY), 0, body, []))
+    frame = decode_payload(HEADER.pack(len(header)) + header)
+    assert isinstance(frame.body, Ready)
+    return frame.body
+
+
 def test_cpu_devices_are_flat_with_their_measured_copy_bandwidth() -> None:
     bodies = [
-        {"device": i, "kind": "cpu", "ordinal": i, "budget": 1 << 30, "link_gbps": {"host": g, "peer": g}}
-        for i, g in enumerate((4.0, 6.0))
+        _ready(device=i, kind="cpu", ordinal=i, link_gbps={"host": g, "peer": g}) for i, g in enumerate((4.0, 6.0))
     ]
-    topo = devicefacts.topology(
-        [devicefacts.from_ready(decode_payload(encode(Kind.READY, 0, b)[4:]).body) for b in bodies]
-    )
+    topo = devicefacts.topology([devicefacts.from_ready(_decoded(b)) for b in bodies])
     assert topo.switches == (0, 1) and topo.links == {}
     assert topo.host_bandwidth == 5.0 * GB and topo.pcie_peer_bandwidth == 5.0 * GB
 
@@ -141,23 +151,36 @@ def test_cpu_devices_are_flat_with_their_measured_copy_bandwidth() -> None:
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        ({"budget": "1GiB"}, "'budget'"),
+        ({"budget": "1GiB"}, "$.budget"),
+        ({"device": None}, "$.device"),
+        ({"link_gbps": {"host": "fast"}}, "$.link_gbps"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_a_ready_with_a_wrong_field_type_is_refused_by_the_codec(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(ProtocolError) as err:
+        _decoded(_ready(**change))
+    assert field in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
         ({"kind": "tpu"}, "'kind'"),
-        ({"device": None}, "'device'"),
-        ({"link_gbps": {"host": -1}}, "link_gbps['host']"),
+        ({"link_gbps": {"host": -1.0}}, "link_gbps['host']"),
         ({"link_gbps": {"sideways": 3.0}}, "'sideways'"),
         ({"nvml": {"links": {"x": {"pcie": "same_board", "nvlinks": 1}}}}, "key 'x'"),
         ({"nvml": {"links": {"1": {"pcie": "same_board", "nvlinks": "two"}}}}, "nvml.links[1]"),
+        ({"nvml": {"total_bytes": 1}}, "'nvml'"),
     ],
 )
-def test_a_malformed_ready_is_an_error_naming_the_field(change: dict[str, Any], field: str) -> None:
-    body = {"device": 0, "kind": "cuda", "ordinal": 0, "budget": 1 << 30, "link_gbps": {"host": 12.0}, **change}
+def test_a_ready_with_wrong_facts_is_an_error_naming_the_field(change: dict[str, Any], field: str) -> None:
     with pytest.raises(ProtocolError) as err:
-        devicefacts.from_ready(body)
+        devicefacts.from_ready(_decoded(_ready(**change)))
     assert field in err.value.message
 
 
 def test_devices_must_all_report() -> None:
-    one = devicefacts.from_ready({"device": 1, "kind": "cpu", "ordinal": 1, "budget": 1 << 30})
+    one = devicefacts.from_ready(_decoded(_ready(device=1, kind="cpu", ordinal=1)))
     with pytest.raises(ProtocolError, match="expected devices 0..0"):
         devicefacts.topology([one])
