@@ -45,11 +45,11 @@ def _input(name: str) -> dict[str, Any]:
 
 
 class Bench:
-    def __init__(self, budget: int, threads: int, group_bytes: int) -> None:
-        self.arena_name = shm.segment_name("bench-arena")
-        shm.create(self.arena_name, budget).close()
-        cfg = WorkerConfig(0, "cpu", 0, budget, "", self.arena_name, (), threads, group_bytes)
-        self.backend = CpuBackend(cfg)
+    """The worker's own executor and swap engine on one device backend (CPU here, CUDA in gpucheck)."""
+
+    def __init__(self, backend: Any, group_bytes: int, arena_name: str | None = None) -> None:
+        self.arena_name = arena_name
+        self.backend = backend
         self.replies: dict[int, Any] = {}
         self.executor = Executor(self.backend, group_bytes, lambda rid, r: self.replies.__setitem__(rid, r))
         self.images: list[ModelImage] = []
@@ -93,10 +93,12 @@ class Bench:
             piped.append((time.perf_counter() - t0) * 1e3)
             swap.done.wait()
             self.executor.evict(Evict(model_id=name))
-            # plain memcpy of the same bytes into the same arena memory
+            # plain memcpy of the same bytes into the same arena memory (synchronous on a GPU too)
             src = self.backend.host_buffer(self.images[-1].segment_name)[:nbytes]
             t0 = time.perf_counter()
             self.backend.arena[:nbytes].copy_(src)
+            if self.backend.name == "cuda":
+                torch.cuda.synchronize(self.backend.device)
             copies.append((time.perf_counter() - t0) * 1e3)
         med = statistics.median
         return {
@@ -108,10 +110,18 @@ class Bench:
             "memcpy": med(copies),
         }
 
+    @classmethod
+    def cpu(cls, budget: int, threads: int, group_bytes: int) -> Bench:
+        arena_name = shm.segment_name("bench-arena")
+        shm.create(arena_name, budget).close()
+        cfg = WorkerConfig(0, "cpu", 0, budget, "", arena_name, (), threads, group_bytes)
+        return cls(CpuBackend(cfg), group_bytes, arena_name)
+
     def close(self) -> None:
         self.executor.close()
         self.backend.close()
-        shm.unlink(self.arena_name)
+        if self.arena_name is not None:
+            shm.unlink(self.arena_name)
         for im in self.images:
             im.unlink()
 
@@ -123,7 +133,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="compute threads (the copy thread is extra)")
     ap.add_argument("--group", type=int, default=2 << 20, help="swap group bytes")
     args = ap.parse_args()
-    bench = Bench(512 << 20, args.threads, args.group)
+    bench = Bench.cpu(512 << 20, args.threads, args.group)
     print(
         f"CPU device: {args.threads} compute thread(s) + 1 copy thread on {os.cpu_count()} cores; "
         f"groups of {args.group / 2**20:g} MiB; median of {args.repeats}"
