@@ -86,7 +86,10 @@ class WorkerClient:
             return fut
         rid, self._next = self._next, self._next + 1
         self._pending[rid] = (fut, REPLY[KIND_OF[type(body)]])
-        self._writer.writelines(parts)
+        # One write per piece, not writelines (which the stdlib loop implements as a join): a
+        # tensor the socket takes at once is sent from where it lies; only a remainder is buffered.
+        for part in parts:
+            self._writer.write(part)
         return fut
 
     async def call(self, body: Record, timeout: float | None = None) -> Any:
