@@ -6,6 +6,10 @@ image the gateway adopts; outputs stay bitwise those of the native model.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +61,42 @@ def test_deploys_leave_the_gateway_flat_and_models_on_the_host_once(tmp_path: Pa
         pid = srv.pid
         assert srv.stop() == 0, srv.log()
     assert shm_segments_of(pid) == [], "shared memory left behind after shutdown"
+
+
+def _spawned_children(pid: int) -> set[int]:
+    """Children started by multiprocessing's spawn (workers, builders), not its resource tracker."""
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    out.add(int(child))
+            except FileNotFoundError:
+                pass  # exited meanwhile
+    return out
+
+
+def test_a_builder_that_dies_fails_its_deploy_cleanly(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "state", devices="cpu:1", memory="512MiB").start()
+    try:
+        workers = set(worker_pids(srv))
+        with ThreadPoolExecutor(1) as pool:
+            deploying = pool.submit(srv.deploy, "bert", {"model": {"zoo": "bert-base"}, "slo_ms": 5000})
+            deadline = time.monotonic() + 60
+            builders: set[int] = set()
+            while not builders and time.monotonic() < deadline and not deploying.done():
+                builders = _spawned_children(srv.pid) - workers
+                time.sleep(0.02)
+            assert builders, "no builder process appeared"
+            for pid in builders:
+                os.kill(pid, signal.SIGKILL)
+            r = deploying.result(timeout=60)
+        assert r.status_code == 503 and "builder exited" in r.json()["error"], r.text
+        assert [n for n in shm_segments_of(srv.pid) if "-model-" in n] == []
+        assert srv.client.get("/v1/functions/bert").status_code == 404
+        r = srv.deploy("mlp", {"model": {"zoo": "mlp"}, "slo_ms": 5000})  # the next deploy works
+        assert r.status_code == 201, r.text
+    finally:
+        pid = srv.pid
+        assert srv.stop() == 0, srv.log()
+    assert shm_segments_of(pid) == []
