@@ -174,9 +174,11 @@ async def build(
         shm.unlink(segment)
         raise
     finally:
-        if proc.is_alive():
-            proc.kill()  # cancelled (shutdown) or failed: the builder's work is of no use now
-        await asyncio.to_thread(proc.join, 10)
+        if proc.pid is not None:  # started
+            if proc.is_alive():
+                proc.kill()  # cancelled (shutdown) or failed: the builder's work is of no use now
+            await asyncio.to_thread(proc.join, 10)
+        sender.close()
         receiver.close()
     return built
 
