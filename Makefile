@@ -13,7 +13,7 @@ TORCH_SPEC := $(if $(HAS_CUDA),$(TORCH_CUDA),$(TORCH_CPU))
 PORT ?= 8080
 ARGS ?=
 
-.PHONY: install run test bench soak lint clean
+.PHONY: install run test bench soak lint clean gpu-check
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -37,10 +37,15 @@ bench: install
 soak: install
 	$(PY) -m loadtest.soak
 
+# On a GPU host: the GPU tests, the swap/pipeline and peer-copy benchmarks, and a report in
+# gpu-check/ (JSON + Markdown). Without a GPU it says so and exits 0.
+gpu-check: install
+	$(PY) -m gpuworker.gpucheck --out gpu-check $(ARGS)
+
 lint: install
 	$(PIP) install --quiet ruff
 	$(VENV)/bin/ruff check gateway gpuworker shared loadtest tests
 	$(VENV)/bin/ruff format --check gateway gpuworker shared loadtest tests
 
 clean:
-	rm -rf $(VENV) .torpor build *.egg-info
+	rm -rf $(VENV) .torpor build *.egg-info gpu-check

@@ -1,29 +1,32 @@
-"""Turning a deploy request into a packed model image (the only gateway code that imports torch).
+"""Turning a deploy request into a packed model image, without torch in this process.
 
-`parse` validates the request without side effects; `build` runs in a thread:
-it builds the model, derives its signature and packs its weights into shared
-memory in first-use order.
+`parse` validates the request without side effects; `build` hands the model to a
+short-lived builder process (gpuworker/builder.py) that builds it, derives its
+signature, packs its weights into shared memory in first-use order and profiles it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import msgpack
 
 from shared import shm
-from shared.config import format_size
-from shared.errors import InvalidInput
+from shared.catalog import ZOO_NAMES
+from shared.errors import InvalidInput, ProtocolError, Unavailable, from_wire
+from shared.exectiming import ExecTiming
 from shared.modelstore import ModelImage
-from shared.specs import TensorSpec, specs_from_json
-
-if TYPE_CHECKING:
-    from shared.profiling import ExecTiming
+from shared.specs import TensorSpec, specs_from_json, specs_to_json
 
 log = logging.getLogger("torpor.gateway")
 MAX_SEED = 2**31 - 1
@@ -58,10 +61,8 @@ def parse(name: str, body: object) -> DeploySpec:
     if not isinstance(model, dict) or len({"zoo", "path"} & set(model)) != 1:
         raise InvalidInput('model: expected {"zoo": NAME} or {"path": FILE}')
     if "zoo" in model:
-        from shared import zoo
-
-        if model["zoo"] not in zoo.names():
-            raise InvalidInput(f"model.zoo: unknown model {model['zoo']!r}; known: {', '.join(zoo.names())}")
+        if model["zoo"] not in ZOO_NAMES:
+            raise InvalidInput(f"model.zoo: unknown model {model['zoo']!r}; known: {', '.join(ZOO_NAMES)}")
         seed = model.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
             raise InvalidInput(f"model.seed: expected an integer from 0 to {MAX_SEED}")
@@ -124,10 +125,13 @@ class Built:
     image: ModelImage
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    timing: ExecTiming | None = None  # None when the model could not be run here
+    timing: ExecTiming | None = None  # None when the model could not be run by the builder
 
 
-def build(
+BUILD_TIMEOUT_S = 1800.0  # a builder that has not answered by then is stuck: killed, the deploy fails
+
+
+async def build(
     source: dict[str, Any],
     model_id: str,
     budget: int,
@@ -135,57 +139,86 @@ def build(
     max_batch: int = 1,
     threads: int | None = None,
     profile_on: str | None = None,
+    log_level: str = "info",
 ) -> Built:
-    """Build, check, pack and profile a model (runs in a worker thread of the gateway).
+    """Build, check, pack and profile a model in a short-lived builder process (gpuworker/builder.py).
 
-    `profile_on`: a torch device ("cuda:0") to profile on, None for the CPU.
+    The builder creates the image's segment under this process's name scheme; from the
+    reply on, this process owns it. On any failure the segment is unlinked here, since
+    the builder may have died after creating it. `profile_on`: a torch device ("cuda:0")
+    to profile on, None for the CPU.
     """
-    import torch
+    from gpuworker.builder import BuildOrder, run
 
-    from shared import program
-    from shared.modelstore import layout, pack
-    from shared.profiling import profile
-
-    gm = program.build(source, meta=False)
-    if "zoo" in source:
-        from shared import zoo
-
-        entry = zoo.entry(source["zoo"])
-        inputs, outputs = entry.inputs, entry.outputs
-    else:
-        inputs, outputs = program.exported_signature(Path(source["pt2"]))
-    if input_spec is not None:
-        if len(input_spec) != len(inputs):
-            raise InvalidInput(f"input_spec: the model takes {len(inputs)} input(s), the spec lists {len(input_spec)}")
-        for given, actual in zip(input_spec, inputs, strict=True):
-            if given.datatype != actual.datatype or len(given.shape) != len(actual.shape):
-                raise InvalidInput(
-                    f"input_spec: {given.describe()} does not match the model's input {actual.describe()}"
-                )
-        inputs = input_spec
-    if max_batch > 1:
-        unbatched = [s.describe() for s in (*inputs, *outputs) if not s.shape or s.shape[0] != -1]
-        if unbatched:
-            raise InvalidInput(
-                f"max_batch_size: batching needs a batch dimension (-1) first in every input and output; "
-                f"{unbatched[0]} has none"
-            )
-    ordered = program.packing_order(gm)
-    table = layout(ordered)
-    if table.nbytes > budget:
-        raise InvalidInput(
-            f"model: needs {format_size(table.nbytes)} of device memory but a device holds {format_size(budget)}"
-        )
-    with torch.inference_mode():
-        image = pack(ordered, shm.segment_name(f"model-{_safe(model_id)}"))
+    segment = shm.segment_name(f"model-{_safe(model_id)}")
+    order = BuildOrder(
+        source=source,
+        model_id=model_id,
+        segment=segment,
+        budget=budget,
+        input_spec=specs_to_json(input_spec) if input_spec is not None else None,
+        max_batch=max_batch,
+        threads=threads,
+        profile_on=profile_on,
+        log_level=log_level,
+    )
+    ctx = multiprocessing.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=run, args=(order, sender), name=f"torpor-builder-{model_id}", daemon=True)
     try:
-        # A few warm runs for the scheduler's cost model (see shared/profiling.py).
-        # On the device kind that serves it: a GPU's timing is nothing like a CPU's. The packed
-        # image is already written, so the program may move to the GPU and be dropped after.
-        timing = profile(gm, inputs, max_batch, threads, device=torch.device(profile_on) if profile_on else None)
-    except Exception as exc:  # a model that needs inputs we cannot make up still serves
-        log.warning("could not profile %s (%s); the scheduler learns its timing from live runs", model_id, exc)
-        timing = None
+        proc.start()
+        sender.close()  # ours: only the builder writes, so EOF means it is gone
+        reply = await asyncio.to_thread(_receive, proc, receiver)
+        built = _built(source, reply)
+    except BaseException:
+        shm.unlink(segment)
+        raise
+    finally:
+        if proc.pid is not None:  # started
+            if proc.is_alive():
+                proc.kill()  # cancelled (shutdown) or failed: the builder's work is of no use now
+            await asyncio.to_thread(proc.join, 10)
+        sender.close()
+        receiver.close()
+    return built
+
+
+def _receive(proc: multiprocessing.process.BaseProcess, conn: Connection) -> dict[str, Any]:
+    """The builder's one reply; its death or silence is an error, never a hang."""
+    if not conn.poll(BUILD_TIMEOUT_S):
+        proc.kill()
+        raise Unavailable(f"building the model took more than {BUILD_TIMEOUT_S:.0f} s; gave up")
+    try:
+        data = conn.recv_bytes()
+    except (EOFError, OSError):
+        proc.join(5)
+        raise Unavailable(
+            f"the model builder exited without an answer (code {proc.exitcode}); "
+            "it may have run out of memory building the model"
+        ) from None
+    try:
+        reply = msgpack.unpackb(data, raw=False)
+    except Exception as exc:
+        raise ProtocolError(f"undecodable builder reply: {exc}") from exc
+    if not isinstance(reply, dict):
+        raise ProtocolError("builder reply is not a map")
+    return reply
+
+
+def _built(source: dict[str, Any], reply: dict[str, Any]) -> Built:
+    """Check the builder's reply once, here at the edge, and turn it into gateway objects."""
+    if "error" in reply:
+        raise from_wire(reply["error"])
+    facts = reply.get("built")
+    if not isinstance(facts, dict):
+        raise ProtocolError("builder reply has neither 'built' nor 'error'")
+    try:
+        image = ModelImage.from_wire({"segment": facts["segment"], "table": facts["table"]})
+        inputs = specs_from_json(facts["inputs"], "inputs")
+        outputs = specs_from_json(facts["outputs"], "outputs")
+    except (KeyError, TypeError, ValueError, InvalidInput) as exc:
+        raise ProtocolError(f"malformed builder reply: {exc}") from exc
+    timing = ExecTiming.from_wire(facts["timing"]) if facts.get("timing") is not None else None
     return Built(source, image, inputs, outputs, timing)
 
 

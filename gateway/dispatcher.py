@@ -29,7 +29,8 @@ from shared.errors import (
     Unavailable,
     WorkerLost,
 )
-from shared.protocol import Kind
+from shared.protocol import Evict as EvictFrame
+from shared.protocol import Infer, Load, Peer, tensor_maps, tensor_meta
 
 log = logging.getLogger("torpor.gateway")
 
@@ -134,7 +135,7 @@ class Dispatcher:
 
     async def _evict(self, d: Evict) -> None:
         try:
-            await self.pool.client(d.device).call(Kind.EVICT, {"model_id": d.model_id})
+            await self.pool.client(d.device).call(EvictFrame(model_id=d.model_id))
             self.metrics.evicted(d.device, d.model_id)
         except TorporError as exc:
             log.warning("evict %s on device %d: %s", d.model_id, d.device, exc.message)
@@ -149,14 +150,12 @@ class Dispatcher:
         try:
             client = self.pool.client(run.device)
             for model_id in run.evict:
-                await client.call(Kind.EVICT, {"model_id": model_id})
+                await client.call(EvictFrame(model_id=model_id))
                 self.metrics.evicted(run.device, model_id)
             load = None
             if run.load is not None:
-                body: dict[str, Any] = {"model_id": run.model_id, "offset": run.load.slice.offset}
-                if run.load.peer is not None:
-                    body["peer"] = {"device": run.load.peer, "offset": run.load.peer_offset}
-                load = client.request(Kind.LOAD, body)
+                peer = None if run.load.peer is None else Peer(device=run.load.peer, offset=run.load.peer_offset)
+                load = client.request(Load(model_id=run.model_id, offset=run.load.slice.offset, peer=peer))
             # Sent right behind the load: the worker starts executing while the copy runs.
             joined = batching.join([inv.inputs for inv in invs]) if len(invs) > 1 else None
             if joined is not None:
@@ -166,9 +165,9 @@ class Dispatcher:
             swap_ms, load_error = 0.0, None
             if load is not None:
                 try:
-                    loaded = await load
-                    swap_ms = loaded["swap_ms"]
-                    self.metrics.swapped_in(run.device, run.model_id, loaded["source"], loaded["bytes"])
+                    loaded = (await load).body
+                    swap_ms = loaded.swap_ms
+                    self.metrics.swapped_in(run.device, run.model_id, loaded.source, loaded.bytes)
                 except TorporError as exc:
                     loaded_ok, load_error = False, exc
                 self.apply(self.scheduler.swap_done(run.device, ok=loaded_ok))
@@ -177,8 +176,10 @@ class Dispatcher:
             exec_total = 0.0
             for group, sizes, fut in batched:
                 try:
-                    reply = await fut
-                    outputs = batching.split(reply["outputs"], sizes) if len(group) > 1 else [reply["outputs"]]
+                    frame = await fut
+                    reply = frame.body
+                    tensors = tensor_maps(reply.outputs, frame.buffers)
+                    outputs = batching.split(tensors, sizes) if len(group) > 1 else [tensors]
                 except TorporError as exc:
                     lost = lost or isinstance(exc, WorkerLost)
                     failed = True
@@ -190,7 +191,7 @@ class Dispatcher:
                     for inv in group:
                         _fail(inv, RequestFailed(f"batched execution returned {exc}"))
                     continue
-                exec_total += reply["exec_ms"]
+                exec_total += reply.exec_ms
                 for inv, out in zip(group, outputs, strict=True):
                     if not inv.future.done():
                         inv.future.set_result(
@@ -200,7 +201,7 @@ class Dispatcher:
                                 source="resident" if run.load is None else run.load.source,
                                 queue_ms=(started - inv.arrived) * 1e3,
                                 swap_ms=swap_ms,
-                                exec_ms=reply["exec_ms"],
+                                exec_ms=reply.exec_ms,
                                 batch=len(group),
                             )
                         )
@@ -227,9 +228,9 @@ class Dispatcher:
 
     @staticmethod
     def _infer(client: Any, run: Run, inv: Invocation, inputs: list[dict[str, Any]]) -> Any:
-        return client.request(
-            Kind.INFER, {"model_id": run.model_id, "inputs": inputs, "output_names": inv.output_names}
-        )
+        # Tensor bytes travel as the frame's buffers, after the header: not copied into it.
+        body = Infer(model_id=run.model_id, inputs=[tensor_meta(t) for t in inputs], output_names=inv.output_names)
+        return client.request(body, [t["data"] for t in inputs])
 
     def _failed(self, inv: Invocation, exc: TorporError) -> None:
         if isinstance(exc, WorkerLost) and inv.attempts < MAX_RETRIES and not inv.future.done():

@@ -21,7 +21,7 @@ from shared.modelstore import ModelImage
 from shared.specs import TensorSpec, specs_from_json, specs_to_json
 
 if TYPE_CHECKING:
-    from shared.profiling import ExecTiming
+    from shared.exectiming import ExecTiming
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 REGISTRY_FILE = "functions.json"

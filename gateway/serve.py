@@ -35,7 +35,7 @@ def serve(cfg: ServeConfig) -> int:
     log.info(
         "devices %s, %s each, %d compute thread(s) per CPU device, state in %s",
         ",".join(d.label for d in cfg.devices),
-        format_size(service.budget),
+        format_size(service.budget) if service.budget else "free memory less a reserve",
         cfg.threads_per_device,
         cfg.state_dir,
     )

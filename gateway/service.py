@@ -11,8 +11,8 @@ import logging
 import time
 from typing import Any
 
-from gateway import deploy, progress
-from gateway.costmodel import GB, Topology
+from gateway import deploy, devicefacts, progress
+from gateway.costmodel import Topology
 from gateway.dispatcher import Dispatcher, Invocation, Limits, Outcome
 from gateway.metrics import Metrics
 from gateway.registry import Function, Registry, check_name
@@ -21,12 +21,11 @@ from gateway.workers import WorkerPool
 from shared import shm
 from shared.config import ServeConfig, format_size
 from shared.errors import InvalidInput, TorporError, Unavailable
-from shared.protocol import Kind
+from shared.protocol import Forget, Prepare, Stats, prepare_record
 
 log = logging.getLogger("torpor.gateway")
 
 CPU_DEFAULT_BUDGET = 1 << 30
-NVLINK_BYTES_PER_S = 25 * GB  # one NVLink 2 link, one direction (V100)
 DEMO = (
     ("mlp", "mlp", 50.0),
     ("resnet18", "resnet18", 500.0),
@@ -38,10 +37,12 @@ DEMO = (
 class Service:
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
-        self.budget = cfg.device_memory or default_budget(cfg)
+        # None on GPUs without --device-memory: each worker sizes its arena from its free memory.
+        self.budget: int | None = cfg.device_memory or default_budget(cfg)
         self.registry = Registry(cfg.state_dir)
         self.pool = WorkerPool(cfg, self.budget, self._worker_lost)
-        self.scheduler = Scheduler(live_topology(cfg, self.budget), time.monotonic)
+        # Provisional until the workers report their devices (start): no function is added before.
+        self.scheduler = Scheduler(Topology.flat([self.budget or 0] * len(cfg.devices)), time.monotonic)
         self.metrics = Metrics()
         self.dispatcher = Dispatcher(self.scheduler, self.pool, Limits(cfg.max_queue, cfg.max_queued), self.metrics)
         self.metrics.attach(self)
@@ -56,6 +57,7 @@ class Service:
         for name in shm.reclaim_stale():
             log.warning("reclaimed shared memory %s left by a crashed run", name)
         await self.pool.start_all()
+        self._adopt_devices()
         saved = self.registry.load()
         with progress.Steps("restoring function", len(saved), log) as steps:
             for fn in saved:
@@ -81,6 +83,25 @@ class Service:
                 fn.image.unlink()
         for name in shm.owned_by(_pid()):
             shm.unlink(name)
+
+    def _adopt_devices(self) -> None:
+        """The scheduler's topology from what the workers measured (READY and PEERS replies)."""
+        facts = [self.pool.facts[i] for i in range(len(self.cfg.devices))]
+        topology = devicefacts.topology(facts)
+        self.scheduler = Scheduler(topology, time.monotonic)
+        self.dispatcher.scheduler = self.scheduler
+        self.budget = min(topology.capacities)
+        log.info(
+            "devices: %s",
+            "; ".join(
+                f"{f.device}: {f.kind} {format_size(f.budget)}"
+                + (f", host {f.host_gbps:.1f} GB/s" if f.host_gbps else "")
+                + (f", PCIe switch {topology.switches[f.device]}" if f.kind == "cuda" else "")
+                for f in facts
+            ),
+        )
+        if topology.links:
+            log.info("direct links: %s", {k: f"{v / 1e9:.0f} GB/s" for k, v in topology.links.items()})
 
     # -- functions -----------------------------------------------------------------
     async def deploy(self, name: str, body: object) -> tuple[Function, bool]:
@@ -121,8 +142,8 @@ class Service:
 
     async def _install(self, fn: Function, source: dict[str, Any], persist: bool, input_spec: Any = None) -> None:
         started = time.perf_counter()
-        built = await asyncio.to_thread(
-            deploy.build,
+        assert self.budget is not None, "set from the workers' facts at start"
+        built = await deploy.build(
             source,
             fn.model_id,
             self.budget,
@@ -130,6 +151,7 @@ class Service:
             fn.max_batch_size,
             self.cfg.threads_per_device,
             self._profile_device(),
+            self.cfg.log_level,
         )
         fn.inputs, fn.outputs, fn.image, fn.model_bytes = built.inputs, built.outputs, built.image, built.image.nbytes
         fn.timing = built.timing
@@ -147,7 +169,7 @@ class Service:
                         self.registry.functions[fn.name] = old
                     raise Unavailable(f"could not persist the registry: {exc}") from exc
         except BaseException:
-            await self.pool.broadcast(Kind.FORGET, {"model_id": fn.model_id})
+            await self.pool.broadcast(Forget(model_id=fn.model_id))
             built.image.unlink()
             raise
         if old is not None:
@@ -163,9 +185,7 @@ class Service:
         )
 
     async def _prepare_everywhere(self, fn: Function) -> None:
-        assert fn.image is not None
-        body = {"model_id": fn.model_id, "source": fn.source, "image": fn.image.to_wire()}
-        results = await self.pool.broadcast(Kind.PREPARE, body)
+        results = await self.pool.broadcast(prepare_frame(fn))
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             err = errors[0]
@@ -190,7 +210,7 @@ class Service:
 
     async def _retire(self, fn: Function) -> None:
         self.dispatcher.function_removed(fn.name)
-        await self.pool.broadcast(Kind.FORGET, {"model_id": fn.model_id})
+        await self.pool.broadcast(Forget(model_id=fn.model_id))
         if fn.image is not None:
             fn.image.unlink()  # workers that still map it keep their mapping until they forget it
 
@@ -220,9 +240,7 @@ class Service:
                 client = self.pool.client(device)
                 for fn in list(self.registry.functions.values()):
                     if fn.image is not None:
-                        await client.call(
-                            Kind.PREPARE, {"model_id": fn.model_id, "source": fn.source, "image": fn.image.to_wire()}
-                        )
+                        await client.call(prepare_frame(fn))
                 await self.pool.exchange_peers()  # a new CUDA arena has a new IPC handle
             except TorporError as exc:
                 log.error("could not restart device %d: %s; trying again in %.1f s", device, exc.message, delay)
@@ -269,16 +287,17 @@ class Service:
                 "resident": list(d.resident),
             }
             with contextlib.suppress(TorporError, asyncio.TimeoutError):
-                stats = await self.pool.client(i).call(Kind.STATS, {}, timeout=2.0)
-                entry.update(
-                    {
-                        k: stats[k]
-                        for k in ("compute_threads", "copy_threads", "backend", "counters", "link_gbps", "gpu", "nvml")
-                        if k in stats
-                    }
-                )
+                stats = await self.pool.client(i).call(Stats(), timeout=2.0)
+                keys = ("compute_threads", "copy_threads", "backend", "counters", "link_gbps", "gpu", "nvml")
+                entry.update({k: getattr(stats, k) for k in keys if getattr(stats, k) is not None})
             out.append(entry)
         return out
+
+
+def prepare_frame(fn: Function) -> Prepare:
+    """What a worker needs to make the function's program: its source and where its image is."""
+    assert fn.image is not None
+    return prepare_record(fn.model_id, fn.source, fn.image)
 
 
 def function_info(fn: Function) -> FunctionInfo:
@@ -299,42 +318,15 @@ def function_info(fn: Function) -> FunctionInfo:
     )
 
 
-def live_topology(cfg: ServeConfig, budget: int) -> Topology:
-    """CPU devices share nothing; GPUs are grouped by PCIe switch and linked as NVML reports."""
-    capacities = [budget] * len(cfg.devices)
-    if all(d.kind == "cpu" for d in cfg.devices):
-        return Topology.flat(capacities)
-    from gpuworker.backends.topology import gpu_report
-
-    ordinals = [d.index for d in cfg.devices]
-    reports = [gpu_report(o) for o in ordinals]
-    switch = list(range(len(ordinals)))
-    links: dict[tuple[int, int], float] = {}
-    for i, report in enumerate(reports):
-        for other, link in report["links"].items():
-            if other not in ordinals:
-                continue
-            j = ordinals.index(other)
-            if link["pcie"] in ("same_board", "same_pcie_switch"):
-                switch[j] = switch[i] = min(switch[i], switch[j])
-            if link["nvlinks"] and i < j:
-                links[(i, j)] = link["nvlinks"] * NVLINK_BYTES_PER_S
-    return Topology(tuple(capacities), tuple(switch), links=links)
-
-
 def token_digest(token: str) -> str:
     import hashlib
 
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def default_budget(cfg: ServeConfig) -> int:
-    if all(d.kind == "cpu" for d in cfg.devices):
-        return CPU_DEFAULT_BUDGET
-    from gpuworker.backends import cuda_free_memory
-
-    reserve = 2 << 30  # room for activations and the framework's own allocations
-    return max(1 << 30, min(cuda_free_memory(d.index) for d in cfg.devices) - reserve)
+def default_budget(cfg: ServeConfig) -> int | None:
+    """A CPU device's arena is created here, so it needs a size; a GPU worker sizes its own (None)."""
+    return CPU_DEFAULT_BUDGET if any(d.kind == "cpu" for d in cfg.devices) else None
 
 
 def _describe(source: dict[str, Any]) -> str:

@@ -16,15 +16,33 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway import devicefacts
+from gateway.devicefacts import DeviceFacts
 from gpuworker.config import WorkerConfig
 from shared import shm
 from shared.config import DeviceSpec, ServeConfig
 from shared.errors import ProtocolError, TorporError, WorkerLost, from_wire
-from shared.protocol import HEADER, Kind, decode_payload, encode, frame_length
+from shared.protocol import (
+    HEADER,
+    KIND_OF,
+    REPLY,
+    Buffer,
+    Error,
+    Frame,
+    Kind,
+    Peers,
+    Ready,
+    Record,
+    Shutdown,
+    Stats,
+    decode_payload,
+    encode_parts,
+    frame_length,
+)
 
 log = logging.getLogger("torpor.gateway")
 
@@ -38,33 +56,48 @@ class WorkerClient:
         self._reader = reader
         self._writer = writer
         self._next = 1
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.ready: dict[str, Any] = {}
+        self._pending: dict[int, tuple[asyncio.Future[Frame], Kind]] = {}  # rid -> (future, reply kind)
+        self.ready: Ready | None = None
+        self.facts: DeviceFacts | None = None  # what the worker measured, checked (from READY)
         self.closed = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         frame = await self._read_frame()
-        if frame is None or frame.kind is not Kind.READY:
+        if frame is None or not isinstance(frame.body, Ready):
             raise WorkerLost(f"worker {self.device} did not report READY")
         self.ready = frame.body
+        try:
+            self.facts = devicefacts.from_ready(frame.body)
+        except ProtocolError as exc:
+            raise WorkerLost(f"worker {self.device} sent a malformed READY: {exc.message}") from exc
         self._task = asyncio.create_task(self._read_loop(), name=f"worker{self.device}-reader")
 
-    def request(self, kind: Kind, body: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
-        """Send a frame now; the returned future resolves with the reply body."""
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    def request(self, body: Record, buffers: Sequence[Buffer] = ()) -> asyncio.Future[Frame]:
+        """Send a frame now; the returned future resolves with the reply frame (typed body, buffers)."""
+        fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         if self.closed.done():
             fut.set_exception(WorkerLost(f"worker {self.device} is not running"))
             return fut
+        try:
+            parts = encode_parts(body, self._next, buffers)
+        except TorporError as exc:  # e.g. tensors over the frame limit: this request fails, nothing is sent
+            fut.set_exception(exc)
+            return fut
         rid, self._next = self._next, self._next + 1
-        self._pending[rid] = fut
-        self._writer.write(encode(kind, rid, body))
+        self._pending[rid] = (fut, REPLY[KIND_OF[type(body)]])
+        # One write per piece, not writelines (which the stdlib loop implements as a join): a
+        # tensor the socket takes at once is sent from where it lies; only a remainder is buffered.
+        for part in parts:
+            self._writer.write(part)
         return fut
 
-    async def call(self, kind: Kind, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        return await asyncio.wait_for(self.request(kind, body), timeout)
+    async def call(self, body: Record, timeout: float | None = None) -> Any:
+        """Send a request and wait for its reply's body."""
+        frame = await asyncio.wait_for(self.request(body), timeout)
+        return frame.body
 
-    async def _read_frame(self) -> Any:
+    async def _read_frame(self) -> Frame | None:
         try:
             header = await self._reader.readexactly(HEADER.size)
             payload = await self._reader.readexactly(frame_length(header))
@@ -78,17 +111,17 @@ class WorkerClient:
         reason = f"worker {self.device} closed its connection"
         try:
             while (frame := await self._read_frame()) is not None:
-                fut = self._pending.pop(frame.rid, None)
+                fut, expected = self._pending.pop(frame.rid, (None, None))
                 if fut is None or fut.done():
-                    if frame.kind is Kind.ERROR:
-                        log.warning("worker %d: %s", self.device, frame.body.get("message"))
+                    if isinstance(frame.body, Error):
+                        log.warning("worker %d: %s", self.device, frame.body.message)
                     continue
-                if frame.kind is Kind.OK:
-                    fut.set_result(frame.body)
-                elif frame.kind is Kind.ERROR:
-                    fut.set_exception(from_wire(frame.body))
+                if isinstance(frame.body, Error):
+                    fut.set_exception(from_wire({"kind": frame.body.kind, "message": frame.body.message}))
+                elif frame.kind is expected:
+                    fut.set_result(frame)
                 else:
-                    fut.set_exception(ProtocolError(f"unexpected {frame.kind.name} reply"))
+                    fut.set_exception(ProtocolError(f"unexpected {frame.kind.name} reply, expected {expected}"))
         except ProtocolError as exc:
             reason = f"worker {self.device} sent a malformed frame: {exc.message}"
         finally:
@@ -96,7 +129,7 @@ class WorkerClient:
 
     def _fail_all(self, exc: TorporError) -> None:
         pending, self._pending = self._pending, {}
-        for fut in pending.values():
+        for fut, _ in pending.values():
             if not fut.done():
                 fut.set_exception(exc)
         if not self.closed.done():
@@ -125,9 +158,10 @@ class WorkerHandle:
 class WorkerPool:
     """Starts, watches and stops one worker process per device."""
 
-    def __init__(self, cfg: ServeConfig, budget: int, on_lost: Callable[[int, str], None]) -> None:
+    def __init__(self, cfg: ServeConfig, budget: int | None, on_lost: Callable[[int, str], None]) -> None:
         self.cfg = cfg
-        self.budget = budget
+        self.budget = budget  # None: each GPU worker sizes its arena from its free memory
+        self.facts: dict[int, DeviceFacts] = {}  # per device, from READY and the PEERS reply
         self.on_lost = on_lost
         self.runtime_dir = tempfile.mkdtemp(prefix="torpor-run-")
         os.chmod(self.runtime_dir, 0o700)  # sockets inside are the service user's alone
@@ -141,7 +175,8 @@ class WorkerPool:
             device=index,
             kind=spec.kind,
             ordinal=spec.index,
-            budget=self.budget,
+            # A restarted worker keeps the arena size the scheduler already plans with.
+            budget=self.facts[index].budget if index in self.facts else self.budget,
             socket_path=os.path.join(self.runtime_dir, f"worker{index}.sock"),
             arena_segment=self.arenas.get(index),
             peer_segments=peers,
@@ -153,6 +188,7 @@ class WorkerPool:
     async def start_all(self) -> None:
         for i, spec in enumerate(self.cfg.devices):
             if spec.kind == "cpu":
+                assert self.budget is not None, "CPU devices need a budget: their arena is created here"
                 name = shm.segment_name(f"arena{i}")
                 shm.create(name, self.budget).close()
                 self.arenas[i] = name
@@ -162,14 +198,15 @@ class WorkerPool:
     async def exchange_peers(self) -> None:
         """Give every worker the others' arena handles (CUDA IPC; CPU arenas are named segments)."""
         handles = {
-            str(i): h.client.ready["arena"]
+            str(i): h.client.ready.arena
             for i, h in self.handles.items()
-            if h.client is not None and h.client.ready.get("arena") is not None
+            if h.client is not None and h.client.ready is not None and h.client.ready.arena is not None
         }
-        if handles:
-            for i, h in self.handles.items():
-                if h.client is not None:
-                    await h.client.call(Kind.PEERS, {"handles": {k: v for k, v in handles.items() if k != str(i)}})
+        for i, h in self.handles.items():
+            if h.client is not None:
+                reply = await h.client.call(Peers(handles={k: v for k, v in handles.items() if k != str(i)}))
+                # Peer bandwidths are measured once the peers' arenas are open.
+                self.facts[i] = devicefacts.with_peers(self.facts[i], reply.link_gbps)
 
     async def start(self, index: int) -> WorkerClient:
         from gpuworker.main import run
@@ -184,6 +221,8 @@ class WorkerPool:
         self.handles[index] = handle
         client = await self._connect(handle)
         handle.client = client
+        assert client.facts is not None
+        self.facts[index] = client.facts
         loop = asyncio.get_running_loop()
         # The sentinel becomes readable when the process exits: notice a crash at once.
         loop.add_reader(proc.sentinel, self._exited, index, proc)
@@ -222,9 +261,9 @@ class WorkerPool:
             if client.closed.done():
                 return
             try:
-                stats = await client.call(Kind.STATS, {}, timeout=self.cfg.hang_timeout_s)
-                hung = stats.get("busy_for_s", 0.0) > self.cfg.exec_timeout_s
-                why = f"one operation has run for {stats.get('busy_for_s', 0.0):.0f} s"
+                stats = await client.call(Stats(), timeout=self.cfg.hang_timeout_s)
+                hung = stats.busy_for_s > self.cfg.exec_timeout_s
+                why = f"one operation has run for {stats.busy_for_s:.0f} s"
             except TimeoutError:
                 hung, why = True, f"no heartbeat answer within {self.cfg.hang_timeout_s:g} s"
             except TorporError:
@@ -254,16 +293,16 @@ class WorkerPool:
             raise WorkerLost(f"worker {index} is not running")
         return handle.client
 
-    async def broadcast(self, kind: Kind, body: dict[str, Any], timeout: float | None = None) -> list[Any]:
+    async def broadcast(self, body: Record, timeout: float | None = None) -> list[Any]:
         clients = [h.client for h in self.handles.values() if h.client is not None and not h.client.closed.done()]
-        return await asyncio.gather(*(c.call(kind, body, timeout) for c in clients), return_exceptions=True)
+        return await asyncio.gather(*(c.call(body, timeout) for c in clients), return_exceptions=True)
 
     async def stop_all(self) -> None:
         self._stopping = True
         handles = list(self.handles.values())
         for h in handles:
             if h.client is not None and not h.client.closed.done():
-                h.client.request(Kind.SHUTDOWN, {})
+                h.client.request(Shutdown())
         await asyncio.gather(*(self._reap(h) for h in handles))
         for name in self.arenas.values():
             shm.unlink(name)

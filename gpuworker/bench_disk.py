@@ -25,6 +25,7 @@ from gpuworker.bench_swap import Bench, _input
 from shared import imagefile, shm
 from shared.bench_imagefile import drop_cache, plain_read
 from shared.modelstore import ModelImage
+from shared.protocol import Evict, Load, prepare_record
 
 
 def measure(bench: Bench, name: str, repeats: int, tmp: Path) -> dict[str, float]:
@@ -38,7 +39,7 @@ def measure(bench: Bench, name: str, repeats: int, tmp: Path) -> dict[str, float
     empty = ModelImage(shm.segment_name(f"bench-disk-{name}"), image.table)
     shm.create(empty.segment_name, nbytes).close()
     bench.images.append(empty)
-    bench.executor.prepare({"model_id": f"{name}-disk", "source": {"zoo": name}, "image": empty.to_wire()})
+    bench.executor.prepare(prepare_record(f"{name}-disk", {"zoo": name}, empty))
     x = _input(name)
     reads, copies, warm, cold = [], [], [], []
     host = shm.attach(empty.segment_name, writable=True)
@@ -55,17 +56,17 @@ def measure(bench: Bench, name: str, repeats: int, tmp: Path) -> dict[str, float
             swap = bench.load(name, 0)
             swap.done.wait()
             warm.append(bench.infer(name, x))
-            bench.executor.evict({"model_id": name})
+            bench.executor.evict(Evict(model_id=name))
             drop_cache(path)
             t0 = time.perf_counter()
-            bench.executor.load(1, {"model_id": f"{name}-disk", "offset": 0, "fill": {"path": str(path)}})
+            bench.executor.load(1, Load(model_id=f"{name}-disk", offset=0, fill_from=str(path)))
             swap = bench.executor.resident[f"{name}-disk"].swap
-            bench.executor.infer({"model_id": f"{name}-disk", "inputs": [x]})
+            bench.infer(f"{name}-disk", x)
             cold.append((time.perf_counter() - t0) * 1e3)
             swap.done.wait()
             if swap.error:
                 raise RuntimeError(swap.error)
-            bench.executor.evict({"model_id": f"{name}-disk"})
+            bench.executor.evict(Evict(model_id=f"{name}-disk"))
     finally:
         host.close()
     med = statistics.median
@@ -78,7 +79,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="compute threads (copy and disk threads are extra)")
     args = ap.parse_args()
-    bench = Bench(512 << 20, args.threads, 2 << 20)
+    bench = Bench.cpu(512 << 20, args.threads, 2 << 20)
     print(
         f"CPU device: {args.threads} compute thread(s), 1 copy thread, 1 disk thread on {os.cpu_count()} cores; "
         f"median of {args.repeats}; times in ms"

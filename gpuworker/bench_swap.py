@@ -26,7 +26,7 @@ from gpuworker.config import WorkerConfig
 from gpuworker.executor import Executor
 from shared import program, shm, zoo
 from shared.modelstore import ModelImage, pack
-from shared.protocol import tensor_to_wire
+from shared.protocol import Evict, Infer, Load, prepare_record, tensor_meta, tensor_to_wire
 
 INPUTS = {
     "resnet50": ("FP32", (1, 3, 224, 224)),
@@ -41,15 +41,15 @@ def _input(name: str) -> dict[str, Any]:
     dtype, shape = INPUTS[name]
     g = torch.Generator().manual_seed(0)
     t = torch.randint(0, 30000, shape, generator=g) if dtype == "INT64" else torch.randn(shape, generator=g)
-    return tensor_to_wire(zoo.entry(name).inputs[0].name, dtype, shape, t.numpy().tobytes())
+    return tensor_to_wire(zoo.entry(name).inputs[0].name, dtype, shape, bytearray(t.numpy().tobytes()))
 
 
 class Bench:
-    def __init__(self, budget: int, threads: int, group_bytes: int) -> None:
-        self.arena_name = shm.segment_name("bench-arena")
-        shm.create(self.arena_name, budget).close()
-        cfg = WorkerConfig(0, "cpu", 0, budget, "", self.arena_name, (), threads, group_bytes)
-        self.backend = CpuBackend(cfg)
+    """The worker's own executor and swap engine on one device backend (CPU here, CUDA in gpucheck)."""
+
+    def __init__(self, backend: Any, group_bytes: int, arena_name: str | None = None) -> None:
+        self.arena_name = arena_name
+        self.backend = backend
         self.replies: dict[int, Any] = {}
         self.executor = Executor(self.backend, group_bytes, lambda rid, r: self.replies.__setitem__(rid, r))
         self.images: list[ModelImage] = []
@@ -58,16 +58,16 @@ class Bench:
         gm = program.build({"zoo": name}, meta=False)
         image = pack(program.packing_order(gm), shm.segment_name(f"bench-{name}"))
         self.images.append(image)
-        self.executor.prepare({"model_id": name, "source": {"zoo": name}, "image": image.to_wire()})
+        self.executor.prepare(prepare_record(name, {"zoo": name}, image))
         return name, image.nbytes
 
     def load(self, name: str, offset: int) -> Any:
-        self.executor.load(1, {"model_id": name, "offset": offset})
+        self.executor.load(1, Load(model_id=name, offset=offset))
         return self.executor.resident[name].swap
 
     def infer(self, name: str, x: dict[str, Any]) -> float:
         t0 = time.perf_counter()
-        self.executor.infer({"model_id": name, "inputs": [x]})
+        self.executor.infer(Infer(model_id=name, inputs=[tensor_meta(x)]), [x["data"]])
         return (time.perf_counter() - t0) * 1e3
 
     def measure(self, name: str, repeats: int) -> dict[str, float]:
@@ -85,18 +85,20 @@ class Bench:
             serial.append((time.perf_counter() - t0) * 1e3)
             swaps.append(swap.seconds * 1e3)  # the copy alone, as the worker reports it
             warm.append(self.infer(name, x))
-            self.executor.evict({"model_id": name})
+            self.executor.evict(Evict(model_id=name))
             # pipelined: the inference starts while the copy runs
             t0 = time.perf_counter()
             swap = self.load(name, offsets[(i + 1) % 2])
             self.infer(name, x)
             piped.append((time.perf_counter() - t0) * 1e3)
             swap.done.wait()
-            self.executor.evict({"model_id": name})
-            # plain memcpy of the same bytes into the same arena memory
+            self.executor.evict(Evict(model_id=name))
+            # plain memcpy of the same bytes into the same arena memory (synchronous on a GPU too)
             src = self.backend.host_buffer(self.images[-1].segment_name)[:nbytes]
             t0 = time.perf_counter()
             self.backend.arena[:nbytes].copy_(src)
+            if self.backend.name == "cuda":
+                torch.cuda.synchronize(self.backend.device)
             copies.append((time.perf_counter() - t0) * 1e3)
         med = statistics.median
         return {
@@ -108,10 +110,18 @@ class Bench:
             "memcpy": med(copies),
         }
 
+    @classmethod
+    def cpu(cls, budget: int, threads: int, group_bytes: int) -> Bench:
+        arena_name = shm.segment_name("bench-arena")
+        shm.create(arena_name, budget).close()
+        cfg = WorkerConfig(0, "cpu", 0, budget, "", arena_name, (), threads, group_bytes)
+        return cls(CpuBackend(cfg), group_bytes, arena_name)
+
     def close(self) -> None:
         self.executor.close()
         self.backend.close()
-        shm.unlink(self.arena_name)
+        if self.arena_name is not None:
+            shm.unlink(self.arena_name)
         for im in self.images:
             im.unlink()
 
@@ -123,7 +133,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="compute threads (the copy thread is extra)")
     ap.add_argument("--group", type=int, default=2 << 20, help="swap group bytes")
     args = ap.parse_args()
-    bench = Bench(512 << 20, args.threads, args.group)
+    bench = Bench.cpu(512 << 20, args.threads, args.group)
     print(
         f"CPU device: {args.threads} compute thread(s) + 1 copy thread on {os.cpu_count()} cores; "
         f"groups of {args.group / 2**20:g} MiB; median of {args.repeats}"

@@ -5,6 +5,7 @@ All of it runs on the worker's main thread except the copy itself (SwapEngine).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -19,8 +20,25 @@ from gpuworker.gate import SwapGate, gated
 from gpuworker.swap import HostFill, Swap, SwapEngine, SwapPlan, plan_groups
 from shared import imagefile, program, shm
 from shared.errors import InvalidInput, RequestFailed, TorporError
-from shared.modelstore import ModelImage, views
-from shared.protocol import check_wire_tensor, tensor_to_wire
+from shared.modelstore import ModelImage, TensorTable, views
+from shared.protocol import (
+    Buffer,
+    Evict,
+    Evicted,
+    Forget,
+    Forgotten,
+    Infer,
+    Inferred,
+    Load,
+    Loaded,
+    Peers,
+    PeersOpened,
+    Prepare,
+    Prepared,
+    ResidentModel,
+    StatsReply,
+    TensorMeta,
+)
 
 
 @dataclass
@@ -48,7 +66,7 @@ class Residency:
 
 
 class Executor:
-    def __init__(self, backend: Backend, group_bytes: int, send_reply: Callable[[int, dict | Exception], None]) -> None:
+    def __init__(self, backend: Backend, group_bytes: int, send_reply: Callable[[int, Any], None]) -> None:
         self.backend = backend
         self.group_bytes = group_bytes
         self.programs: dict[str, Program] = {}
@@ -59,10 +77,11 @@ class Executor:
         self.busy_since: float | None = None  # monotonic start of the frame being handled
 
     # -- operations ---------------------------------------------------------
-    def prepare(self, body: dict[str, Any]) -> dict[str, Any]:
-        model_id = body["model_id"]
-        image = ModelImage.from_wire(body["image"])
-        gm = program.build(body["source"], meta=True)
+    def prepare(self, body: Prepare) -> Prepared:
+        model_id = body.model_id
+        table = TensorTable.from_wire({"nbytes": body.image.table.nbytes, "entries": body.image.table.entries})
+        image = ModelImage(body.image.segment, table)
+        gm = program.build(body.source, meta=True)
         names = list(program.state_tensors(gm))
         missing = sorted(set(names) - {e.name for e in image.table.entries})
         if missing:
@@ -71,35 +90,37 @@ class Executor:
         gated_gm, gate = gated(gm, plan.group_of, self.backend)
         own = [n for n in names if program.owner(gm, n)[0] is not program.owner(gated_gm, n)[0]]
         self.programs[model_id] = Program(model_id, image, gm, gated_gm, gate, plan, names, own)
-        return {"groups": plan.groups}
+        return Prepared(groups=plan.groups)
 
-    def load(self, rid: int, body: dict[str, Any]) -> None:
+    def load(self, rid: int, body: Load) -> None:
         """Start a swap-in; the reply is sent by the copy thread when the copy ends."""
-        prog = self._program(body["model_id"])
-        offset, nbytes = int(body["offset"]), prog.image.nbytes
-        if body["model_id"] in self.resident:
-            raise InvalidInput(f"model {body['model_id']} is already resident")
+        prog = self._program(body.model_id)
+        offset, nbytes = body.offset, prog.image.nbytes
+        if body.model_id in self.resident:
+            raise InvalidInput(f"model {body.model_id} is already resident")
         if offset < 0 or offset + nbytes > self.backend.arena.numel():
             raise InvalidInput(f"slice [{offset}, {offset + nbytes}) is outside the arena")
         self._check_overlap(offset, nbytes)
-        peer, fill = body.get("peer"), None
+        peer, fill = body.peer, None
         if peer is None:
             src = self.backend.host_buffer(prog.image.segment_name)[:nbytes]
             source = "host"
-            if body.get("fill") is not None:
+            if body.fill_from is not None:
                 # The host image is still on disk: read it in while the copy follows.
-                fill = self._fill_host(prog, str(body["fill"]["path"]))
+                fill = self._fill_host(prog, body.fill_from)
                 source = "disk"
         else:
-            src = self.backend.peer_arena(int(peer["device"]))[int(peer["offset"]) : int(peer["offset"]) + nbytes]
-            source = f"peer:{peer['device']}"
+            src = self.backend.peer_arena(peer.device)[peer.offset : peer.offset + nbytes]
+            if src.numel() != nbytes:
+                raise InvalidInput(f"peer slice at {peer.offset} of device {peer.device} is outside its arena")
+            source = f"peer:{peer.device}"
         dst = self.backend.arena[offset : offset + nbytes]
 
         def done(swap: Swap) -> None:
             if swap.error is None:
                 self.counters["swaps"] += 1
                 self.counters["swap_bytes"] += nbytes
-                self._reply(rid, {"swap_ms": swap.seconds * 1e3, "bytes": nbytes, "source": source})
+                self._reply(rid, Loaded(swap_ms=swap.seconds * 1e3, bytes=nbytes, source=source))
             else:
                 # A failed or cancelled swap leaves nothing resident and the slice free.
                 if self.resident.get(prog.model_id) is res:
@@ -139,23 +160,26 @@ class Executor:
         threading.Thread(target=read, name="disk-fill", daemon=True).start()
         return fill
 
-    def evict(self, body: dict[str, Any]) -> dict[str, Any]:
-        res = self.resident.get(body["model_id"])
+    def evict(self, body: Evict) -> Evicted:
+        res = self.resident.get(body.model_id)
         if res is None:
-            return {"evicted": False}
+            return Evicted(evicted=False)
         if res.swap is not None and not res.swap.done.is_set():
             res.swap.cancel()
             res.swap.done.wait()
-        self._drop(body["model_id"])
-        return {"evicted": True}
+        self._drop(body.model_id)
+        return Evicted(evicted=True)
 
-    def infer(self, body: dict[str, Any]) -> dict[str, Any]:
-        model_id = body["model_id"]
+    def infer(self, body: Infer, buffers: list[Buffer]) -> tuple[Inferred, list[Buffer]]:
+        """Run; inputs are views of the frame's buffers, outputs leave as views of the result tensors."""
+        model_id = body.model_id
         prog = self._program(model_id)
         res = self.resident.get(model_id)
         if res is None:
             raise RequestFailed(f"model {model_id} is not resident on this device")
-        inputs = [_to_tensor(check_wire_tensor(t)) for t in body["inputs"]]
+        if len(buffers) != len(body.inputs):
+            raise InvalidInput(f"{len(body.inputs)} inputs described, {len(buffers)} buffers sent")
+        inputs = [_to_tensor(m, b) for m, b in zip(body.inputs, buffers, strict=True)]
         inputs = self.backend.prepare_inputs(inputs)
         swap = res.swap if res.swap is not None and not res.swap.done.is_set() else None
         if res.swap is not None and res.swap.error is not None:
@@ -177,38 +201,44 @@ class Executor:
         exec_s = time.perf_counter() - t0
         self.counters["infers"] += 1
         self.counters["busy_s"] += exec_s
-        names = body.get("output_names") or []
-        wire = [
-            tensor_to_wire(names[i] if i < len(names) else f"output{i}", _kserve(t), tuple(t.shape), _raw(t))
+        names = body.output_names
+        metas = [
+            TensorMeta(name=names[i] if i < len(names) else f"output{i}", datatype=_kserve(t), shape=list(t.shape))
             for i, t in enumerate(outputs)
         ]
-        return {"outputs": wire, "exec_ms": exec_s * 1e3, "wait_ms": prog.gate.waited_s * 1e3 if swap else 0.0}
+        inferred = Inferred(outputs=metas, exec_ms=exec_s * 1e3, wait_ms=prog.gate.waited_s * 1e3 if swap else 0.0)
+        return inferred, [_raw(t) for t in outputs]
 
-    def forget(self, body: dict[str, Any]) -> dict[str, Any]:
-        model_id = body["model_id"]
+    def forget(self, body: Forget) -> Forgotten:
+        model_id = body.model_id
         if model_id in self.resident:
-            self.evict({"model_id": model_id})
+            self.evict(Evict(model_id=model_id))
         prog = self.programs.pop(model_id, None)
         if prog is not None:
             self.backend.release_host_buffer(prog.image.segment_name)
-        return {"forgotten": prog is not None}
+        return Forgotten(forgotten=prog is not None)
 
-    def peers(self, body: dict[str, Any]) -> dict[str, Any]:
+    def peers(self, body: Peers) -> PeersOpened:
         """Open the other devices' arenas for peer copies (CUDA IPC handles)."""
-        self.backend.open_peers({int(k): v for k, v in body["handles"].items()})
-        return {"peers": len(body["handles"])}
+        try:
+            handles = {int(k): v for k, v in body.handles.items()}
+        except ValueError:
+            raise InvalidInput(f"PEERS: device keys must be integers, got {sorted(body.handles)}") from None
+        self.backend.open_peers(handles)
+        # Peer copy bandwidths (CUDA measures them on opening) are device facts the gateway's topology uses.
+        return PeersOpened(peers=len(handles), link_gbps=dict(getattr(self.backend, "bandwidth", {})))
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "resident": [
-                {"model_id": r.model_id, "offset": r.offset, "bytes": r.nbytes, "source": r.source}
+    def stats(self) -> StatsReply:
+        return StatsReply(
+            resident=[
+                ResidentModel(model_id=r.model_id, offset=r.offset, bytes=r.nbytes, source=r.source)
                 for r in list(self.resident.values())
             ],
-            "prepared": len(self.programs),
-            "busy_for_s": 0.0 if self.busy_since is None else time.monotonic() - self.busy_since,
-            "counters": dict(self.counters),
+            prepared=len(self.programs),
+            busy_for_s=0.0 if self.busy_since is None else time.monotonic() - self.busy_since,
+            counters=dict(self.counters),
             **self.backend.info(),
-        }
+        )
 
     def close(self) -> None:
         self.engine.close()
@@ -231,14 +261,20 @@ class Executor:
         self.resident.pop(model_id, None)
 
 
-def _to_tensor(t: dict[str, Any]) -> torch.Tensor:
-    dtype = program.KSERVE_TO_TORCH.get(t["datatype"])
+def _to_tensor(meta: TensorMeta, data: Buffer) -> torch.Tensor:
+    """A view of the received buffer (a writable bytearray: torch refuses read-only memory); no copy."""
+    dtype = program.KSERVE_TO_TORCH.get(meta.datatype)
     if dtype is None:
-        raise InvalidInput(f"input {t['name']!r}: unsupported datatype {t['datatype']}")
-    data = bytearray(t["data"])  # writable copy: torch refuses read-only buffers
-    if not data:
-        return torch.empty(t["shape"], dtype=dtype)
-    return torch.frombuffer(data, dtype=dtype).reshape(t["shape"])
+        raise InvalidInput(f"input {meta.name!r}: unsupported datatype {meta.datatype}")
+    expected = math.prod(meta.shape) * dtype.itemsize
+    got = memoryview(data).nbytes
+    if got != expected:
+        raise InvalidInput(f"input {meta.name!r}: {got} bytes for shape {meta.shape}, expected {expected}")
+    if not expected:
+        return torch.empty(meta.shape, dtype=dtype)
+    if isinstance(data, bytes) or memoryview(data).readonly:
+        data = bytearray(data)  # only frames built in-process (benchmarks) arrive read-only
+    return torch.frombuffer(data, dtype=dtype).reshape(meta.shape)
 
 
 def _flatten(out: Any) -> list[torch.Tensor]:
@@ -255,6 +291,7 @@ def _kserve(t: torch.Tensor) -> str:
     return program.TORCH_TO_KSERVE[t.dtype]
 
 
-def _raw(t: torch.Tensor) -> bytes:
+def _raw(t: torch.Tensor) -> Buffer:
+    """The tensor's bytes as a view (sent before the tensor is dropped), not a copy."""
     t = t.detach().to("cpu").contiguous().reshape(-1)
-    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    return memoryview(t.view(torch.uint8).numpy()) if t.numel() else b""

@@ -19,7 +19,21 @@ from typing import Any
 
 from gpuworker.config import WorkerConfig
 from shared.errors import ProtocolError, TorporError
-from shared.protocol import Frame, FramingError, Kind, encode, recv_frame
+from shared.protocol import (
+    BadFrame,
+    Buffer,
+    Bye,
+    Error,
+    Frame,
+    FramingError,
+    Kind,
+    Load,
+    Ready,
+    Record,
+    encode_parts,
+    recv_frame,
+    send_parts,
+)
 
 log = logging.getLogger("torpor.worker")
 
@@ -31,20 +45,26 @@ class Connection:
         self.sock = sock
         self._lock = threading.Lock()
 
-    def send(self, kind: Kind, rid: int, body: dict[str, Any]) -> None:
-        data = encode(kind, rid, body)
+    def send(self, body: Record, rid: int, buffers: list[Buffer] | tuple[()] = ()) -> None:
+        parts = encode_parts(body, rid, buffers)
         with self._lock:
             try:
-                self.sock.sendall(data)
+                send_parts(self.sock, parts)
             except OSError:
                 pass  # gateway gone; the reader sees EOF and the worker exits
 
-    def reply(self, rid: int, result: dict[str, Any] | Exception) -> None:
+    def reply(self, rid: int, result: Record | tuple[Record, list[Buffer]] | Exception) -> None:
         if isinstance(result, Exception):
             err = result if isinstance(result, TorporError) else TorporError(f"{type(result).__name__}: {result}")
-            self.send(Kind.ERROR, rid, err.to_wire())
+            self.send(Error(kind=err.kind, message=err.message), rid)
+        elif isinstance(result, tuple):
+            body, buffers = result
+            try:
+                self.send(body, rid, buffers)
+            except ProtocolError as exc:  # e.g. outputs over the frame limit
+                self.reply(rid, exc)
         else:
-            self.send(Kind.OK, rid, result)
+            self.send(result, rid)
 
 
 def run(cfg: WorkerConfig) -> None:
@@ -65,8 +85,7 @@ def run(cfg: WorkerConfig) -> None:
     listener.close()
     conn = Connection(conn_sock)
     executor = Executor(backend, cfg.group_bytes, conn.reply)
-    ready = {"device": cfg.device, "pid": os.getpid(), "budget": cfg.budget, "arena": backend.share_arena()}
-    conn.send(Kind.READY, 0, {**ready, **backend.info()})
+    conn.send(ready_body(cfg, backend), 0)
     work: queue.Queue[Frame | None] = queue.Queue()
     reader = threading.Thread(target=_read, args=(conn, executor, work), name="reader", daemon=True)
     reader.start()
@@ -78,6 +97,23 @@ def run(cfg: WorkerConfig) -> None:
         conn_sock.close()
 
 
+def ready_body(cfg: WorkerConfig, backend: Any) -> Ready:
+    """What this device is, as measured here: the gateway's only source of device facts.
+
+    kind, arena budget, measured link bandwidths (``link_gbps``), and on a GPU its name,
+    memory and NVML report (PCIe switches, NVLink peers and lane counts).
+    """
+    return Ready(
+        device=cfg.device,
+        kind=cfg.kind,
+        ordinal=cfg.ordinal,
+        pid=os.getpid(),
+        budget=int(backend.arena.numel()),
+        arena=backend.share_arena(),
+        **backend.info(),
+    )
+
+
 def _read(conn: Connection, executor: Any, work: queue.Queue[Frame | None]) -> None:
     """Reads frames; answers STATS at once (so a busy device still reports), queues the rest."""
     while True:
@@ -86,8 +122,8 @@ def _read(conn: Connection, executor: Any, work: queue.Queue[Frame | None]) -> N
         except FramingError as exc:
             conn.reply(0, exc)  # framing is lost: no way to resync, so close
             frame = None
-        except ProtocolError as exc:
-            conn.reply(0, exc)  # a bad payload inside a good frame: answer and go on
+        except BadFrame as exc:
+            conn.reply(exc.rid, exc)  # a bad payload inside a good frame: answer and go on
             continue
         except OSError:
             frame = None
@@ -110,10 +146,10 @@ def _serve(conn: Connection, executor: Any, work: queue.Queue[Frame | None]) -> 
     }
     while (frame := work.get()) is not None:
         if frame.kind is Kind.SHUTDOWN:
-            conn.reply(frame.rid, {"bye": True})
+            conn.reply(frame.rid, Bye())
             return
         try:
-            if frame.kind is Kind.LOAD:
+            if isinstance(frame.body, Load):
                 executor.load(frame.rid, frame.body)  # replies from the copy thread
                 continue
             handler = handlers.get(frame.kind)
@@ -121,12 +157,10 @@ def _serve(conn: Connection, executor: Any, work: queue.Queue[Frame | None]) -> 
                 raise ProtocolError(f"a worker does not accept {frame.kind.name} frames")
             executor.busy_since = started = time.monotonic()
             try:
-                result = handler(frame.body)
+                result = executor.infer(frame.body, frame.buffers) if frame.kind is Kind.INFER else handler(frame.body)
             finally:
                 executor.busy_since = None
             log.debug("%s %d took %.2f ms", frame.kind.name, frame.rid, (time.monotonic() - started) * 1e3)
             conn.reply(frame.rid, result)
-        except KeyError as exc:
-            conn.reply(frame.rid, ProtocolError(f"{frame.kind.name} frame lacks field {exc}"))
         except Exception as exc:  # one request's failure must not end the worker
             conn.reply(frame.rid, exc)

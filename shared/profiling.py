@@ -14,27 +14,14 @@ import statistics
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
+from shared.exectiming import HEAVY_SLOWDOWN, ExecTiming
 from shared.program import KSERVE_TO_TORCH
 from shared.specs import TensorSpec
 
-HEAVY_SLOWDOWN = 1.15  # a model whose execution slows by this much under a concurrent copy is heavy
-
-
-@dataclass(frozen=True)
-class ExecTiming:
-    exec_ms: float  # batch 1, warm
-    batch_exec_ms: float | None  # at max_batch, warm (None when max_batch is 1)
-    max_batch: int
-    slowdown: float  # exec time under a concurrent copy ÷ alone
-
-    @property
-    def heavy(self) -> bool:
-        return self.slowdown >= HEAVY_SLOWDOWN
-
+__all__ = ["HEAVY_SLOWDOWN", "ExecTiming", "profile", "random_tensors", "time_runs"]
 
 FREE_DIM = 128  # the size profiled for a free dimension other than the batch (e.g. sequence length)
 

@@ -85,13 +85,3 @@ def cuda_device_count() -> int:
             pynvml.nvmlShutdown()
     except Exception:
         return 0
-
-
-def cuda_free_memory(ordinal: int) -> int:
-    import pynvml
-
-    pynvml.nvmlInit()
-    try:
-        return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(ordinal)).free)
-    finally:
-        pynvml.nvmlShutdown()

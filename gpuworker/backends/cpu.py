@@ -16,7 +16,7 @@ class CpuBackend:
     name = "cpu"
 
     def __init__(self, cfg: WorkerConfig) -> None:
-        assert cfg.arena_segment is not None
+        assert cfg.arena_segment is not None and cfg.budget is not None
         torch.set_num_threads(cfg.compute_threads)
         self._cfg = cfg
         self._arena_seg = shm.attach(cfg.arena_segment, writable=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from gpuworker.config import WorkerConfig
+from gpuworker.config import ARENA_RESERVE, MIN_ARENA, WorkerConfig
 from shared import shm
 
 log = logging.getLogger("torpor.worker")
@@ -32,7 +32,11 @@ class CudaBackend:
         torch.cuda.set_device(self.device)
         # One allocation for the whole budget: a model is a contiguous slice of it, so
         # a swap is one stream of large DMAs and never calls the allocator per tensor.
-        self.arena = torch.empty(cfg.budget, dtype=torch.uint8, device=self.device)
+        budget = cfg.budget
+        if budget is None:  # sized here: the worker is the one that knows its device
+            free, _ = torch.cuda.mem_get_info(self.device)
+            budget = max(MIN_ARENA, free - ARENA_RESERVE)
+        self.arena = torch.empty(budget, dtype=torch.uint8, device=self.device)
         # Lower number = higher priority: swaps must not queue behind compute kernels.
         low, high = torch.cuda.Stream.priority_range()
         self.copy_stream = torch.cuda.Stream(self.device, priority=high)

@@ -22,7 +22,21 @@ import pytest
 import gpuworker.main
 from gpuworker.config import WorkerConfig
 from shared import shm
-from shared.protocol import HEADER, MAX_FRAME_BYTES, Frame, Kind, encode, recv_frame
+from shared.protocol import (
+    HEADER,
+    MAX_FRAME_BYTES,
+    Error,
+    Evicted,
+    Frame,
+    Infer,
+    Kind,
+    Ready,
+    Stats,
+    StatsReply,
+    TensorMeta,
+    encode,
+    recv_frame,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -104,42 +118,61 @@ def worker() -> Iterator[Worker]:
         shutil.rmtree(rundir, ignore_errors=True)
 
 
-def _expect_error(frame: Frame | None, rid: int, contains: str) -> None:
+def _expect_error(frame: Frame | None, rid: int, contains: str, kind: str = "protocol_error") -> None:
     assert frame is not None, "the worker closed the connection instead of answering"
     assert frame.kind is Kind.ERROR, frame
     assert frame.rid == rid
-    assert frame.body.get("kind") == "protocol_error", frame.body
-    assert contains in frame.body.get("message", ""), frame.body
+    assert isinstance(frame.body, Error) and frame.body.kind == kind, frame.body
+    assert contains in frame.body.message, frame.body
 
 
 def _expect_stats(worker: Worker, rid: int) -> None:
-    worker.send(encode(Kind.STATS, rid, {}))
+    worker.send(encode(Stats(), rid))
     frame = worker.recv()
-    assert frame is not None and frame.kind is Kind.OK and frame.rid == rid, frame
-    assert frame.body["resident"] == [] and frame.body["prepared"] == 0
+    assert frame is not None and frame.kind is Kind.STATS_REPLY and frame.rid == rid, frame
+    assert isinstance(frame.body, StatsReply) and frame.body.resident == [] and frame.body.prepared == 0
+
+
+def _raw_frame(header: object, buffers: bytes = b"") -> bytes:
+    packed = msgpack.packb(header, use_bin_type=True)
+    return HEADER.pack(HEADER.size + len(packed) + len(buffers)) + HEADER.pack(len(packed)) + packed + buffers
 
 
 def test_worker_survives_malformed_frames_and_exits_on_lost_framing(worker: Worker) -> None:
-    assert worker.ready.body["device"] == 0 and worker.ready.body["pid"] == worker.proc.pid
+    assert isinstance(worker.ready.body, Ready)
+    assert worker.ready.body.device == 0 and worker.ready.body.pid == worker.proc.pid
+    assert worker.ready.body.kind == "cpu" and worker.ready.body.budget == ARENA_BYTES
+    assert worker.ready.body.link_gbps["host"] > 0  # measured by the worker at start
 
-    # Garbage payload, correctly length-prefixed (0xc1 is never valid msgpack).
+    # Garbage header, correctly length-prefixed (0xc1 is never valid msgpack).
     garbage = b"\xc1\xff\x00garbage"
-    worker.send(HEADER.pack(len(garbage)) + garbage)
+    worker.send(HEADER.pack(HEADER.size + len(garbage)) + HEADER.pack(len(garbage)) + garbage)
     _expect_error(worker.recv(), 0, "undecodable")
     _expect_stats(worker, 1)  # still serving
 
-    # A well-formed frame of an unknown kind number.
+    # A well-formed frame of an unknown kind number: answered to its request id.
     unknown = 99
     assert unknown not in {k.value for k in Kind}
-    payload = msgpack.packb([unknown, 2, {}], use_bin_type=True)
-    worker.send(HEADER.pack(len(payload)) + payload)
-    _expect_error(worker.recv(), 0, f"unknown frame kind {unknown}")
+    worker.send(_raw_frame([unknown, 2, {}, []]))
+    _expect_error(worker.recv(), 2, f"unknown frame kind {unknown}")
     _expect_stats(worker, 3)
 
-    # A LOAD without its fields: the error names the missing one.
-    worker.send(encode(Kind.LOAD, 4, {}))
-    _expect_error(worker.recv(), 4, "lacks field 'model_id'")
-    _expect_stats(worker, 5)
+    # A LOAD without its fields, and one with a field of the wrong type: the error names the field.
+    worker.send(_raw_frame([int(Kind.LOAD), 4, {}, []]))
+    _expect_error(worker.recv(), 4, "missing required field `model_id`")
+    worker.send(_raw_frame([int(Kind.LOAD), 5, {"model_id": "m", "offset": "zero"}, []]))
+    _expect_error(worker.recv(), 5, "$.offset")
+    # An INFER whose buffers disagree with its header: the buffers are skipped whole.
+    worker.send(_raw_frame([int(Kind.INFER), 6, {"model_id": "m", "inputs": []}, [16]], b"\x00" * 8))
+    _expect_error(worker.recv(), 6, "buffers of 16 bytes announced, 8 sent")
+    _expect_stats(worker, 7)
+    body = Infer(model_id="m", inputs=[TensorMeta(name="x", datatype="FP32", shape=[2])])
+    worker.send(encode(body, 8, [b"\x00" * 8]))
+    _expect_error(worker.recv(), 8, "was not prepared", kind="request_failed")
+    # A reply kind sent to a worker is refused; an EVICT of nothing is a typed reply.
+    worker.send(encode(Evicted(evicted=True), 9))
+    _expect_error(worker.recv(), 9, "does not accept EVICTED")
+    _expect_stats(worker, 10)
 
     # A header over the limit: framing is lost, so the worker says so, hangs up and exits.
     worker.send(HEADER.pack(MAX_FRAME_BYTES + 1))
@@ -148,7 +181,7 @@ def test_worker_survives_malformed_frames_and_exits_on_lost_framing(worker: Work
         frames.append(frame)
         assert len(frames) < 4, frames
     assert [(f.kind, f.rid) for f in frames] == [(Kind.ERROR, 0)]
-    assert "exceeds" in frames[0].body["message"]
+    assert isinstance(frames[0].body, Error) and "exceeds" in frames[0].body.message
     worker.proc.join(EXIT_TIMEOUT_S)
     assert not worker.proc.is_alive(), "the worker did not exit after its connection closed"
     assert worker.proc.exitcode == 0

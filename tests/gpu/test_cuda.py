@@ -15,7 +15,7 @@ import torch
 from gpuworker.config import WorkerConfig
 from shared import program, shm, zoo
 from shared.modelstore import ModelImage, pack
-from shared.protocol import tensor_to_wire
+from shared.protocol import Infer, Load, prepare_record, tensor_meta, tensor_to_wire
 
 pytestmark = [
     pytest.mark.gpu,
@@ -52,15 +52,16 @@ def test_pipelined_swap_on_cuda_is_bitwise_native(image: ModelImage) -> None:
     replies: dict[int, Any] = {}
     ex = Executor(backend, 2 << 20, replies.__setitem__)
     try:
-        ex.prepare({"model_id": "m", "source": {"zoo": "resnet50"}, "image": image.to_wire()})
+        ex.prepare(prepare_record("m", {"zoo": "resnet50"}, image))
         x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-        wire = tensor_to_wire("input", "FP32", tuple(x.shape), x.numpy().tobytes())
-        ex.load(1, {"model_id": "m", "offset": 0})
-        cold = bytes(ex.infer({"model_id": "m", "inputs": [wire]})["outputs"][0]["data"])
+        wire = tensor_to_wire("input", "FP32", tuple(x.shape), bytearray(x.numpy().tobytes()))
+        infer = Infer(model_id="m", inputs=[tensor_meta(wire)])
+        ex.load(1, Load(model_id="m", offset=0))
+        cold = bytes(ex.infer(infer, [wire["data"]])[1][0])
         ex.resident["m"].swap.done.wait()
-        warm = bytes(ex.infer({"model_id": "m", "inputs": [wire]})["outputs"][0]["data"])
+        warm = bytes(ex.infer(infer, [wire["data"]])[1][0])
         assert cold == warm == _native_cuda(x)
-        assert replies[1]["bytes"] == image.nbytes
+        assert replies[1].bytes == image.nbytes
         assert backend.measure_bandwidth()["host"] > 1.0  # GB/s over pinned memory
     finally:
         ex.close()

@@ -3,7 +3,8 @@ frame reader and the gateway's OIP request validation.
 
 Contracts under test:
   * frames round-trip exactly through a real socket;
-  * `decode_payload` / `recv_frame` raise only ProtocolError, whatever the bytes, and
+  * `decode_payload` / `recv_frame` raise only ProtocolError, whatever the bytes, type
+    every body as its kind's record, and
     never block once the writer has closed;
   * the worker's `_read` never crashes or wedges, and does what a reference model of
     the stream says: STATS answered, other frames queued in order, an ERROR (and go
@@ -24,6 +25,7 @@ from typing import Any
 from unittest import mock
 
 import msgpack
+import msgspec
 import numpy as np
 import orjson
 import pytest
@@ -34,7 +36,34 @@ import shared.protocol as protocol
 from gateway.oip import parse_request
 from gpuworker.main import Connection, _read
 from shared.errors import InvalidInput, ProtocolError
-from shared.protocol import HEADER, MAX_FRAME_BYTES, Frame, Kind, check_wire_tensor, decode_payload, encode, recv_frame
+from shared.protocol import (
+    HEADER,
+    KIND_OF,
+    MAX_FRAME_BYTES,
+    RECORD,
+    BadFrame,
+    Error,
+    Evict,
+    Forget,
+    Frame,
+    ImageWire,
+    Infer,
+    Kind,
+    Load,
+    Peer,
+    Peers,
+    Prepare,
+    Record,
+    Shutdown,
+    Stats,
+    StatsReply,
+    TableWire,
+    TensorMeta,
+    check_wire_tensor,
+    decode_payload,
+    encode,
+    recv_frame,
+)
 from shared.specs import DATATYPES, ITEMSIZE, TensorSpec
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -115,13 +144,47 @@ _BLOBS = {n: random.Random(n).randbytes(n) for n in (1, 70_000, 600_000, 1_500_0
 _blob_sizes = st.sampled_from([0, 0, 0, *_BLOBS])
 
 
+_sizes = st.integers(0, 2**63 - 1)
+_metas = st.builds(
+    lambda n, d, sh: TensorMeta(name=n, datatype=d, shape=sh),
+    _text,
+    st.sampled_from(list(DATATYPES)),
+    st.lists(st.integers(0, 2**31), max_size=4),
+)
+# One strategy per kind of record, with Any-typed fields (PREPARE's source, PEERS' handles)
+# carrying arbitrary msgpack values.
+_records = st.one_of(
+    st.builds(lambda m, o: Load(model_id=m, offset=o), _text, _sizes),
+    st.builds(
+        lambda m, o, d, po: Load(model_id=m, offset=o, peer=Peer(device=d, offset=po)), _text, _sizes, _sizes, _sizes
+    ),
+    st.builds(lambda m: Evict(model_id=m), _text),
+    st.builds(lambda m: Forget(model_id=m), _text),
+    st.just(Stats()),
+    st.just(Shutdown()),
+    st.builds(lambda h: Peers(handles=h), _mp_bodies),
+    st.builds(
+        lambda m, src: Prepare(
+            model_id=m, source=src, image=ImageWire(segment=m, table=TableWire(nbytes=0, entries=[]))
+        ),
+        _text,
+        _mp_bodies,
+    ),
+    st.builds(lambda k, m: Error(kind=k, message=m), _text, _text),
+    st.builds(
+        lambda m, ins, outs: Infer(model_id=m, inputs=ins, output_names=outs),
+        _text,
+        st.lists(_metas, max_size=3),
+        st.lists(_text, max_size=2),
+    ),
+)
+
+
 @st.composite
-def _frames(draw: st.DrawFn) -> tuple[Kind, int, dict[str, Any]]:
-    body = draw(_mp_bodies)
-    size = draw(_blob_sizes)
-    if size:
-        body["blob"] = _BLOBS[size]
-    return draw(st.sampled_from(Kind)), draw(st.integers(0, 2**63 - 1)), body
+def _frames(draw: st.DrawFn) -> tuple[Record, int, list[bytes]]:
+    """A record, a request id and its out-of-band buffers (tensor bytes, some larger than a socket buffer)."""
+    buffers = [_BLOBS[n] if n else b"" for n in draw(st.lists(_blob_sizes, max_size=2))]
+    return draw(_records), draw(st.integers(0, 2**63 - 1)), buffers
 
 
 def _header(n: int) -> bytes:
@@ -134,9 +197,15 @@ def _framed(payload: bytes) -> bytes:
 
 # A stream is a mix of well-formed frames, well-framed garbage, lying headers and raw noise.
 _segments = st.one_of(
-    st.builds(lambda k, r, b: encode(k, r, b), st.sampled_from(Kind), st.integers(0, 2**63 - 1), _mp_bodies),
-    st.binary(max_size=64).map(_framed),  # framed, undecodable (mostly)
-    _mp_values.map(lambda v: _framed(msgpack.packb(v, use_bin_type=True))),  # framed, wrong shape
+    st.builds(encode, _records, st.integers(0, 2**63 - 1)),
+    st.binary(max_size=64).map(_framed),  # framed, header length and header arbitrary
+    _mp_values.map(lambda v: _framed(_header(len(p := msgpack.packb(v, use_bin_type=True))) + p)),  # wrong header
+    st.builds(  # a well-formed header of any kind and any body: typed, or refused with the field named
+        lambda k, r, b: _framed(_header(len(h := msgpack.packb([int(k), r, b, []]))) + h),
+        st.sampled_from(Kind),
+        st.integers(0, 2**63 - 1),
+        _mp_bodies,
+    ),
     st.builds(lambda n, p: _header(n) + p, st.integers(0, 256), st.binary(max_size=64)),  # length may lie
     st.integers(SMALL_LIMIT + 1, 2**32 - 1).map(_header),  # over the limit
     st.binary(max_size=32),  # raw noise
@@ -149,7 +218,7 @@ _streams = st.one_of(st.binary(max_size=512), st.lists(_segments, max_size=6).ma
 
 @FUZZ
 @given(st.lists(_frames(), min_size=1, max_size=3))
-def test_frames_round_trip_through_a_socket(frames: list[tuple[Kind, int, dict[str, Any]]]) -> None:
+def test_frames_round_trip_through_a_socket(frames: list[tuple[Record, int, list[bytes]]]) -> None:
     a, b = _pair()
     with a, b:
         feeder = _Feeder(a, b"".join(encode(*f) for f in frames))
@@ -160,10 +229,11 @@ def test_frames_round_trip_through_a_socket(frames: list[tuple[Kind, int, dict[s
             b.shutdown(socket.SHUT_RDWR)
             feeder.join()
     assert feeder.error is None
-    for (kind, rid, body), frame in zip(frames, got, strict=True):
+    for (body, rid, buffers), frame in zip(frames, got, strict=True):
         assert isinstance(frame, Frame)
-        assert frame.kind is kind and frame.rid == rid
-        assert _same(frame.body, body)
+        assert frame.kind is KIND_OF[type(body)] and frame.rid == rid
+        assert _same(msgspec.to_builtins(frame.body), msgspec.to_builtins(body))
+        assert [bytes(b) for b in frame.buffers] == buffers
     assert tail is None  # a clean EOF after the last frame
 
 
@@ -175,7 +245,7 @@ def test_decode_payload_raises_only_protocol_error(payload: bytes) -> None:
     except ProtocolError:
         return
     assert isinstance(frame, Frame) and isinstance(frame.kind, Kind)
-    assert isinstance(frame.rid, int) and isinstance(frame.body, dict)
+    assert isinstance(frame.rid, int) and type(frame.body) is RECORD[frame.kind]
 
 
 def _drain(sock: socket.socket, limit: int) -> list[Frame | ProtocolError]:
@@ -213,7 +283,7 @@ def test_recv_frame_on_arbitrary_streams_raises_only_protocol_error(stream: byte
 def test_real_limit_is_enforced_on_the_header_alone() -> None:
     a, b = _pair()
     with a, b:
-        a.sendall(_header(MAX_FRAME_BYTES + 1) + encode(Kind.STATS, 1, {}))
+        a.sendall(_header(MAX_FRAME_BYTES + 1) + encode(Stats(), 1))
         with pytest.raises(ProtocolError, match="exceeds"):
             recv_frame(b)
 
@@ -225,9 +295,11 @@ class _FakeExecutor:
     def __init__(self) -> None:
         self.stats_calls = 0
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> StatsReply:
         self.stats_calls += 1
-        return {"resident": [], "prepared": 0}
+        return StatsReply(
+            resident=[], prepared=0, busy_for_s=0.0, counters={}, backend="cpu", compute_threads=1, copy_threads=1
+        )
 
 
 def _run_reader(stream: bytes) -> tuple[list[Frame | None], list[Frame]]:
@@ -263,13 +335,8 @@ def _run_reader(stream: bytes) -> tuple[list[Frame | None], list[Frame]]:
     items = []
     while not work.empty():
         items.append(work.get_nowait())
-    assert executor.stats_calls == sum(1 for r in replies if r.kind is Kind.OK)
+    assert executor.stats_calls == sum(1 for r in replies if r.kind is Kind.STATS_REPLY)
     return items, replies
-
-
-# A well-framed payload that decodes but is not [kind, id, body] gets an ERROR and the
-# reader goes on (it once dropped the connection; the test below pins the fix).
-NOT_A_TRIPLE_CLOSES = False
 
 
 def _expected_reader(stream: bytes) -> tuple[list[Frame | None], list[tuple[Kind, int]]]:
@@ -281,23 +348,24 @@ def _expected_reader(stream: bytes) -> tuple[list[Frame | None], list[tuple[Kind
         if pos == len(stream):
             return [*items, None], replies  # clean EOF
         if len(stream) - pos < HEADER.size:
-            return [*items, None], [*replies, (Kind.ERROR, 0)]  # EOF inside the header
+            return [*items, None], [*replies, (Kind.ERROR, 0)]  # EOF inside the length
         (n,) = HEADER.unpack_from(stream, pos)
         pos += HEADER.size
-        if n > SMALL_LIMIT or len(stream) - pos < n:
+        if n > SMALL_LIMIT or n < HEADER.size or len(stream) - pos < n:
             return [*items, None], [*replies, (Kind.ERROR, 0)]  # framing lost
         payload, pos = stream[pos : pos + n], pos + n
+        (hlen,) = HEADER.unpack_from(payload, 0)
+        if hlen > n - HEADER.size:
+            return [*items, None], [*replies, (Kind.ERROR, 0)]  # the header length lies: framing lost
         try:
             frame = decode_payload(payload)
-        except ProtocolError as exc:
-            replies.append((Kind.ERROR, 0))  # still in sync: answer and go on
-            if NOT_A_TRIPLE_CLOSES and exc.message.startswith("frame is not"):
-                return [*items, None], replies
+        except BadFrame as exc:
+            replies.append((Kind.ERROR, exc.rid))  # still in sync: answer and go on
             continue
         if frame.kind is Kind.SHUTDOWN:
             return [*items, frame], replies
         if frame.kind is Kind.STATS:
-            replies.append((Kind.OK, frame.rid))
+            replies.append((Kind.STATS_REPLY, frame.rid))
         else:
             items.append(frame)
 
@@ -308,9 +376,9 @@ def test_worker_reader_never_crashes_or_wedges(stream: bytes) -> None:
     with mock.patch.object(protocol, "MAX_FRAME_BYTES", SMALL_LIMIT):
         items, replies = _run_reader(stream)
     for r in replies:
-        assert r.kind in (Kind.OK, Kind.ERROR)
+        assert r.kind in (Kind.STATS_REPLY, Kind.ERROR)
         if r.kind is Kind.ERROR:
-            assert isinstance(r.body.get("kind"), str) and isinstance(r.body.get("message"), str)
+            assert isinstance(r.body, Error) and r.body.kind == "protocol_error" and r.body.message
     # Every frame is answered or queued, in order, and the reader ends by handing the
     # main loop None (connection done) or SHUTDOWN, exactly once.
     want_items, want_replies = _expected_reader(stream)
@@ -320,22 +388,31 @@ def test_worker_reader_never_crashes_or_wedges(stream: bytes) -> None:
         if want is None:
             assert got is None
         else:
-            assert got is not None and (got.kind, got.rid) == (want.kind, want.rid) and _same(got.body, want.body)
+            assert got is not None and (got.kind, got.rid) == (want.kind, want.rid) and got.body == want.body
+            assert [bytes(b) for b in got.buffers] == [bytes(b) for b in want.buffers]
 
 
 def test_worker_reader_answers_garbage_and_goes_on() -> None:
-    stream = _header(1) + b"\xc1" + encode(Kind.STATS, 5, {}) + encode(Kind.SHUTDOWN, 6, {})
+    stream = _framed(_header(1) + b"\xc1") + encode(Stats(), 5) + encode(Shutdown(), 6)
     items, replies = _run_reader(stream)
-    assert [(r.kind, r.rid) for r in replies] == [(Kind.ERROR, 0), (Kind.OK, 5)]
+    assert [(r.kind, r.rid) for r in replies] == [(Kind.ERROR, 0), (Kind.STATS_REPLY, 5)]
     assert len(items) == 1 and items[0] is not None and items[0].kind is Kind.SHUTDOWN
 
 
-def test_worker_reader_goes_on_after_a_payload_that_is_not_a_triple() -> None:
-    payload = msgpack.packb(0)  # minimal: b"\x00", valid msgpack, not [kind, id, body]
-    stream = _header(len(payload)) + payload + encode(Kind.STATS, 5, {})
+def test_worker_reader_goes_on_after_a_header_that_is_not_a_frame_header() -> None:
+    header = msgpack.packb(0)  # minimal: b"\x00", valid msgpack, not [kind, id, body, sizes]
+    stream = _framed(_header(len(header)) + header) + encode(Stats(), 5)
     items, replies = _run_reader(stream)
-    assert [(r.kind, r.rid) for r in replies] == [(Kind.ERROR, 0), (Kind.OK, 5)]
+    assert [(r.kind, r.rid) for r in replies] == [(Kind.ERROR, 0), (Kind.STATS_REPLY, 5)]
     assert items == [None]
+
+
+def test_worker_reader_answers_a_wrong_field_type_to_its_request() -> None:
+    header = msgpack.packb([int(Kind.LOAD), 8, {"model_id": "m", "offset": "zero"}, []])
+    stream = _framed(_header(len(header)) + header) + encode(Stats(), 9)
+    items, replies = _run_reader(stream)
+    assert [(r.kind, r.rid) for r in replies] == [(Kind.ERROR, 8), (Kind.STATS_REPLY, 9)]
+    assert "$.offset" in replies[0].body.message and items == [None]
 
 
 # -- OIP request validation ---------------------------------------------------------

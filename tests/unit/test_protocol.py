@@ -3,30 +3,113 @@ from __future__ import annotations
 import socket
 import threading
 
+import msgspec
 import pytest
 
 from shared.errors import InvalidInput, ProtocolError, WorkerLost, from_wire
-from shared.protocol import HEADER, MAX_FRAME_BYTES, Kind, decode_payload, encode, recv_frame, tensor_to_wire
+from shared.protocol import (
+    HEADER,
+    MAX_FRAME_BYTES,
+    RECORD,
+    REPLY,
+    BadFrame,
+    Error,
+    Evict,
+    Infer,
+    Inferred,
+    Kind,
+    Load,
+    Peer,
+    Stats,
+    StatsReply,
+    TensorMeta,
+    decode_payload,
+    encode,
+    encode_parts,
+    recv_frame,
+    send_parts,
+)
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
 
-def test_frame_roundtrip_keeps_raw_tensor_bytes() -> None:
+def test_frame_roundtrip_keeps_raw_tensor_bytes_out_of_band() -> None:
     raw = bytes(range(256)) * 1000
     a, b = _pair()
     with a, b:
+        body = Infer(model_id="m", inputs=[TensorMeta(name="x", datatype="FP32", shape=[1, 64000])])
+        parts = encode_parts(body, 7, [memoryview(raw)])
+        assert parts[1].obj is raw, "a tensor buffer is written from where it lies, not copied into the header"
+        assert len(parts[0]) < 100, "tensor bytes never enter the msgpack header"
         # The frame is larger than the socket buffer: send from another thread.
-        data = encode(Kind.INFER, 7, {"inputs": [tensor_to_wire("x", "FP32", (1, 64000), raw)]})
-        sender = threading.Thread(target=a.sendall, args=(data,))
+        sender = threading.Thread(target=send_parts, args=(a, parts))
         sender.start()
         frame = recv_frame(b)
         sender.join()
     assert frame is not None
-    assert frame.kind is Kind.INFER and frame.rid == 7
-    t = frame.body["inputs"][0]
-    assert t["data"] == raw and t["shape"] == [1, 64000] and t["datatype"] == "FP32"
+    assert frame.kind is Kind.INFER and frame.rid == 7 and frame.body == body
+    (buf,) = frame.buffers
+    assert isinstance(buf, bytearray) and buf == raw  # writable: torch views it without a copy
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        Load(model_id="m@1", offset=4096, peer=Peer(device=1, offset=0)),
+        Load(model_id="m@1", offset=0),
+        Evict(model_id="m@1"),
+        Stats(),
+        Error(kind="invalid_input", message="bad"),
+        Inferred(outputs=[TensorMeta(name="y", datatype="INT64", shape=[2, 0])], exec_ms=1.5, wait_ms=0.0),
+        StatsReply(
+            resident=[],
+            prepared=0,
+            busy_for_s=0.0,
+            counters={"swaps": 1.0},
+            backend="cpu",
+            compute_threads=1,
+            copy_threads=1,
+        ),
+    ],
+)
+def test_every_record_round_trips_as_its_kind(body: msgspec.Struct) -> None:
+    frame = decode_payload(encode(body, 3)[HEADER.size :])
+    assert frame.body == body and type(frame.body) is RECORD[frame.kind] and frame.rid == 3
+
+
+def test_every_request_kind_has_a_reply_kind() -> None:
+    requests = {k for k in Kind if 10 <= k < 20}
+    assert set(REPLY) == requests and all(RECORD[r] for r in REPLY.values())
+
+
+def test_a_wrong_field_type_is_an_error_naming_the_field_and_the_request() -> None:
+    header = msgspec.msgpack.encode((int(Kind.LOAD), 9, {"model_id": "m", "offset": "zero"}, []))
+    with pytest.raises(BadFrame) as err:
+        decode_payload(HEADER.pack(len(header)) + header)
+    assert err.value.rid == 9 and "$.offset" in err.value.message and "LOAD" in err.value.message
+
+
+def test_unknown_kinds_and_fields_are_errors() -> None:
+    header = msgspec.msgpack.encode((99, 4, {}, []))
+    with pytest.raises(BadFrame, match="unknown frame kind 99") as err:
+        decode_payload(HEADER.pack(len(header)) + header)
+    assert err.value.rid == 4
+    header = msgspec.msgpack.encode((int(Kind.EVICT), 5, {"model_id": "m", "force": True}, []))
+    with pytest.raises(BadFrame, match="force"):
+        decode_payload(HEADER.pack(len(header)) + header)
+
+
+def test_negative_shapes_and_buffer_size_mismatch_are_errors() -> None:
+    header = msgspec.msgpack.encode(
+        (int(Kind.INFER), 6, {"model_id": "m", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1]}]}, [0])
+    )
+    with pytest.raises(BadFrame, match=r"inputs\[0\].shape"):
+        decode_payload(HEADER.pack(len(header)) + header)
+    good = encode(Infer(model_id="m", inputs=[]), 6, [b"abcd"])
+    with pytest.raises(BadFrame, match="announced"):
+        decode_payload(good[HEADER.size : -1])
 
 
 def test_clean_eof_is_none_and_truncated_frame_is_an_error() -> None:
@@ -35,12 +118,24 @@ def test_clean_eof_is_none_and_truncated_frame_is_an_error() -> None:
     assert recv_frame(b) is None
     b.close()
     a, b = _pair()
-    data = encode(Kind.STATS, 1, {"x": 1})
+    data = encode(Stats(), 1, [b"xyz"])
     a.sendall(data[:-2])
     a.close()
     with pytest.raises(ProtocolError, match="mid-frame"):
         recv_frame(b)
     b.close()
+
+
+def test_a_bad_body_is_skipped_whole_so_the_next_frame_still_reads() -> None:
+    a, b = _pair()
+    with a, b:
+        header = msgspec.msgpack.encode((int(Kind.EVICT), 2, {"model_id": 5}, [3]))
+        a.sendall(HEADER.pack(HEADER.size + len(header) + 3) + HEADER.pack(len(header)) + header + b"abc")
+        a.sendall(encode(Stats(), 3))
+        with pytest.raises(BadFrame, match="model_id"):
+            recv_frame(b)
+        frame = recv_frame(b)
+    assert frame is not None and frame.kind is Kind.STATS and frame.rid == 3
 
 
 def test_oversized_length_is_rejected_before_reading() -> None:
@@ -51,7 +146,7 @@ def test_oversized_length_is_rejected_before_reading() -> None:
             recv_frame(b)
 
 
-@pytest.mark.parametrize("payload", [b"\xc1", b"\x93\x01\x02", b"\x93\x63\x01\x80", b"\x93\x0b\xa1x\x80"])
+@pytest.mark.parametrize("payload", [b"", b"\x00\x00", b"\x00\x00\x00\x09\x93", b"\x00\x00\x00\x01\xc1"])
 def test_malformed_payloads_raise_protocol_error(payload: bytes) -> None:
     with pytest.raises(ProtocolError):
         decode_payload(payload)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 import torch
 
@@ -16,7 +17,7 @@ from gpuworker.swap import plan_groups
 from shared import program, shm, zoo
 from shared.errors import RequestFailed
 from shared.modelstore import ModelImage, pack
-from shared.protocol import tensor_to_wire
+from shared.protocol import Evict, Evicted, Infer, Load, prepare_record, tensor_meta, tensor_to_wire
 
 BUDGET = 128 << 20
 
@@ -68,11 +69,12 @@ def _native(x: torch.Tensor) -> bytes:
 
 
 def _prepare(dev: Device, image: ModelImage) -> None:
-    dev.executor.prepare({"model_id": "r18", "source": {"zoo": "resnet18"}, "image": image.to_wire()})
+    dev.executor.prepare(prepare_record("r18", {"zoo": "resnet18"}, image))
 
 
 def _infer(dev: Device, wire: dict[str, Any]) -> bytes:
-    return bytes(dev.executor.infer({"model_id": "r18", "inputs": [wire]})["outputs"][0]["data"])
+    _, outputs = dev.executor.infer(Infer(model_id="r18", inputs=[tensor_meta(wire)]), [bytearray(wire["data"])])
+    return bytes(outputs[0])
 
 
 def test_groups_cover_the_image_in_whole_tensors(resnet18: ModelImage) -> None:
@@ -114,10 +116,10 @@ def test_pipelined_cold_start_is_bitwise_native_and_reports_the_swap(
     dev = devices[0]
     _prepare(dev, resnet18)
     wire, x = _input()
-    dev.executor.load(7, {"model_id": "r18", "offset": 4096})
+    dev.executor.load(7, msgspec.convert({"model_id": "r18", "offset": 4096}, Load))
     cold = _infer(dev, wire)  # runs while the copy is still going
     dev.executor.resident["r18"].swap.done.wait()
-    assert dev.replies[7]["bytes"] == resnet18.nbytes and dev.replies[7]["source"] == "host"
+    assert dev.replies[7].bytes == resnet18.nbytes and dev.replies[7].source == "host"
     warm = _infer(dev, wire)
     assert cold == warm == _native(x)
 
@@ -126,21 +128,21 @@ def test_peer_copy_from_another_devices_arena(devices: list[Device], resnet18: M
     a, b = devices
     for d in devices:
         _prepare(d, resnet18)
-    a.executor.load(1, {"model_id": "r18", "offset": 8192})
+    a.executor.load(1, msgspec.convert({"model_id": "r18", "offset": 8192}, Load))
     a.executor.resident["r18"].swap.done.wait()
     wire, x = _input()
-    b.executor.load(2, {"model_id": "r18", "offset": 0, "peer": {"device": 0, "offset": 8192}})
+    b.executor.load(2, msgspec.convert({"model_id": "r18", "offset": 0, "peer": {"device": 0, "offset": 8192}}, Load))
     out = _infer(b, wire)
     b.executor.resident["r18"].swap.done.wait()
-    assert b.replies[2]["source"] == "peer:0"
+    assert b.replies[2].source == "peer:0"
     assert out == _native(x)
 
 
 def test_evict_mid_swap_cancels_and_leaves_nothing_resident(devices: list[Device], resnet18: ModelImage) -> None:
     dev = devices[0]
     _prepare(dev, resnet18)
-    dev.executor.load(3, {"model_id": "r18", "offset": 0})
-    assert dev.executor.evict({"model_id": "r18"}) == {"evicted": True}
+    dev.executor.load(3, msgspec.convert({"model_id": "r18", "offset": 0}, Load))
+    assert dev.executor.evict(Evict(model_id="r18")) == Evicted(evicted=True)
     assert "r18" not in dev.executor.resident
     reply = dev.replies[3]
     if isinstance(reply, Exception):  # cancelled before the last group (the usual case)
@@ -148,7 +150,7 @@ def test_evict_mid_swap_cancels_and_leaves_nothing_resident(devices: list[Device
     wire, x = _input()
     with pytest.raises(RequestFailed, match="not resident"):
         _infer(dev, wire)
-    dev.executor.load(4, {"model_id": "r18", "offset": 0})  # the slice is free again
+    dev.executor.load(4, msgspec.convert({"model_id": "r18", "offset": 0}, Load))  # the slice is free again
     assert _infer(dev, wire) == _native(x)
 
 
@@ -158,10 +160,10 @@ def test_overlapping_or_out_of_range_loads_are_refused(devices: list[Device], re
     dev = devices[0]
     _prepare(dev, resnet18)
     with pytest.raises(InvalidInput, match="outside the arena"):
-        dev.executor.load(5, {"model_id": "r18", "offset": BUDGET - 4096})
-    dev.executor.load(6, {"model_id": "r18", "offset": 0})
+        dev.executor.load(5, msgspec.convert({"model_id": "r18", "offset": BUDGET - 4096}, Load))
+    dev.executor.load(6, msgspec.convert({"model_id": "r18", "offset": 0}, Load))
     with pytest.raises(InvalidInput, match="already resident"):
-        dev.executor.load(7, {"model_id": "r18", "offset": 1 << 26})
+        dev.executor.load(7, msgspec.convert({"model_id": "r18", "offset": 1 << 26}, Load))
 
 
 def _disk_image(tmp_path, image: ModelImage):
@@ -183,10 +185,10 @@ def test_a_swap_from_disk_fills_the_host_image_and_runs_bitwise_equal(devices, r
         dev = devices[0]
         _prepare(dev, empty)
         wire, x = _input()
-        dev.executor.load(1, {"model_id": "r18", "offset": 0, "fill": {"path": str(path)}})
+        dev.executor.load(1, msgspec.convert({"model_id": "r18", "offset": 0, "fill_from": str(path)}, Load))
         assert _infer(dev, wire) == _native(x)  # may run while groups still arrive
         dev.executor.resident["r18"].swap.done.wait(10)
-        assert dev.replies[1]["source"] == "disk"
+        assert dev.replies[1].source == "disk"
         filled, orig = shm.attach(empty.segment_name, False), shm.attach(resnet18.segment_name, False)
         assert bytes(filled.buf[: resnet18.nbytes]) == bytes(orig.buf[: resnet18.nbytes])
         filled.close()
@@ -207,7 +209,7 @@ def test_a_damaged_image_file_fails_the_swap_and_leaves_nothing_resident(devices
         dev = devices[0]
         _prepare(dev, empty)
         wire, _ = _input()
-        dev.executor.load(1, {"model_id": "r18", "offset": 0, "fill": {"path": str(path)}})
+        dev.executor.load(1, msgspec.convert({"model_id": "r18", "offset": 0, "fill_from": str(path)}, Load))
         swap = dev.executor.resident["r18"].swap
         with pytest.raises(RequestFailed, match="fails its checksum"):
             _infer(dev, wire)
