@@ -22,6 +22,7 @@ from typing import Any
 import msgpack
 
 from shared import shm
+from shared.imagestore import segment_tag
 from shared.catalog import ZOO_NAMES
 from shared.errors import InvalidInput, ProtocolError, Unavailable, from_wire
 from shared.exectiming import ExecTiming
@@ -150,7 +151,7 @@ async def build(
     """
     from gpuworker.builder import BuildOrder, run
 
-    segment = shm.segment_name(f"model-{_safe(model_id)}")
+    segment = shm.segment_name(segment_tag(model_id))
     order = BuildOrder(
         source=source,
         model_id=model_id,
@@ -220,7 +221,3 @@ def _built(source: dict[str, Any], reply: dict[str, Any]) -> Built:
         raise ProtocolError(f"malformed builder reply: {exc}") from exc
     timing = ExecTiming.from_wire(facts["timing"]) if facts.get("timing") is not None else None
     return Built(source, image, inputs, outputs, timing)
-
-
-def _safe(model_id: str) -> str:
-    return model_id.replace("@", "_v")

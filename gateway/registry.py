@@ -14,14 +14,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared.errors import InvalidInput, NotFound
+from shared.exectiming import ExecTiming
 from shared.modelstore import ModelImage
 from shared.specs import TensorSpec, specs_from_json, specs_to_json
 
-if TYPE_CHECKING:
-    from shared.exectiming import ExecTiming
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 REGISTRY_FILE = "functions.json"
@@ -75,6 +74,8 @@ class Function:
             "max_batch_size": self.max_batch_size,
             "drop_late": self.drop_late,
             "heavy": self.heavy,
+            # Saved so a restart from the state dir's images needs no profiling run.
+            "timing": self.timing.to_wire() if self.timing is not None else None,
         }
 
     @classmethod
@@ -94,6 +95,7 @@ class Function:
             max_batch_size=int(obj.get("max_batch_size", 1)),
             drop_late=bool(obj.get("drop_late", False)),
             heavy=obj.get("heavy"),
+            timing=ExecTiming.from_wire(obj["timing"]) if obj.get("timing") is not None else None,
         )
 
 

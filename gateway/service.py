@@ -19,6 +19,8 @@ from gateway.registry import Function, Registry, check_name
 from gateway.scheduler import FunctionInfo, Scheduler
 from gateway.workers import WorkerPool
 from shared import shm
+from shared.imagestore import ImageStore
+from shared.modelstore import ModelImage
 from shared.config import ServeConfig, format_size
 from shared.errors import InvalidInput, TorporError, Unavailable
 from shared.protocol import Forget, Prepare, Stats, prepare_record
@@ -40,6 +42,7 @@ class Service:
         # None on GPUs without --device-memory: each worker sizes its arena from its free memory.
         self.budget: int | None = cfg.device_memory or default_budget(cfg)
         self.registry = Registry(cfg.state_dir)
+        self.images = ImageStore(cfg.state_dir / "images")
         self.pool = WorkerPool(cfg, self.budget, self._worker_lost)
         # Provisional until the workers report their devices (start): no function is added before.
         self.scheduler = Scheduler(Topology.flat([self.budget or 0] * len(cfg.devices)), time.monotonic)
@@ -54,16 +57,24 @@ class Service:
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
+        # A crashed run's model images are spared for adoption; everything else it left goes.
+        for name in shm.reclaim_stale(spare=lambda n: "-model-" in n):
+            log.warning("reclaimed shared memory %s left by a crashed run", name)
+        saved = self.registry.load()
+        # Host images come back (adopted from shared memory, or read from the state dir)
+        # while the workers start: one is I/O, the other mostly importing torch.
+        images, _ = await asyncio.gather(asyncio.to_thread(self._bring_in, saved), self.pool.start_all())
         for name in shm.reclaim_stale():
             log.warning("reclaimed shared memory %s left by a crashed run", name)
-        await self.pool.start_all()
         self._adopt_devices()
-        saved = self.registry.load()
         with progress.Steps("restoring function", len(saved), log) as steps:
             for fn in saved:
                 steps.step(fn.name)
                 try:
-                    await self._install(fn, fn.source, persist=False)
+                    if fn.name in images:
+                        await self._restore(fn, images[fn.name])
+                    else:
+                        await self._install(fn, fn.source, persist=False)
                 except TorporError as exc:
                     log.error("could not restore function %s: %s", fn.name, exc.message)
         if self.cfg.demo:
@@ -72,6 +83,40 @@ class Service:
                     log.info("deploying demo function %s (%s)", name, zoo_name)
                     await self.deploy(name, {"model": {"zoo": zoo_name}, "slo_ms": slo})
         self.ready = True
+
+    def _bring_in(self, saved: list[Function]) -> dict[str, ModelImage]:
+        """Each saved function's host image from the state dir, without building its model."""
+        images: dict[str, ModelImage] = {}
+        counts = {"adopted": 0, "read": 0}
+        for fn in saved:
+            if not self.images.has(fn.model_id):
+                continue  # saved before images were kept on disk: rebuilt by _install
+            try:
+                got = self.images.bring_in(fn.model_id)
+            except TorporError as exc:
+                log.error("image of %s unusable (%s); rebuilding it", fn.name, exc.message)
+                continue
+            if got.image.table.nbytes != fn.model_bytes:
+                log.error("image of %s does not match its registry entry; rebuilding it", fn.name)
+                got.image.unlink()
+                continue
+            images[fn.name] = got.image
+            counts[got.how] += 1
+        if images:
+            log.info("host images: %d adopted from shared memory, %d read from disk", counts["adopted"], counts["read"])
+        return images
+
+    async def _restore(self, fn: Function, image: ModelImage) -> None:
+        """Serve a saved function again from its host image (specs and timing from the registry)."""
+        fn.image = image
+        try:
+            await self._prepare_everywhere(fn)
+        except BaseException:
+            await self.pool.broadcast(Forget(model_id=fn.model_id))
+            image.unlink()
+            raise
+        self.registry.functions[fn.name] = fn
+        self.dispatcher.function_added(function_info(fn))
 
     async def stop(self) -> None:
         self.stopping = True
@@ -156,6 +201,8 @@ class Service:
         fn.inputs, fn.outputs, fn.image, fn.model_bytes = built.inputs, built.outputs, built.image, built.image.nbytes
         fn.timing = built.timing
         try:
+            # Once per deploy: a restart reads (or adopts) this instead of building the model.
+            await asyncio.to_thread(self.images.save, fn.model_id, built.image)
             await self._prepare_everywhere(fn)
             old = self.registry.functions.get(fn.name)
             self.registry.functions[fn.name] = fn
@@ -171,6 +218,7 @@ class Service:
         except BaseException:
             await self.pool.broadcast(Forget(model_id=fn.model_id))
             built.image.unlink()
+            self.images.remove(fn.model_id)
             raise
         if old is not None:
             await self._retire(old)
@@ -213,6 +261,7 @@ class Service:
         await self.pool.broadcast(Forget(model_id=fn.model_id))
         if fn.image is not None:
             fn.image.unlink()  # workers that still map it keep their mapping until they forget it
+        self.images.remove(fn.model_id)
 
     # -- requests ------------------------------------------------------------------
     async def invoke(self, fn: Function, inputs: list[dict[str, Any]], timeout_s: float | None = None) -> Outcome:

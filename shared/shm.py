@@ -14,6 +14,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shared.errors import Unavailable
@@ -115,11 +116,13 @@ def owned_by(pid: int) -> list[str]:
     return [n for n in listing() if (m := _NAME.match(n)) and int(m.group(1)) == pid]
 
 
-def reclaim_stale() -> list[str]:
-    """Unlink segments whose owning gateway is no longer running; returns their names."""
+def reclaim_stale(spare: Callable[[str], bool] | None = None) -> list[str]:
+    """Unlink segments whose owning gateway is no longer running (but those `spare` keeps); returns their names."""
     reclaimed = []
     for name in listing():
         m = _NAME.match(name)
+        if spare is not None and spare(name):
+            continue
         if m and int(m.group(1)) != os.getpid() and not alive(int(m.group(1))):
             unlink(name)
             reclaimed.append(name)
