@@ -22,10 +22,10 @@ from typing import Any
 import msgpack
 
 from shared import shm
-from shared.imagestore import segment_tag
 from shared.catalog import ZOO_NAMES
 from shared.errors import InvalidInput, ProtocolError, Unavailable, from_wire
 from shared.exectiming import ExecTiming
+from shared.imagestore import segment_tag
 from shared.modelstore import ModelImage
 from shared.specs import TensorSpec, specs_from_json, specs_to_json
 

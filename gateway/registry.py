@@ -21,7 +21,6 @@ from shared.exectiming import ExecTiming
 from shared.modelstore import ModelImage
 from shared.specs import TensorSpec, specs_from_json, specs_to_json
 
-
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 REGISTRY_FILE = "functions.json"
 

@@ -19,10 +19,10 @@ from gateway.registry import Function, Registry, check_name
 from gateway.scheduler import FunctionInfo, Scheduler
 from gateway.workers import WorkerPool
 from shared import shm
-from shared.imagestore import ImageStore
-from shared.modelstore import ModelImage
 from shared.config import ServeConfig, format_size
 from shared.errors import InvalidInput, TorporError, Unavailable
+from shared.imagestore import ImageStore
+from shared.modelstore import ModelImage
 from shared.protocol import Forget, Prepare, Stats, prepare_record
 
 log = logging.getLogger("torpor.gateway")
