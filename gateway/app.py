@@ -104,6 +104,7 @@ def describe(svc: Service, fn: Function) -> dict[str, Any]:
         **public,
         "stats": stats.summary() if stats is not None else None,
         "resident_on": svc.scheduler.residency(fn.model_id),
+        "tier": svc.tier(fn),
         "queue_depth": svc.scheduler.queue_depth(fn.name),
         "schedule": svc.schedule_view(fn),
     }

@@ -26,6 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         devices=devices,
         device_memory=parse_size(args.device_memory, "--device-memory") if args.device_memory else None,
+        host_memory=parse_size(args.host_memory, "--host-memory") if args.host_memory else None,
         state_dir=Path(args.state_dir),
         demo=args.demo,
         compute_threads=args.compute_threads,
@@ -107,7 +108,7 @@ def _invoke(args: argparse.Namespace) -> int:
 def _ls(args: argparse.Namespace) -> int:
     fns, _ = _http(args, "GET", "/v1/functions")
     devs, _ = _http(args, "GET", "/v1/devices")
-    rows = [("FUNCTION", "MODEL", "SIZE", "SLO", "IN SLO", "P98", "QUEUED", "RESIDENT ON")]
+    rows = [("FUNCTION", "MODEL", "SIZE", "SLO", "IN SLO", "P98", "QUEUED", "TIER", "RESIDENT ON")]
     for f in fns["functions"]:
         model = f["model"].get("zoo") or Path(f["model"].get("pt2", "?")).name
         where = ",".join(str(d) for d in f["resident_on"]) or "-"
@@ -123,6 +124,7 @@ def _ls(args: argparse.Namespace) -> int:
                 "-" if attained is None else f"{attained:.1%}",
                 "-" if p98 is None else f"{p98:.1f} ms",
                 str(f["queue_depth"]),
+                f.get("tier", "-"),
                 where,
             )
         )
@@ -168,6 +170,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=int(env("PORT", "8080") or 8080))
     s.add_argument("--devices", default=env("DEVICES", "cpu:2"), help="cpu:N, cuda, or cuda:0,1 (default cpu:2)")
     s.add_argument("--device-memory", default=env("DEVICE_MEMORY"), help="per-device budget, e.g. 512MiB, 2GiB")
+    s.add_argument(
+        "--host-memory",
+        default=env("HOST_MEMORY"),
+        help="bound on the host memory model images take, e.g. 8GiB; functions beyond it stay on disk "
+        "and are read in (pipelined with the swap-in) when invoked; default: no bound",
+    )
     s.add_argument("--state-dir", default=env("STATE_DIR", ".torpor"), help="where deployed functions persist")
     s.add_argument("--demo", action="store_true", default=env("DEMO") == "1", help="deploy demo functions")
     s.add_argument("--compute-threads", type=int, default=None, help="torch threads per CPU device")

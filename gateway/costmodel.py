@@ -94,6 +94,9 @@ def pipelined(transfer_ms: float, exec_ms: float, overlap: float) -> float:
 class CostModel:
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
+        # Sequential read bandwidth of the state dir's image files (disk tier); the service
+        # replaces this assumption with what it measures reading images at start.
+        self.disk_bandwidth = 1e9
 
     def transfer_ms(self, nbytes: int, target: int, source: int | None, active: dict[int, int]) -> float:
         """Copy time onto `target` from the host (source None) or a peer device.
@@ -110,6 +113,10 @@ class CostModel:
         switches = {topo.switches[target], topo.switches[source]}
         share = 1 + max(active.get(s, 0) for s in switches)
         return nbytes / (topo.pcie_peer_bandwidth / share) * 1e3
+
+    def disk_ms(self, nbytes: int) -> float:
+        """Reading an image from disk into host memory (pipelined with its copy to the device)."""
+        return nbytes / self.disk_bandwidth * 1e3
 
     def service_ms(self, transfer_ms: float, exec_ms: float) -> float:
         return pipelined(transfer_ms, exec_ms, self.topology.pipeline_overlap)

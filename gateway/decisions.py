@@ -72,10 +72,13 @@ class Load:
     slice: Slice
     peer: int | None = None  # source device; None = the host image
     peer_offset: int = 0  # where the model lies in the peer's arena
+    fill: bool = False  # the host image is on disk: read it in while this copy follows
 
     @property
     def source(self) -> str:
-        return "host" if self.peer is None else f"peer:{self.peer}"
+        if self.peer is not None:
+            return f"peer:{self.peer}"
+        return "disk" if self.fill else "host"
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ class FunctionState:
     slo: SloWindow
     queue: deque[Waiting] = field(default_factory=deque)
     home: int | None = None  # native: its dedicated device
+    host_tier: str = "host"  # where its image is: host, filling or disk (gateway.hosttier.Tier)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,9 @@ class Dispatcher:
         self._ids = itertools.count(1)
         self._waiting: dict[int, Invocation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Set by the service when it bounds host memory: readies a disk-tier image's host
+        # segment and returns its image file (see Service.fill_source).
+        self.fill_source: Callable[[str], Awaitable[str]] = _no_disk_tier
 
     # -- called by the service ---------------------------------------------------
     async def invoke(self, inv: Invocation) -> Outcome:
@@ -155,7 +159,15 @@ class Dispatcher:
             load = None
             if run.load is not None:
                 peer = None if run.load.peer is None else Peer(device=run.load.peer, offset=run.load.peer_offset)
-                load = client.request(Load(model_id=run.model_id, offset=run.load.slice.offset, peer=peer))
+                fill_from = None
+                if run.load.fill:  # the image is on the disk tier: host room first, then read it in
+                    try:
+                        fill_from = await self.fill_source(run.function)
+                    except TorporError:
+                        loaded_ok = False
+                        raise
+                body = Load(model_id=run.model_id, offset=run.load.slice.offset, peer=peer, fill_from=fill_from)
+                load = client.request(body)
             # Sent right behind the load: the worker starts executing while the copy runs.
             joined = batching.join([inv.inputs for inv in invs]) if len(invs) > 1 else None
             if joined is not None:
@@ -241,6 +253,10 @@ class Dispatcher:
         if isinstance(exc, WorkerLost):
             exc = WorkerLost(f"{exc.message}; the request was retried once and failed again")
         _fail(inv, exc)
+
+
+async def _no_disk_tier(function: str) -> str:
+    raise Unavailable(f"function {function!r} is on the disk tier but this server has none")
 
 
 def _rejection(inv: Invocation, reason: str) -> TorporError:

@@ -136,6 +136,25 @@ class Scheduler:
                 return True
         return False
 
+    def host_tier(self, function: str, tier: str) -> list[Decision]:
+        """The service moved a function's host image: "host" (in memory) or "disk" (file only)."""
+        state = self.functions.get(function)
+        if state is None:
+            return []
+        state.host_tier = tier
+        return self._dispatch()
+
+    def host_tiers(self) -> dict[str, str]:
+        return {name: s.host_tier for name, s in self.functions.items()}
+
+    def host_pinned(self) -> set[str]:
+        """Functions whose host image a device is copying from (or filling) right now."""
+        return {
+            d.running.function
+            for d in self.devices
+            if d.running is not None and d.running.load is not None and d.running.load.peer is None and d.swapping
+        }
+
     def swap_done(self, device: int, ok: bool = True) -> list[Decision]:
         """The running model is now wholly on the device: it may serve as a peer source."""
         d = self.devices[device]
@@ -144,7 +163,18 @@ class Scheduler:
             if ok:
                 d.resident[run.model_id].loading = False
             self._unpin(run)
-        return []
+        decisions: list[Decision] = []
+        if run is not None and run.load is not None and run.load.fill:
+            decisions = self._filled(run.function, ok)
+        return decisions
+
+    def _filled(self, function: str, ok: bool) -> list[Decision]:
+        """A fill from disk ended: the image is in host memory now, or (failed) still only on disk."""
+        state = self.functions.get(function)
+        if state is None or state.host_tier != "filling":
+            return []
+        state.host_tier = "host" if ok else "disk"
+        return self._dispatch()
 
     def finished(
         self, device: int, loaded_ok: bool = True, exec_ms: float | None = None, failed: bool = False
@@ -157,6 +187,8 @@ class Scheduler:
             return self._dispatch()
         now = self.clock()
         self._unpin(run)
+        if run.load is not None and run.load.fill:
+            decisions += self._filled(run.function, loaded_ok)  # if swap_done never came
         if not loaded_ok:
             self._drop(d, run.model_id)
         elif run.model_id in d.resident:
@@ -183,6 +215,8 @@ class Scheduler:
         run, d.online, d.running = d.running, False, None
         if run is not None:
             self._unpin(run)
+            if run.load is not None and run.load.fill:
+                self._filled(run.function, False)  # the half-read image is read again next time
         self._inflight.pop(device, None)
         for model_id in list(d.resident):
             self._drop(d, model_id)
@@ -323,14 +357,16 @@ class Scheduler:
             if victims is None:
                 continue
             freed = float(sum(d.resident[v].slice.size for v in victims))
-            host_ms = self.cost.transfer_ms(state.info.nbytes, d.index, None, active)
+            host_ms = self._host_ms(state, d.index, active)
             best = min(
                 ((self.cost.transfer_ms(state.info.nbytes, d.index, s.index, active), s.index) for s in sources),
                 default=None,
             )
-            if best is not None and best[0] <= host_ms:
+            if best is not None and (best[0] <= host_ms or state.host_tier == "filling"):
                 key = (0.0, best[0], freed, d.index)  # a peer copy, over the fastest link
                 options.append((key, Plan(d, victims, best[0], best[1], True)))
+            elif state.host_tier == "filling":
+                continue  # another device is reading the image from disk: wait for it to land
             else:
                 key = (1.0, float(self._neighbour_rank(d)), freed, d.index)
                 options.append((key, Plan(d, victims, host_ms, None, True)))
@@ -387,8 +423,13 @@ class Scheduler:
                     active[s] = active.get(s, 0) + 1
         return active
 
-    def _host_ms(self, state: FunctionState, device: int) -> float:
-        return self.cost.transfer_ms(state.info.nbytes, device, None, self._active_transfers())
+    def _host_ms(self, state: FunctionState, device: int, active: dict[int, int] | None = None) -> float:
+        ms = self.cost.transfer_ms(
+            state.info.nbytes, device, None, self._active_transfers() if active is None else active
+        )
+        if state.host_tier == "disk":  # read from disk, pipelined with the copy: the slower one sets the pace
+            ms = max(ms, self.cost.disk_ms(state.info.nbytes))
+        return ms
 
     def _exec_ms(self, state: FunctionState, d: DeviceState, batch: int) -> float:
         ms = state.exec.at(batch)
@@ -457,19 +498,21 @@ class Scheduler:
         load = None
         if self.policy.static:
             if plan.cold:
-                load = Load(d.resident[info.model_id].slice)
+                load = Load(d.resident[info.model_id].slice, fill=state.host_tier == "disk")
         elif plan.cold:
             for v in plan.victims:
                 self._drop(d, v)
             s = d.layout.allocate(info.nbytes)
             assert s is not None, "victims were chosen to make room"
             d.resident[info.model_id] = Resident(info.model_id, s, now, loading=True)
-            load = Load(s)
+            load = Load(s, fill=plan.source is None and state.host_tier == "disk")
             if plan.source is not None:
                 src = self.devices[plan.source].resident[info.model_id]
                 src.pins += 1
                 self._pinned.add(d.index)
                 load = Load(s, plan.source, src.slice.offset)
+        if load is not None and load.fill:
+            state.host_tier = "filling"
         run = Run(
             d.index,
             info.name,

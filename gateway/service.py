@@ -14,16 +14,17 @@ from typing import Any
 from gateway import deploy, devicefacts, progress
 from gateway.costmodel import Topology
 from gateway.dispatcher import Dispatcher, Invocation, Limits, Outcome
+from gateway.hosttier import HostTier, Tier
 from gateway.metrics import Metrics
 from gateway.registry import Function, Registry, check_name
 from gateway.scheduler import FunctionInfo, Scheduler
 from gateway.workers import WorkerPool
-from shared import shm
+from shared import imagefile, shm
 from shared.config import ServeConfig, format_size
 from shared.errors import InvalidInput, TorporError, Unavailable
-from shared.imagestore import ImageStore
+from shared.imagestore import ImageStore, segment_tag
 from shared.modelstore import ModelImage
-from shared.protocol import Forget, Prepare, Stats, prepare_record
+from shared.protocol import Forget, Prepare, ReleaseHost, Stats, prepare_record
 
 log = logging.getLogger("torpor.gateway")
 
@@ -43,12 +44,15 @@ class Service:
         self.budget: int | None = cfg.device_memory or default_budget(cfg)
         self.registry = Registry(cfg.state_dir)
         self.images = ImageStore(cfg.state_dir / "images")
+        self.host = HostTier(cfg.host_memory)
+        self._disk_bandwidth: float | None = None  # measured reading images at start
         self.pool = WorkerPool(cfg, self.budget, self._worker_lost)
         # Provisional until the workers report their devices (start): no function is added before.
         self.scheduler = Scheduler(Topology.flat([self.budget or 0] * len(cfg.devices)), time.monotonic)
         self.metrics = Metrics()
         self.dispatcher = Dispatcher(self.scheduler, self.pool, Limits(cfg.max_queue, cfg.max_queued), self.metrics)
         self.metrics.attach(self)
+        self.dispatcher.fill_source = self.fill_source
         self._deploy_lock = asyncio.Lock()
         self._restarting: set[int] = set()
         self.transitions: dict[str, str] = {}  # function -> LOADING / UNLOADING while it changes
@@ -67,12 +71,14 @@ class Service:
         for name in shm.reclaim_stale():
             log.warning("reclaimed shared memory %s left by a crashed run", name)
         self._adopt_devices()
+        if self._disk_bandwidth is not None:
+            self.scheduler.cost.disk_bandwidth = self._disk_bandwidth
         with progress.Steps("restoring function", len(saved), log) as steps:
             for fn in saved:
                 steps.step(fn.name)
                 try:
                     if fn.name in images:
-                        await self._restore(fn, images[fn.name])
+                        await self._restore(fn, *images[fn.name])
                     else:
                         await self._install(fn, fn.source, persist=False)
                 except TorporError as exc:
@@ -84,29 +90,52 @@ class Service:
                     await self.deploy(name, {"model": {"zoo": zoo_name}, "slo_ms": slo})
         self.ready = True
 
-    def _bring_in(self, saved: list[Function]) -> dict[str, ModelImage]:
-        """Each saved function's host image from the state dir, without building its model."""
-        images: dict[str, ModelImage] = {}
-        counts = {"adopted": 0, "read": 0}
+    def _bring_in(self, saved: list[Function]) -> dict[str, tuple[ModelImage, str]]:
+        """Each saved function's host image from the state dir, without building its model.
+
+        Within --host-memory, in registry order; the rest stay on the disk tier until invoked.
+        """
+        images: dict[str, tuple[ModelImage, str]] = {}
+        counts = {"adopted": 0, "read": 0, "disk": 0}
+        used, read_bytes, read_s = 0, 0, 0.0
         for fn in saved:
             if not self.images.has(fn.model_id):
                 continue  # saved before images were kept on disk: rebuilt by _install
             try:
-                got = self.images.bring_in(fn.model_id)
+                if self.host.budget is not None and used + fn.model_bytes > self.host.budget:
+                    info = imagefile.read_info(self.images.path(fn.model_id))
+                    name = shm.segment_name(segment_tag(fn.model_id))
+                    got_image, how = ModelImage(name, info.table), "disk"
+                else:
+                    started = time.perf_counter()
+                    got = self.images.bring_in(fn.model_id)
+                    got_image, how = got.image, got.how
+                    if how == "read":
+                        read_bytes += got_image.nbytes
+                        read_s += time.perf_counter() - started
             except TorporError as exc:
                 log.error("image of %s unusable (%s); rebuilding it", fn.name, exc.message)
                 continue
-            if got.image.table.nbytes != fn.model_bytes:
+            if got_image.table.nbytes != fn.model_bytes:
                 log.error("image of %s does not match its registry entry; rebuilding it", fn.name)
-                got.image.unlink()
+                if how != "disk":
+                    got_image.unlink()
                 continue
-            images[fn.name] = got.image
-            counts[got.how] += 1
+            images[fn.name] = (got_image, Tier.DISK if how == "disk" else Tier.HOST)
+            used += 0 if how == "disk" else fn.model_bytes
+            counts[how] += 1
+        if read_s > 0 and read_bytes >= 64 << 20:  # enough bytes for a bandwidth worth using
+            self._disk_bandwidth = read_bytes / read_s
         if images:
-            log.info("host images: %d adopted from shared memory, %d read from disk", counts["adopted"], counts["read"])
+            log.info(
+                "host images: %d adopted from shared memory, %d read from disk, %d left on disk (--host-memory)",
+                counts["adopted"],
+                counts["read"],
+                counts["disk"],
+            )
         return images
 
-    async def _restore(self, fn: Function, image: ModelImage) -> None:
+    async def _restore(self, fn: Function, image: ModelImage, tier: str) -> None:
         """Serve a saved function again from its host image (specs and timing from the registry)."""
         fn.image = image
         try:
@@ -117,6 +146,48 @@ class Service:
             raise
         self.registry.functions[fn.name] = fn
         self.dispatcher.function_added(function_info(fn))
+        self.host.add(fn.name, fn.model_bytes, time.monotonic())
+        if tier == Tier.DISK:
+            self.dispatcher.apply(self.scheduler.host_tier(fn.name, Tier.DISK))
+
+    # -- the disk tier ---------------------------------------------------------------
+    async def _make_room(self, nbytes: int, keep: str) -> None:
+        """Push least recently used host images to disk until `nbytes` more fit in --host-memory."""
+        victims = self.host.victims(nbytes, self.scheduler.host_tiers(), keep, self.scheduler.host_pinned())
+        if victims is None:
+            raise Unavailable(
+                f"host memory: {format_size(nbytes)} more do not fit within --host-memory "
+                f"{format_size(self.host.budget or 0)} while the other images are in use; retry later"
+            )
+        for name in victims:
+            await self._to_disk(self.registry.functions[name])
+
+    async def _to_disk(self, fn: Function) -> None:
+        assert fn.image is not None
+        self.dispatcher.apply(self.scheduler.host_tier(fn.name, Tier.DISK))
+        # Unlink first, with no await between: a fill started from now on re-creates the name.
+        fn.image.unlink()
+        # Sent now, in order, ahead of any later LOAD on the same sockets: each worker drops its
+        # mapping of the old pages before it could be asked to map the re-created segment.
+        replies = [c.request(ReleaseHost(model_id=fn.model_id)) for c in self.pool.live_clients()]
+        await asyncio.gather(*replies, return_exceptions=True)
+        log.info("%s: image moved to the disk tier (host memory)", fn.name)
+
+    async def fill_source(self, function: str) -> str:
+        """Before a swap-in that reads a function's image from disk: host room and an empty segment."""
+        fn = self.registry.get(function)
+        assert fn.image is not None
+        await self._make_room(0, keep=function)  # the filling image already counts as host memory
+        name = fn.image.segment_name
+        await asyncio.to_thread(lambda: (shm.unlink(name), shm.create(name, fn.model_bytes).close()))
+        return str(self.images.path(fn.model_id))
+
+    def tier(self, fn: Function) -> str:
+        """Where a function's weights are: device (resident somewhere), host or disk."""
+        if self.scheduler.residency(fn.model_id):
+            return "device"
+        state = self.scheduler.functions.get(fn.name)
+        return Tier.DISK if state is not None and state.host_tier != Tier.HOST else Tier.HOST
 
     async def stop(self) -> None:
         self.stopping = True
@@ -223,6 +294,11 @@ class Service:
         if old is not None:
             await self._retire(old)
         self.dispatcher.function_added(function_info(fn))
+        self.host.add(fn.name, fn.model_bytes, time.monotonic())
+        try:
+            await self._make_room(0, keep=fn.name)  # the new image is in host memory already
+        except Unavailable as exc:
+            log.warning("%s; host memory is over its bound until images are free", exc.message)
         self.metrics.function_deployed(fn.name, fn.slo_ms, time.perf_counter() - started)
         log.info(
             "deployed %s (%s, %s) in %.2f s",
@@ -262,11 +338,13 @@ class Service:
         if fn.image is not None:
             fn.image.unlink()  # workers that still map it keep their mapping until they forget it
         self.images.remove(fn.model_id)
+        self.host.remove(fn.name)
 
     # -- requests ------------------------------------------------------------------
     async def invoke(self, fn: Function, inputs: list[dict[str, Any]], timeout_s: float | None = None) -> Outcome:
         if self.stopping:
             raise Unavailable("the server is shutting down")
+        self.host.touch(fn.name, time.monotonic())
         inv = Invocation(fn.name, inputs, [o.name for o in fn.outputs], timeout_s or fn.timeout_ms / 1e3)
         return await self.dispatcher.invoke(inv)
 

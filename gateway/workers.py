@@ -293,9 +293,11 @@ class WorkerPool:
             raise WorkerLost(f"worker {index} is not running")
         return handle.client
 
+    def live_clients(self) -> list[WorkerClient]:
+        return [h.client for h in self.handles.values() if h.client is not None and not h.client.closed.done()]
+
     async def broadcast(self, body: Record, timeout: float | None = None) -> list[Any]:
-        clients = [h.client for h in self.handles.values() if h.client is not None and not h.client.closed.done()]
-        return await asyncio.gather(*(c.call(body, timeout) for c in clients), return_exceptions=True)
+        return await asyncio.gather(*(c.call(body, timeout) for c in self.live_clients()), return_exceptions=True)
 
     async def stop_all(self) -> None:
         self._stopping = True

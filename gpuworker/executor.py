@@ -27,6 +27,7 @@ from shared.protocol import (
     Evicted,
     Forget,
     Forgotten,
+    HostReleased,
     Infer,
     Inferred,
     Load,
@@ -35,6 +36,7 @@ from shared.protocol import (
     PeersOpened,
     Prepare,
     Prepared,
+    ReleaseHost,
     ResidentModel,
     StatsReply,
     TensorMeta,
@@ -217,6 +219,17 @@ class Executor:
         if prog is not None:
             self.backend.release_host_buffer(prog.image.segment_name)
         return Forgotten(forgotten=prog is not None)
+
+    def release_host(self, body: ReleaseHost) -> HostReleased:
+        """Drop the mapping of a model's host image: the gateway pushed it to disk and frees its pages.
+
+        A later swap maps the segment anew (it is re-created, filled from disk, by then).
+        """
+        prog = self.programs.get(body.model_id)
+        if prog is None:
+            return HostReleased(released=False)
+        self.backend.release_host_buffer(prog.image.segment_name)
+        return HostReleased(released=True)
 
     def peers(self, body: Peers) -> PeersOpened:
         """Open the other devices' arenas for peer copies (CUDA IPC handles)."""

@@ -142,6 +142,7 @@ def _serve(conn: Connection, executor: Any, work: queue.Queue[Frame | None]) -> 
         Kind.EVICT: executor.evict,
         Kind.INFER: executor.infer,
         Kind.FORGET: executor.forget,
+        Kind.RELEASE_HOST: executor.release_host,
         Kind.PEERS: executor.peers,
     }
     while (frame := work.get()) is not None:

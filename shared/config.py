@@ -100,6 +100,7 @@ class ServeConfig:
     port: int = 8080
     devices: tuple[DeviceSpec, ...] = field(default_factory=lambda: (DeviceSpec("cpu", 0), DeviceSpec("cpu", 1)))
     device_memory: int | None = None  # per device; None = backend default
+    host_memory: int | None = None  # bound on host images; the rest stay on disk; None = unbounded
     state_dir: Path = Path(".torpor")
     demo: bool = False
     compute_threads: int | None = None  # per CPU device; None = default_compute_threads

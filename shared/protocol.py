@@ -61,6 +61,7 @@ class Kind(enum.IntEnum):
     FORGOTTEN = 25
     BYE = 26
     PEERS_OPENED = 27
+    HOST_RELEASED = 28
     # gateway -> worker
     PREPARE = 10  # build the model's program skeleton (no weights)
     LOAD = 11  # copy a model's weights into the arena (swap in)
@@ -70,6 +71,7 @@ class Kind(enum.IntEnum):
     FORGET = 15  # release everything held for a removed model
     SHUTDOWN = 16  # finish and exit
     PEERS = 17  # the other devices' arena handles, for peer copies
+    RELEASE_HOST = 18  # unmap a model's host image (it went to the disk tier); keep its program
 
 
 class Record(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -130,6 +132,10 @@ class Stats(Record):
 
 
 class Forget(Record):
+    model_id: str
+
+
+class ReleaseHost(Record):
     model_id: str
 
 
@@ -210,6 +216,10 @@ class Forgotten(Record):
     forgotten: bool
 
 
+class HostReleased(Record):
+    released: bool
+
+
 class Bye(Record):
     pass
 
@@ -230,6 +240,7 @@ RECORD: dict[Kind, type[Record]] = {
     Kind.FORGOTTEN: Forgotten,
     Kind.BYE: Bye,
     Kind.PEERS_OPENED: PeersOpened,
+    Kind.HOST_RELEASED: HostReleased,
     Kind.PREPARE: Prepare,
     Kind.LOAD: Load,
     Kind.EVICT: Evict,
@@ -238,6 +249,7 @@ RECORD: dict[Kind, type[Record]] = {
     Kind.FORGET: Forget,
     Kind.SHUTDOWN: Shutdown,
     Kind.PEERS: Peers,
+    Kind.RELEASE_HOST: ReleaseHost,
 }
 KIND_OF: dict[type[Record], Kind] = {t: k for k, t in RECORD.items()}
 # The reply kind each request kind expects on success (ERROR otherwise).
@@ -250,6 +262,7 @@ REPLY: dict[Kind, Kind] = {
     Kind.FORGET: Kind.FORGOTTEN,
     Kind.SHUTDOWN: Kind.BYE,
     Kind.PEERS: Kind.PEERS_OPENED,
+    Kind.RELEASE_HOST: Kind.HOST_RELEASED,
 }
 
 Buffer = bytes | bytearray | memoryview
