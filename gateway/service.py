@@ -56,6 +56,7 @@ class Service:
     async def start(self) -> None:
         for name in shm.reclaim_stale():
             log.warning("reclaimed shared memory %s left by a crashed run", name)
+        deploy.start_builders()
         await self.pool.start_all()
         self._adopt_devices()
         saved = self.registry.load()
