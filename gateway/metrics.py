@@ -54,6 +54,29 @@ class FunctionStats:
         }
 
 
+SLO_OUTCOMES = frozenset(("ok", "deadline", "worker_lost", "error", "overloaded"))  # server's doing: may miss
+
+
+class FunctionMetrics:
+    """One function's metric children, bound to its label once: a request costs no label lookups."""
+
+    def __init__(self, metrics: Metrics, name: str, stats: FunctionStats | None) -> None:
+        self.name = name
+        self.stats = stats
+        self.requests = metrics.requests
+        self.outcomes: dict[str, Counter] = {}  # bound on first use, so /metrics lists only outcomes seen
+        self.latency = metrics.latency.labels(name)
+        self.queue = metrics.queue.labels(name)
+        self.swap = metrics.swap.labels(name)
+        self.exec = metrics.exec.labels(name)
+
+    def outcome(self, outcome: str) -> Counter:
+        counter = self.outcomes.get(outcome)
+        if counter is None:
+            counter = self.outcomes[outcome] = self.requests.labels(self.name, outcome)
+        return counter
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -97,6 +120,7 @@ class Metrics:
             registry=r,
         )
         self.functions: dict[str, FunctionStats] = {}
+        self._bound: dict[str, FunctionMetrics] = {}
         self.busy_s: dict[int, float] = {}
         self.resident_since: dict[tuple[int, str], float] = {}
         self.started = time.monotonic()
@@ -106,27 +130,31 @@ class Metrics:
 
     # -- events ------------------------------------------------------------------
     def function_deployed(self, name: str, slo_ms: float, seconds: float) -> None:
-        self.functions[name] = FunctionStats(slo_ms / 1e3)
+        stats = self.functions[name] = FunctionStats(slo_ms / 1e3)
+        self._bound[name] = FunctionMetrics(self, name, stats)
         self.deploy.labels(name).observe(seconds)
 
     def function_removed(self, name: str) -> None:
         self.functions.pop(name, None)
+        self._bound.pop(name, None)
 
     def request_done(
         self, function: str, outcome: str, seconds: float, phases: tuple[float, float, float] | None
     ) -> None:
-        self.requests.labels(function, outcome).inc()
-        self.latency.labels(function).observe(seconds)
-        stats = self.functions.get(function)
+        bound = self._bound.get(function)
+        if bound is None:  # removed while the request ran: its series still count it
+            bound = FunctionMetrics(self, function, None)
+        bound.outcome(outcome).inc()
+        bound.latency.observe(seconds)
         # A request the server failed is an SLO miss; one the client got wrong (4xx) is not counted.
-        if stats is not None and outcome in ("ok", "deadline", "worker_lost", "error", "overloaded"):
-            stats.record(seconds if outcome == "ok" else None)
+        if bound.stats is not None and outcome in SLO_OUTCOMES:
+            bound.stats.record(seconds if outcome == "ok" else None)
         if phases is not None:
             queue_s, swap_s, exec_s = phases
-            self.queue.labels(function).observe(queue_s)
+            bound.queue.observe(queue_s)
             if swap_s > 0:
-                self.swap.labels(function).observe(swap_s)
-            self.exec.labels(function).observe(exec_s)
+                bound.swap.observe(swap_s)
+            bound.exec.observe(exec_s)
 
     def swapped_in(self, device: int, model_id: str, source: str, nbytes: int) -> None:
         kind = "host" if source == "host" else "peer"
