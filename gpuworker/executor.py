@@ -208,10 +208,11 @@ def _to_tensor(t: dict[str, Any]) -> torch.Tensor:
     dtype = program.KSERVE_TO_TORCH.get(t["datatype"])
     if dtype is None:
         raise InvalidInput(f"input {t['name']!r}: unsupported datatype {t['datatype']}")
-    data = bytearray(t["data"])  # writable copy: torch refuses read-only buffers
+    data = t["data"]
     if not data:
         return torch.empty(t["shape"], dtype=dtype)
-    return torch.frombuffer(data, dtype=dtype).reshape(t["shape"])
+    # The one copy on this side: torch refuses read-only buffers, and the frame's bytes are read-only.
+    return torch.frombuffer(bytearray(data), dtype=dtype).reshape(t["shape"])
 
 
 def _flatten(out: Any) -> list[torch.Tensor]:
@@ -229,5 +230,7 @@ def _kserve(t: torch.Tensor) -> str:
 
 
 def _raw(t: torch.Tensor) -> bytes:
+    if t.device.type == "cpu" and t.dtype is not torch.bfloat16 and not t.requires_grad and t.is_contiguous():
+        return t.numpy().tobytes()  # the common case, without four dispatched torch ops
     t = t.detach().to("cpu").contiguous().reshape(-1)
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""

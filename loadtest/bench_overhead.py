@@ -1,6 +1,6 @@
 """Serving overhead against a bare Starlette echo, and swap-in cost, measured side by side in one run.
 
-    python -m loadtest.bench_overhead [--seconds 4] [--rounds 3] [--batch 8] [--swaps 6]
+    python -m loadtest.bench_overhead [--seconds 4] [--rounds 3] [--batch 32] [--swaps 6]
 
 (a) Hot path. Starts a real `torpor serve` (one CPU device, `mlp` deployed) and a
     bare Starlette echo of the body (loadtest/echo.py), both under uvicorn with
@@ -170,7 +170,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0, help="length of each wrk run")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds over both targets")
     ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--batch", type=int, default=8, help="mlp's max_batch_size (1: no dynamic batching)")
+    ap.add_argument(
+        "--batch", type=int, default=32, help="mlp's max_batch_size (default: the connection count; 1: no batching)"
+    )
     ap.add_argument("--swaps", type=int, default=6, help="swap-ins per model in (b); 0 skips (b)")
     args = ap.parse_args()
     wrk_path()  # fail with the install hint before starting anything
