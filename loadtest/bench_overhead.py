@@ -101,6 +101,11 @@ def report(args: argparse.Namespace, cells: dict[tuple[str, int], list[Run]]) ->
         f"    torpor/echo req/s at {n} connections: {statistics.median(ratios):.2f}x "
         f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})"
     )
+    cpu = {k: statistics.median(r.cpu_us_per_request("server") for r in cells[(k, n)]) for k in ("echo", "torpor")}
+    print(
+        f"    server CPU per request at {n} connections, echo/torpor: {cpu['echo'] / cpu['torpor']:.2f} "
+        "(the req/s ratio to expect where each server's process has a core to itself)"
+    )
     print(
         f"    added p50 at 1 connection: {statistics.median(added):+.3f} ms "
         f"(rounds: {', '.join(f'{x:+.3f}' for x in added)})"
