@@ -8,7 +8,9 @@ outputs asked for with `binary_data` (or `binary_data_output`) come back the sam
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,6 +153,17 @@ def _to_wire(t: dict[str, Any], spec: TensorSpec, raw_bytes: memoryview | bytes 
     data = t.get("data")
     if type(data) is not list:
         raise InvalidInput(f"{where}: 'data' must be a list (row-major, flat or nested)")
+    code = _PACK.get(spec.datatype)
+    if code is not None and len(data) == count and set(map(type, data)) == _JUST_FLOATS:
+        # The common case, a flat list of JSON floats, packed straight into bytes: struct rounds
+        # as numpy's cast does and refuses what would overflow to inf (the numpy path says which).
+        with contextlib.suppress(OverflowError):
+            return {
+                "name": spec.name,
+                "datatype": spec.datatype,
+                "shape": shape,
+                "data": struct.pack(f"<{count}{code}", *data),
+            }
     try:
         arr = np.asarray(data)
     except ValueError as exc:
@@ -189,6 +202,8 @@ def _allowed_kinds(datatype: str) -> str:
 
 _ALLOWED_KINDS = {d: _allowed_kinds(d) for d in DATATYPES}
 _NUMPY = {d: np.dtype(code) for d, code in DATATYPES.items()}
+_PACK = {"FP16": "e", "FP32": "f", "FP64": "d"}
+_JUST_FLOATS = {float}
 
 
 def tensor_data(t: dict[str, Any]) -> np.ndarray:

@@ -6,17 +6,21 @@ import asyncio
 import random
 from typing import Any
 
+import numpy as np
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway import oip
 from gateway.dispatcher import Dispatcher, Invocation
 from gateway.invoke import ClientGone, check_token, error_response, read_body, route
 from gateway.metrics import BUCKETS, Buckets
 from gateway.registry import Function
 from gateway.scheduler import FunctionInfo, Scheduler
 from gateway.service import token_digest
-from shared.errors import DeadlineExceeded, Overloaded, PayloadTooLarge, Unauthorized
+from shared.errors import DeadlineExceeded, InvalidInput, Overloaded, PayloadTooLarge, Unauthorized
+from shared.specs import TensorSpec
 
 
 @pytest.mark.parametrize(
@@ -158,3 +162,23 @@ def test_deadline_fires_without_wait_for() -> None:
         await _close(disp)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("datatype", "dtype"), [("FP16", "<f2"), ("FP32", "<f4"), ("FP64", "<f8")])
+def test_flat_float_lists_pack_as_numpy_casts_them(datatype: str, dtype: str) -> None:
+    rng = random.Random(3)
+    big = float(np.finfo(dtype).max)
+    edge = [0.0, -0.0, 1e-45, -1e-45, 5e-324, 6.1e-5, 1e-8, 1.0000001, big, -big, 65519.99, 3.4028235e38]
+    edge = [v for v in edge if abs(v) <= big]
+    values = edge + [rng.uniform(-1, 1) * 10 ** rng.randint(-40, 4) for _ in range(200)]
+    spec = (TensorSpec("x", datatype, (-1,)),)
+    body = orjson.dumps({"inputs": [{"name": "x", "datatype": datatype, "shape": [len(values)], "data": values}]})
+    got = oip.parse_request(body, "f", spec).inputs[0]["data"]
+    assert got == np.asarray(values).astype(dtype).tobytes()
+    if datatype != "FP64":
+        over = orjson.dumps({"inputs": [{"name": "x", "datatype": datatype, "shape": [2], "data": [0.5, big * 1.01]}]})
+        with pytest.raises(InvalidInput, match=f"values do not fit {datatype}"):
+            oip.parse_request(over, "f", spec)
+    bools = orjson.dumps({"inputs": [{"name": "x", "datatype": datatype, "shape": [2], "data": [True, False]}]})
+    with pytest.raises(InvalidInput, match="'b'-kind values"):
+        oip.parse_request(bools, "f", spec)
