@@ -1,4 +1,4 @@
-"""The HTTP API (Starlette): functions, invocation (OIP JSON), health and metadata.
+"""The HTTP API (Starlette): functions, health and metadata; inference itself is gateway/invoke.py.
 
 Every error leaves as {"error": "..."} JSON with the status of its TorporError;
 anything unexpected is logged here and answered with a plain 500, never a traceback.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,20 +19,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import oip
-from gateway.dispatcher import Outcome
+from gateway.invoke import HotPath, InvokeEndpoint, error_headers
 from gateway.registry import Function
-from gateway.service import Service, token_digest
+from gateway.service import Service
 from shared.errors import (
-    DeadlineExceeded,
-    DroppedLate,
     InvalidInput,
-    Overloaded,
     PayloadTooLarge,
     TorporError,
     Unauthorized,
-    Unavailable,
-    WorkerLost,
 )
 
 log = logging.getLogger("torpor.gateway")
@@ -76,14 +69,6 @@ def check_admin(request: Request) -> None:
     token = _service(request).cfg.admin_token
     if token is not None and not _bearer_matches(request, token):
         raise Unauthorized("this operation needs 'Authorization: Bearer <admin token>'")
-
-
-def check_invoke(request: Request, fn: Function) -> None:
-    if fn.invoke_token_sha256 is None:
-        return
-    given = _bearer(request)
-    if given is None or not hmac.compare_digest(token_digest(given), fn.invoke_token_sha256):
-        raise Unauthorized(f"function {fn.name!r} needs 'Authorization: Bearer <invoke token>'")
 
 
 def _bearer(request: Request) -> str | None:
@@ -137,67 +122,6 @@ async def delete_function(request: Request) -> Response:
 
 async def list_devices(request: Request) -> Response:
     return JSON({"devices": await _service(request).device_stats()})
-
-
-# -- inference -----------------------------------------------------------------------
-async def invoke(request: Request) -> Response:
-    svc = _service(request)
-    name = request.path_params["name"]
-    fn = svc.registry.get(name)
-    started = time.perf_counter()
-    try:
-        response, out = await _invoke(request, svc, fn)
-    except TorporError as exc:
-        svc.metrics.request_done(
-            name,
-            _OUTCOMES.get(type(exc), "error" if exc.status >= 500 else "rejected"),
-            time.perf_counter() - started,
-            None,
-        )
-        raise
-    svc.metrics.request_done(
-        name, "ok", time.perf_counter() - started, (out.queue_ms / 1e3, out.swap_ms / 1e3, out.exec_ms / 1e3)
-    )
-    return response
-
-
-_OUTCOMES: dict[type[TorporError], str] = {
-    DroppedLate: "dropped",
-    Overloaded: "overloaded",
-    DeadlineExceeded: "deadline",
-    WorkerLost: "worker_lost",
-    Unauthorized: "unauthorized",
-}
-
-
-async def _invoke(request: Request, svc: Service, fn: Function) -> tuple[Response, Outcome]:
-    name = fn.name
-    check_invoke(request, fn)
-    body = await read_body(request, svc.cfg.max_body_bytes)
-    header_length = request.headers.get(oip.HEADER_LENGTH)
-    if header_length is not None and not header_length.isdigit():
-        raise InvalidInput(f"Inference-Header-Content-Length: expected a byte count, got {header_length!r}")
-    req = oip.parse_request(body, name, fn.inputs, int(header_length) if header_length is not None else None)
-    if req.outputs is not None:
-        known = {o.name for o in fn.outputs}
-        bad = [w for w in req.outputs if w not in known]
-        if bad:
-            raise InvalidInput(f"outputs: unknown output {bad[0]!r}; the function returns {sorted(known)}")
-    out = await svc.invoke(fn, req.inputs, req.timeout_s)
-    payload, json_length = oip.response(name, req.id, out.outputs, req.outputs, req.binary_outputs)
-    headers = {
-        "x-torpor-queue-ms": f"{out.queue_ms:.3f}",
-        "x-torpor-swap-ms": f"{out.swap_ms:.3f}",
-        "x-torpor-exec-ms": f"{out.exec_ms:.3f}",
-        "x-torpor-device": str(out.device),
-        "x-torpor-cold": "0" if out.source == "resident" else "1",
-        "x-torpor-source": out.source,
-        "x-torpor-batch": str(out.batch),
-    }
-    if json_length is not None:
-        headers[oip.HEADER_LENGTH] = str(json_length)
-        return Response(payload, media_type="application/octet-stream", headers=headers), out
-    return Response(payload, media_type="application/json", headers=headers), out
 
 
 async def metrics(request: Request) -> Response:
@@ -297,10 +221,7 @@ async def openapi(request: Request) -> Response:
 # -- errors ----------------------------------------------------------------------------
 async def torpor_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TorporError)
-    headers = {"retry-after": "1"} if isinstance(exc, Overloaded | Unavailable) else None
-    if isinstance(exc, Unauthorized):
-        headers = {"www-authenticate": "Bearer"}
-    return JSON({"error": exc.message}, status_code=exc.status, headers=headers)
+    return JSON({"error": exc.message}, status_code=exc.status, headers=error_headers(exc))
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -313,7 +234,10 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return JSON({"error": "internal server error"}, status_code=500)
 
 
-def build_app(service: Service) -> Starlette:
+def build_app(service: Service) -> HotPath:
+    """The Starlette app behind the inference hot path (gateway/invoke.py)."""
+    endpoint = InvokeEndpoint()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.start()
@@ -327,7 +251,7 @@ def build_app(service: Service) -> Starlette:
         Route("/v1/functions/{name}", put_function, methods=["PUT"]),
         Route("/v1/functions/{name}", get_function, methods=["GET"]),
         Route("/v1/functions/{name}", delete_function, methods=["DELETE"]),
-        Route("/v1/functions/{name}/invoke", invoke, methods=["POST"]),
+        Route("/v1/functions/{name}/invoke", endpoint, methods=["POST"]),
         Route("/v1/devices", list_devices, methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
@@ -336,8 +260,8 @@ def build_app(service: Service) -> Starlette:
         Route("/v2/models/{name}/versions/{version}", model_metadata, methods=["GET"]),
         Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
         Route("/v2/models/{name}/versions/{version}/ready", model_ready, methods=["GET"]),
-        Route("/v2/models/{name}/infer", invoke, methods=["POST"]),
-        Route("/v2/models/{name}/versions/{version}/infer", invoke, methods=["POST"]),
+        Route("/v2/models/{name}/infer", endpoint, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}/infer", endpoint, methods=["POST"]),
         Route("/v2/repository/index", repository_index, methods=["POST"]),
         Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
         Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),
@@ -350,4 +274,4 @@ def build_app(service: Service) -> Starlette:
         exception_handlers={TorporError: torpor_error, HTTPException: http_error, Exception: internal_error},
     )
     app.state.service = service
-    return app
+    return HotPath(service, app)
