@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared import shm
 from shared.config import format_size
-from shared.errors import InvalidInput
+from shared.errors import DoesNotFit, InvalidInput
 from shared.modelstore import ModelImage
 from shared.specs import TensorSpec, specs_from_json
 
@@ -173,7 +173,7 @@ def build(
     ordered = program.packing_order(gm)
     table = layout(ordered)
     if table.nbytes > budget:
-        raise InvalidInput(
+        raise DoesNotFit(
             f"model: needs {format_size(table.nbytes)} of device memory but a device holds {format_size(budget)}"
         )
     with torch.inference_mode():
