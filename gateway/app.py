@@ -345,7 +345,7 @@ async def _optional_object(request: Request, svc: Service) -> dict[str, Any]:
 async def openapi(request: Request) -> Response:
     from gateway.openapi import document
 
-    return JSON(document())
+    return JSON(document(admin=_service(request).cfg.admin_token is not None))
 
 
 # -- errors ----------------------------------------------------------------------------
