@@ -17,7 +17,7 @@ MAX_SEED = 2**31 - 1  # gateway/deploy.py
 MAX_MS = 3_600_000
 NAME_PATTERN = r"^(?!.*\.\.)[a-z0-9][a-z0-9_.-]{0,62}$"  # gateway/registry.check_name
 DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64")
-DATATYPES += ("FP16", "FP32", "FP64", "BF16", "BYTES")
+DATATYPES += ("FP16", "FP32", "FP64", "BF16")
 
 
 def _ref(name: str) -> dict[str, str]:

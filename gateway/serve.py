@@ -44,11 +44,13 @@ def serve(cfg: ServeConfig) -> int:
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s gateway %(levelname)s %(message)s")
     log = logging.getLogger("torpor.gateway")
     try:
-        service = Service(cfg)
         sock = bind(cfg.host, cfg.port)
     except StartupError as exc:
         return _fail(str(exc))
+    try:
+        service = Service(cfg)
     except (TorporError, OSError, RuntimeError) as exc:  # e.g. the GPUs cannot be queried
+        sock.close()
         return _fail(f"the devices {','.join(d.label for d in cfg.devices)} cannot be used ({exc}); check --devices")
     log.info(
         "devices %s, %s each, %d compute thread(s) per CPU device, state in %s",
