@@ -111,6 +111,8 @@ def _ls(args: argparse.Namespace) -> int:
     for f in fns["functions"]:
         model = f["model"].get("zoo") or Path(f["model"].get("pt2", "?")).name
         where = ",".join(str(d) for d in f["resident_on"]) or "-"
+        if f.get("state", "READY") != "READY":
+            where = f"{f['state'].lower()} ({f['reason']})"
         stats = f.get("stats") or {}
         attained = stats.get("slo_attainment")
         p98 = stats.get("p98_ms")

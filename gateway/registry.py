@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 REGISTRY_FILE = "functions.json"
 READY = "READY"
-UNAVAILABLE = "UNAVAILABLE"  # unloaded: config and model source kept, no memory held
+UNAVAILABLE = "UNAVAILABLE"  # config and model source kept, no memory held
+UNLOADED = "unloaded"  # the reason when a user unloaded it (else: why it could not be restored)
 
 
 def check_name(name: str) -> str:

@@ -15,7 +15,7 @@ from gateway import deploy, progress
 from gateway.costmodel import GB, Topology
 from gateway.dispatcher import Dispatcher, Invocation, Limits, Outcome
 from gateway.metrics import Metrics
-from gateway.registry import READY, REGISTRY_FILE, UNAVAILABLE, Function, Registry, check_name
+from gateway.registry import READY, REGISTRY_FILE, UNAVAILABLE, UNLOADED, Function, Registry, check_name
 from gateway.scheduler import FunctionInfo, Scheduler
 from gateway.workers import WorkerPool
 from shared import shm
@@ -101,9 +101,10 @@ class Service:
 
     async def _restore(self, fn: Function) -> None:
         """Bring back a saved function; one that cannot be built stays listed as UNAVAILABLE."""
-        if not fn.ready:
-            self.registry.functions[fn.name] = fn  # unloaded by the user: stays so
+        if fn.reason == UNLOADED:
+            self.registry.functions[fn.name] = fn  # unloaded by the user: stays so until loaded
             return
+        fn.state, fn.reason = READY, ""  # it may have failed to restore last time: try again
         try:
             await self._install(fn, fn.source, persist=False, input_spec=fn.inputs or None)
         except TorporError as exc:
@@ -252,7 +253,7 @@ class Service:
             async with self._deploy_lock:
                 fn = self.registry.get(name)
                 if fn.ready:
-                    fn.state, fn.reason = UNAVAILABLE, "unloaded"
+                    fn.state, fn.reason = UNAVAILABLE, UNLOADED
                     try:
                         self.registry.save()
                     except OSError as exc:
