@@ -246,19 +246,22 @@ class Service:
 
         Requests waiting for it are answered 404 (removed); `load` brings it back, the same version.
         """
-        if not self.registry.get(name).ready:
-            return self.registry.get(name)  # as Triton: unloading an unloaded model succeeds
+        self.registry.get(name)  # 404 before anything changes
         self.transitions[name] = "UNLOADING"
         try:
             async with self._deploy_lock:
                 fn = self.registry.get(name)
-                if fn.ready:
-                    fn.state, fn.reason = UNAVAILABLE, UNLOADED
-                    try:
-                        self.registry.save()
-                    except OSError as exc:
-                        fn.state, fn.reason = READY, ""
-                        raise Unavailable(f"could not persist the registry: {exc}") from exc
+                if fn.reason == UNLOADED:
+                    return fn  # as Triton: unloading an unloaded model succeeds
+                previous, was_ready = (fn.state, fn.reason), fn.ready
+                # Unloaded on purpose, it is no longer retried at start (as one that failed to restore is).
+                fn.state, fn.reason = UNAVAILABLE, UNLOADED
+                try:
+                    self.registry.save()
+                except OSError as exc:
+                    fn.state, fn.reason = previous
+                    raise Unavailable(f"could not persist the registry: {exc}") from exc
+                if was_ready:
                     await self._retire(fn)
                     fn.image = None
                     log.info("unloaded %s (version %d)", name, fn.version)
