@@ -82,6 +82,22 @@ def test_port_in_use(tmp_path: Path) -> None:
     _assert_failed_cleanly(proc, err, f"cannot listen on 127.0.0.1:{port}", "Address already in use", "--port")
 
 
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--port", "70000"], "--port: expected 0 to 65535"),
+        (["--host", "no-such-host.invalid"], "cannot resolve --host 'no-such-host.invalid'"),
+        (["--devices", "cuda"], "--devices: no CUDA device is visible on this machine (use --devices cpu:N)"),
+        (["--device-memory", "12XB"], "--device-memory: expected a size like 512MiB"),
+    ],
+)
+def test_bad_options(tmp_path: Path, options: list[str], expected: str) -> None:
+    if options == ["--devices", "cuda"] and Path("/dev/nvidia0").exists():
+        pytest.skip("this machine has a GPU")
+    proc, err = _serve(tmp_path / "state", *options)
+    _assert_failed_cleanly(proc, err, expected)
+
+
 def test_corrupt_registry_file(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
