@@ -51,6 +51,7 @@ class Service:
         self.metrics.attach(self)
         self._deploy_lock = asyncio.Lock()
         self._restarting: set[int] = set()
+        self._restarts: set[asyncio.Task[None]] = set()
         self.transitions: dict[str, str] = {}  # function -> LOADING / UNLOADING while it changes
         self.ready = False
         self.stopping = False
@@ -127,6 +128,10 @@ class Service:
     async def stop(self) -> None:
         self.stopping = True
         self.ready = False
+        # A worker restart under way would start a process after stop_all has reaped the pool.
+        for task in list(self._restarts):
+            task.cancel()
+        await asyncio.gather(*self._restarts, return_exceptions=True)
         await self.dispatcher.drain()
         await self.pool.stop_all()
         for fn in self.registry.functions.values():
@@ -316,7 +321,8 @@ class Service:
         if not self.stopping and device not in self._restarting:
             self._restarting.add(device)
             task = asyncio.get_running_loop().create_task(self._restart(device))
-            task.add_done_callback(lambda _: self._restarting.discard(device))
+            self._restarts.add(task)
+            task.add_done_callback(lambda t: (self._restarting.discard(device), self._restarts.discard(t)))
 
     async def _restart(self, device: int) -> None:
         """Start the device's worker again, backing off while it keeps failing to start."""
