@@ -241,7 +241,11 @@ class Service:
         async with self._deploy_lock:
             fn = self.registry.get(name)
             del self.registry.functions[name]
-            self.registry.save()
+            try:
+                self.registry.save()
+            except OSError as exc:  # nothing changed: it stays deployed
+                self.registry.functions[name] = fn
+                raise Unavailable(f"could not persist the registry: {exc}") from exc
             await self._retire(fn)
             self.metrics.function_removed(name)
             return fn
