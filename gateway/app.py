@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -24,12 +24,14 @@ from gateway.registry import Function
 from gateway.service import Service
 from shared.errors import (
     InvalidInput,
+    NotFound,
     PayloadTooLarge,
     TorporError,
     Unauthorized,
 )
 
 log = logging.getLogger("torpor.gateway")
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class JSON(Response):
@@ -146,65 +148,24 @@ async def server_metadata(request: Request) -> Response:
     return JSON({"name": "torpor", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]})
 
 
+def served_function(svc: Service, request: Request) -> Function:
+    """The function a /v2/models path names; with /versions/{v}, only if that version is the one served."""
+    return svc.registry.served(request.path_params["name"], request.path_params.get("version"))
+
+
 async def model_ready(request: Request) -> Response:
-    # Ready = deployed and loadable; residency on a device is reported separately.
-    name = request.path_params["name"]
-    ok = name in _service(request).registry.functions
-    return Response(status_code=200 if ok else 400)
-
-
-async def repository_index(request: Request) -> Response:
-    svc = _service(request)
-    states = [{"name": n, "version": "1", "state": "READY", "reason": ""} for n in svc.registry.functions]
-    states += [
-        {"name": n, "version": "1", "state": st, "reason": ""}
-        for n, st in svc.transitions.items()
-        if n not in svc.registry.functions or st != "LOADING"
-    ]
-    return JSON(sorted(states, key=lambda x: x["name"]))
-
-
-async def repository_load(request: Request) -> Response:
-    """Triton's load: the deploy config rides in parameters.config (a JSON string) or as the body itself."""
-    svc = _service(request)
-    check_admin(request)
-    name = request.path_params["name"]
-    body = await read_body(request, svc.cfg.max_body_bytes)
-    config: Any = None
-    if body.strip():
-        try:
-            outer = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"body: malformed JSON ({exc})") from exc
-        params = outer.get("parameters") if isinstance(outer, dict) else None
-        if isinstance(params, dict) and "config" in params:
-            try:
-                config = orjson.loads(params["config"]) if isinstance(params["config"], str) else params["config"]
-            except orjson.JSONDecodeError as exc:
-                raise InvalidInput(f"parameters.config: malformed JSON ({exc})") from exc
-        elif isinstance(outer, dict) and "model" in outer:
-            config = outer
-    if config is None:
-        if name in svc.registry.functions:
-            return JSON({})  # already deployed: loadable on demand
-        raise InvalidInput(f"model {name!r} is not deployed; give its deploy config in parameters.config")
-    await svc.deploy(name, config)
-    return JSON({})
-
-
-async def repository_unload(request: Request) -> Response:
-    check_admin(request)
-    await _service(request).remove(request.path_params["name"])
-    return JSON({})
+    # Ready = loaded and servable; residency on a device is reported separately. Not ready is a
+    # 400 as in KServe v2 ("4xx for false"); an unknown function or version is a 404.
+    fn = served_function(_service(request), request)
+    return JSON({"name": fn.name, "ready": fn.ready}, status_code=200 if fn.ready else 400)
 
 
 async def model_metadata(request: Request) -> Response:
-    svc = _service(request)
-    fn = svc.registry.get(request.path_params["name"])
+    fn = served_function(_service(request), request)
     return JSON(
         {
             "name": fn.name,
-            "versions": ["1"],
+            "versions": fn.served_versions,
             "platform": "pytorch_export" if "pt2" in fn.source else "torpor_zoo",
             "inputs": [s.to_json() for s in fn.inputs],
             "outputs": [s.to_json() for s in fn.outputs],
@@ -212,10 +173,96 @@ async def model_metadata(request: Request) -> Response:
     )
 
 
+# -- model repository (Triton's extension) -------------------------------------------
+async def repository_index(request: Request) -> Response:
+    """Every function with its state: READY, UNAVAILABLE (unloaded, with a reason), LOADING, UNLOADING."""
+    svc = _service(request)
+    body = await _optional_object(request, svc)
+    only_ready = body.get("ready", False)
+    if not isinstance(only_ready, bool):
+        raise InvalidInput("ready: expected true (only models ready for inference) or false")
+    unknown = sorted(set(body) - {"ready"})
+    if unknown:
+        raise InvalidInput(f"body: unknown field(s) {unknown}; expected 'ready'")
+    entries = {
+        fn.name: {"name": fn.name, "version": str(fn.version), "state": fn.state, "reason": fn.reason}
+        for fn in svc.registry.functions.values()
+    }
+    for name, state in svc.transitions.items():
+        entry = entries.setdefault(name, {"name": name, "reason": ""})  # a first deploy has no version yet
+        entry["state"] = state
+    listed = sorted(entries.values(), key=lambda e: e["name"])
+    return JSON([e for e in listed if e["state"] == "READY"] if only_ready else listed)
+
+
+async def repository_load(request: Request) -> Response:
+    """Triton's load: with a config (parameters.config, a JSON string, or the deploy body itself) it
+    deploys; without one it brings an unloaded function back from its saved config and model."""
+    svc = _service(request)
+    check_admin(request)
+    name = request.path_params["name"]
+    outer = await _optional_object(request, svc)
+    config: Any = None
+    params = outer.get("parameters", {})
+    if "model" in outer:
+        config = outer
+    elif not isinstance(params, dict):
+        raise InvalidInput('parameters: expected an object, e.g. {"config": "<deploy config as JSON>"}')
+    else:
+        unknown = sorted(set(params) - {"config"})
+        if unknown:
+            raise InvalidInput(
+                f"parameters: {unknown} not supported (model files are not uploaded here); "
+                "give the deploy config in parameters.config"
+            )
+        if sorted(set(outer) - {"parameters"}):
+            raise InvalidInput(f"body: unknown field(s) {sorted(set(outer) - {'parameters'})}; expected 'parameters'")
+        if "config" in params:
+            config = params["config"]
+            if isinstance(config, str):
+                try:
+                    config = orjson.loads(config)
+                except orjson.JSONDecodeError as exc:
+                    raise InvalidInput(f"parameters.config: malformed JSON ({exc})") from exc
+    if config is not None:
+        await svc.deploy(name, config)
+    elif name in svc.registry.functions:
+        await svc.load(name)
+    else:
+        raise NotFound(f"function {name!r} is not deployed; give its deploy config in parameters.config")
+    return JSON({})
+
+
+async def repository_unload(request: Request) -> Response:
+    """Triton's unload: the function stays in the repository as UNAVAILABLE; a plain load brings it back."""
+    svc = _service(request)
+    check_admin(request)
+    body = await _optional_object(request, svc)
+    params = body.get("parameters", {})
+    if not isinstance(params, dict) or not isinstance(params.get("unload_dependents", False), bool):
+        raise InvalidInput("parameters: expected an object with an optional boolean 'unload_dependents'")
+    await svc.unload(request.path_params["name"])
+    return JSON({})
+
+
+async def _optional_object(request: Request, svc: Service) -> dict[str, Any]:
+    """A JSON object body that may be absent (Triton's clients send none, or an empty one)."""
+    body = await read_body(request, svc.cfg.max_body_bytes)
+    if not body.strip():
+        return {}
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"body: malformed JSON ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise InvalidInput("body: expected a JSON object")
+    return obj
+
+
 async def openapi(request: Request) -> Response:
     from gateway.openapi import document
 
-    return JSON(document())
+    return JSON(document(admin=_service(request).cfg.admin_token is not None))
 
 
 # -- errors ----------------------------------------------------------------------------
@@ -234,9 +281,18 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return JSON({"error": "internal server error"}, status_code=500)
 
 
+def _resource(path: str, **handlers: Endpoint) -> Route:
+    """One route per path, so a 405 lists every method the path has in `Allow` (and HEAD with GET)."""
+
+    async def endpoint(request: Request) -> Response:
+        return await handlers["GET" if request.method == "HEAD" else request.method](request)
+
+    return Route(path, endpoint, methods=list(handlers))
+
+
 def build_app(service: Service) -> HotPath:
     """The Starlette app behind the inference hot path (gateway/invoke.py)."""
-    endpoint = InvokeEndpoint()
+    endpoint = InvokeEndpoint()  # inference paths have POST only: their 405 says so
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -247,26 +303,24 @@ def build_app(service: Service) -> HotPath:
             await service.stop()
 
     routes = [
-        Route("/v1/functions", list_functions, methods=["GET"]),
-        Route("/v1/functions/{name}", put_function, methods=["PUT"]),
-        Route("/v1/functions/{name}", get_function, methods=["GET"]),
-        Route("/v1/functions/{name}", delete_function, methods=["DELETE"]),
+        _resource("/v1/functions", GET=list_functions),
+        _resource("/v1/functions/{name}", PUT=put_function, GET=get_function, DELETE=delete_function),
         Route("/v1/functions/{name}/invoke", endpoint, methods=["POST"]),
-        Route("/v1/devices", list_devices, methods=["GET"]),
-        Route("/v2/health/live", live, methods=["GET"]),
-        Route("/v2/health/ready", ready, methods=["GET"]),
-        Route("/v2", server_metadata, methods=["GET"]),
-        Route("/v2/models/{name}", model_metadata, methods=["GET"]),
-        Route("/v2/models/{name}/versions/{version}", model_metadata, methods=["GET"]),
-        Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
-        Route("/v2/models/{name}/versions/{version}/ready", model_ready, methods=["GET"]),
+        _resource("/v1/devices", GET=list_devices),
+        _resource("/v2/health/live", GET=live),
+        _resource("/v2/health/ready", GET=ready),
+        _resource("/v2", GET=server_metadata),
+        _resource("/v2/models/{name}", GET=model_metadata),
+        _resource("/v2/models/{name}/versions/{version}", GET=model_metadata),
+        _resource("/v2/models/{name}/ready", GET=model_ready),
+        _resource("/v2/models/{name}/versions/{version}/ready", GET=model_ready),
         Route("/v2/models/{name}/infer", endpoint, methods=["POST"]),
         Route("/v2/models/{name}/versions/{version}/infer", endpoint, methods=["POST"]),
-        Route("/v2/repository/index", repository_index, methods=["POST"]),
-        Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
-        Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        _resource("/v2/repository/index", POST=repository_index),
+        _resource("/v2/repository/models/{name}/load", POST=repository_load),
+        _resource("/v2/repository/models/{name}/unload", POST=repository_unload),
+        _resource("/openapi.json", GET=openapi),
+        _resource("/metrics", GET=metrics),
     ]
     app = Starlette(
         routes=routes,

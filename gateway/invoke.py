@@ -66,18 +66,18 @@ class ClientGone(Exception):
     """The client disconnected before its body arrived: nothing to answer."""
 
 
-def route(path: str) -> str | None:
-    """The function a POST to `path` invokes, or None if it is not an inference path."""
+def route(path: str) -> tuple[str, str | None] | None:
+    """(function, version or None) a POST to `path` invokes, or None if it is not an inference path."""
     parts = path.split("/")
     n = len(parts)
     if n == 5 and parts[0] == "" and parts[3]:
         if (parts[1] == "v1" and parts[2] == "functions" and parts[4] == "invoke") or (
             parts[1] == "v2" and parts[2] == "models" and parts[4] == "infer"
         ):
-            return parts[3]
+            return parts[3], None
     elif n == 7 and parts[0] == "" and parts[1] == "v2" and parts[2] == "models" and parts[4] == "versions":
         if parts[3] and parts[5] and parts[6] == "infer":
-            return parts[3]
+            return parts[3], parts[5]
     return None
 
 
@@ -90,9 +90,9 @@ class HotPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
-            name = route(scope["path"])
-            if name is not None:
-                await invoke(self.service, name, scope, receive, send)
+            target = route(scope["path"])
+            if target is not None:
+                await invoke(self.service, *target, scope, receive, send)
                 return
         await self.inner(scope, receive, send)
 
@@ -102,14 +102,15 @@ class InvokeEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         service = scope["app"].state.service
-        await invoke(service, scope["path_params"]["name"], scope, receive, send)
+        params = scope["path_params"]
+        await invoke(service, params["name"], params.get("version"), scope, receive, send)
 
 
-async def invoke(svc: Service, name: str, scope: Scope, receive: Receive, send: Send) -> None:
+async def invoke(svc: Service, name: str, version: str | None, scope: Scope, receive: Receive, send: Send) -> None:
     started = time.perf_counter()
     fn: Function | None = None
     try:
-        fn = svc.registry.get(name)
+        fn = svc.registry.served(name, version)  # 404 for a version that is not served
         headers, payload, out = await _invoke(svc, fn, scope, receive)
         status = 200
         phases = (out.queue_ms / 1e3, out.swap_ms / 1e3, out.exec_ms / 1e3)
@@ -157,7 +158,9 @@ async def _invoke(
         if bad:
             raise InvalidInput(f"outputs: unknown output {bad[0]!r}; the function returns {sorted(known)}")
     out = await svc.invoke(fn, req.inputs, req.timeout_s)
-    payload, json_length = oip.response(fn.name, req.id, out.outputs, req.outputs, req.binary_outputs)
+    payload, json_length = oip.response(
+        fn.name, req.id, out.outputs, req.outputs, req.binary_outputs, version=str(fn.version)
+    )
     headers = [
         _BINARY if json_length is not None else _JSON,
         (b"x-torpor-queue-ms", b"%.3f" % out.queue_ms),

@@ -218,6 +218,7 @@ def response(
     outputs: list[dict[str, Any]],
     wanted: list[str] | None,
     binary: set[str] | bool = False,
+    version: str = "1",
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary outputs follow it."""
     if wanted is not None:
@@ -235,7 +236,7 @@ def response(
         else:
             entry["data"] = tensor_data(o)
         listed.append(entry)
-    body: dict[str, Any] = {"model_name": model_name, "model_version": "1", "outputs": listed}
+    body: dict[str, Any] = {"model_name": model_name, "model_version": version, "outputs": listed}
     if request_id is not None:
         body["id"] = request_id
     header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -24,11 +24,11 @@ from shared.specs import TensorSpec
 
 
 @pytest.mark.parametrize(
-    ("path", "name"),
+    ("path", "target"),
     [
-        ("/v1/functions/mlp/invoke", "mlp"),
-        ("/v2/models/mlp/infer", "mlp"),
-        ("/v2/models/mlp/versions/1/infer", "mlp"),
+        ("/v1/functions/mlp/invoke", ("mlp", None)),
+        ("/v2/models/mlp/infer", ("mlp", None)),
+        ("/v2/models/mlp/versions/1/infer", ("mlp", "1")),
         ("/v1/functions/mlp/invoke/", None),  # Starlette's: a trailing slash is another route
         ("/v1/functions//invoke", None),
         ("/v2/models/mlp/versions//infer", None),
@@ -39,8 +39,8 @@ from shared.specs import TensorSpec
         ("/x/v1/functions/mlp/invoke", None),
     ],
 )
-def test_route_matches_exactly_the_inference_paths(path: str, name: str | None) -> None:
-    assert route(path) == name
+def test_route_matches_exactly_the_inference_paths(path: str, target: tuple[str, str | None] | None) -> None:
+    assert route(path) == target
 
 
 def _receiver(messages: list[dict[str, Any]]) -> Any:
