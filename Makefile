@@ -30,7 +30,10 @@ run: install
 test: install
 	$(PY) -m pytest $(ARGS)
 
+# bench_overhead drives the servers with wrk (Debian package `wrk`): installed here when we are root.
 bench: install
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get install -y wrk; } \
+		|| { echo "bench needs wrk: apt-get install -y wrk" >&2; exit 1; }
 	$(PY) -m gpuworker.bench_swap
 	$(PY) -m loadtest.bench_overhead
 

@@ -1,4 +1,4 @@
-"""The HTTP API (Starlette): functions, invocation (OIP JSON), health and metadata.
+"""The HTTP API (Starlette): functions, health and metadata; inference itself is gateway/invoke.py.
 
 Every error leaves as {"error": "..."} JSON with the status of its TorporError;
 anything unexpected is logged here and answered with a plain 500, never a traceback.
@@ -9,8 +9,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -20,23 +19,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import oip
-from gateway.dispatcher import Outcome
+from gateway.invoke import HotPath, InvokeEndpoint, error_headers
 from gateway.registry import Function
-from gateway.service import Service, token_digest
+from gateway.service import Service
 from shared.errors import (
-    DeadlineExceeded,
-    DroppedLate,
     InvalidInput,
-    Overloaded,
+    NotFound,
     PayloadTooLarge,
     TorporError,
     Unauthorized,
-    Unavailable,
-    WorkerLost,
 )
 
 log = logging.getLogger("torpor.gateway")
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class JSON(Response):
@@ -76,14 +71,6 @@ def check_admin(request: Request) -> None:
     token = _service(request).cfg.admin_token
     if token is not None and not _bearer_matches(request, token):
         raise Unauthorized("this operation needs 'Authorization: Bearer <admin token>'")
-
-
-def check_invoke(request: Request, fn: Function) -> None:
-    if fn.invoke_token_sha256 is None:
-        return
-    given = _bearer(request)
-    if given is None or not hmac.compare_digest(token_digest(given), fn.invoke_token_sha256):
-        raise Unauthorized(f"function {fn.name!r} needs 'Authorization: Bearer <invoke token>'")
 
 
 def _bearer(request: Request) -> str | None:
@@ -140,67 +127,6 @@ async def list_devices(request: Request) -> Response:
     return JSON({"devices": await _service(request).device_stats()})
 
 
-# -- inference -----------------------------------------------------------------------
-async def invoke(request: Request) -> Response:
-    svc = _service(request)
-    name = request.path_params["name"]
-    fn = svc.registry.get(name)
-    started = time.perf_counter()
-    try:
-        response, out = await _invoke(request, svc, fn)
-    except TorporError as exc:
-        svc.metrics.request_done(
-            name,
-            _OUTCOMES.get(type(exc), "error" if exc.status >= 500 else "rejected"),
-            time.perf_counter() - started,
-            None,
-        )
-        raise
-    svc.metrics.request_done(
-        name, "ok", time.perf_counter() - started, (out.queue_ms / 1e3, out.swap_ms / 1e3, out.exec_ms / 1e3)
-    )
-    return response
-
-
-_OUTCOMES: dict[type[TorporError], str] = {
-    DroppedLate: "dropped",
-    Overloaded: "overloaded",
-    DeadlineExceeded: "deadline",
-    WorkerLost: "worker_lost",
-    Unauthorized: "unauthorized",
-}
-
-
-async def _invoke(request: Request, svc: Service, fn: Function) -> tuple[Response, Outcome]:
-    name = fn.name
-    check_invoke(request, fn)
-    body = await read_body(request, svc.cfg.max_body_bytes)
-    header_length = request.headers.get(oip.HEADER_LENGTH)
-    if header_length is not None and not header_length.isdigit():
-        raise InvalidInput(f"Inference-Header-Content-Length: expected a byte count, got {header_length!r}")
-    req = oip.parse_request(body, name, fn.inputs, int(header_length) if header_length is not None else None)
-    if req.outputs is not None:
-        known = {o.name for o in fn.outputs}
-        bad = [w for w in req.outputs if w not in known]
-        if bad:
-            raise InvalidInput(f"outputs: unknown output {bad[0]!r}; the function returns {sorted(known)}")
-    out = await svc.invoke(fn, req.inputs, req.timeout_s)
-    payload, json_length = oip.response(name, req.id, out.outputs, req.outputs, req.binary_outputs)
-    headers = {
-        "x-torpor-queue-ms": f"{out.queue_ms:.3f}",
-        "x-torpor-swap-ms": f"{out.swap_ms:.3f}",
-        "x-torpor-exec-ms": f"{out.exec_ms:.3f}",
-        "x-torpor-device": str(out.device),
-        "x-torpor-cold": "0" if out.source == "resident" else "1",
-        "x-torpor-source": out.source,
-        "x-torpor-batch": str(out.batch),
-    }
-    if json_length is not None:
-        headers[oip.HEADER_LENGTH] = str(json_length)
-        return Response(payload, media_type="application/octet-stream", headers=headers), out
-    return Response(payload, media_type="application/json", headers=headers), out
-
-
 async def metrics(request: Request) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -223,65 +149,24 @@ async def server_metadata(request: Request) -> Response:
     return JSON({"name": "torpor", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]})
 
 
+def served_function(svc: Service, request: Request) -> Function:
+    """The function a /v2/models path names; with /versions/{v}, only if that version is the one served."""
+    return svc.registry.served(request.path_params["name"], request.path_params.get("version"))
+
+
 async def model_ready(request: Request) -> Response:
-    # Ready = deployed and loadable; residency on a device is reported separately.
-    name = request.path_params["name"]
-    ok = name in _service(request).registry.functions
-    return Response(status_code=200 if ok else 400)
-
-
-async def repository_index(request: Request) -> Response:
-    svc = _service(request)
-    states = [{"name": n, "version": "1", "state": "READY", "reason": ""} for n in svc.registry.functions]
-    states += [
-        {"name": n, "version": "1", "state": st, "reason": ""}
-        for n, st in svc.transitions.items()
-        if n not in svc.registry.functions or st != "LOADING"
-    ]
-    return JSON(sorted(states, key=lambda x: x["name"]))
-
-
-async def repository_load(request: Request) -> Response:
-    """Triton's load: the deploy config rides in parameters.config (a JSON string) or as the body itself."""
-    svc = _service(request)
-    check_admin(request)
-    name = request.path_params["name"]
-    body = await read_body(request, svc.cfg.max_body_bytes)
-    config: Any = None
-    if body.strip():
-        try:
-            outer = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInput(f"body: malformed JSON ({exc})") from exc
-        params = outer.get("parameters") if isinstance(outer, dict) else None
-        if isinstance(params, dict) and "config" in params:
-            try:
-                config = orjson.loads(params["config"]) if isinstance(params["config"], str) else params["config"]
-            except orjson.JSONDecodeError as exc:
-                raise InvalidInput(f"parameters.config: malformed JSON ({exc})") from exc
-        elif isinstance(outer, dict) and "model" in outer:
-            config = outer
-    if config is None:
-        if name in svc.registry.functions:
-            return JSON({})  # already deployed: loadable on demand
-        raise InvalidInput(f"model {name!r} is not deployed; give its deploy config in parameters.config")
-    await svc.deploy(name, config)
-    return JSON({})
-
-
-async def repository_unload(request: Request) -> Response:
-    check_admin(request)
-    await _service(request).remove(request.path_params["name"])
-    return JSON({})
+    # Ready = loaded and servable; residency on a device is reported separately. Not ready is a
+    # 400 as in KServe v2 ("4xx for false"); an unknown function or version is a 404.
+    fn = served_function(_service(request), request)
+    return JSON({"name": fn.name, "ready": fn.ready}, status_code=200 if fn.ready else 400)
 
 
 async def model_metadata(request: Request) -> Response:
-    svc = _service(request)
-    fn = svc.registry.get(request.path_params["name"])
+    fn = served_function(_service(request), request)
     return JSON(
         {
             "name": fn.name,
-            "versions": ["1"],
+            "versions": fn.served_versions,
             "platform": "pytorch_export" if "pt2" in fn.source else "torpor_zoo",
             "inputs": [s.to_json() for s in fn.inputs],
             "outputs": [s.to_json() for s in fn.outputs],
@@ -289,19 +174,102 @@ async def model_metadata(request: Request) -> Response:
     )
 
 
+# -- model repository (Triton's extension) -------------------------------------------
+async def repository_index(request: Request) -> Response:
+    """Every function with its state: READY, UNAVAILABLE (unloaded, with a reason), LOADING, UNLOADING."""
+    svc = _service(request)
+    body = await _optional_object(request, svc)
+    only_ready = body.get("ready", False)
+    if not isinstance(only_ready, bool):
+        raise InvalidInput("ready: expected true (only models ready for inference) or false")
+    unknown = sorted(set(body) - {"ready"})
+    if unknown:
+        raise InvalidInput(f"body: unknown field(s) {unknown}; expected 'ready'")
+    entries = {
+        fn.name: {"name": fn.name, "version": str(fn.version), "state": fn.state, "reason": fn.reason}
+        for fn in svc.registry.functions.values()
+    }
+    for name, state in svc.transitions.items():
+        entry = entries.setdefault(name, {"name": name, "reason": ""})  # a first deploy has no version yet
+        entry["state"] = state
+    listed = sorted(entries.values(), key=lambda e: e["name"])
+    return JSON([e for e in listed if e["state"] == "READY"] if only_ready else listed)
+
+
+async def repository_load(request: Request) -> Response:
+    """Triton's load: with a config (parameters.config, a JSON string, or the deploy body itself) it
+    deploys; without one it brings an unloaded function back from its saved config and model."""
+    svc = _service(request)
+    check_admin(request)
+    name = request.path_params["name"]
+    outer = await _optional_object(request, svc)
+    config: Any = None
+    params = outer.get("parameters", {})
+    if "model" in outer:
+        config = outer
+    elif not isinstance(params, dict):
+        raise InvalidInput('parameters: expected an object, e.g. {"config": "<deploy config as JSON>"}')
+    else:
+        unknown = sorted(set(params) - {"config"})
+        if unknown:
+            raise InvalidInput(
+                f"parameters: {unknown} not supported (model files are not uploaded here); "
+                "give the deploy config in parameters.config"
+            )
+        if sorted(set(outer) - {"parameters"}):
+            raise InvalidInput(f"body: unknown field(s) {sorted(set(outer) - {'parameters'})}; expected 'parameters'")
+        if "config" in params:
+            config = params["config"]
+            if isinstance(config, str):
+                try:
+                    config = orjson.loads(config)
+                except orjson.JSONDecodeError as exc:
+                    raise InvalidInput(f"parameters.config: malformed JSON ({exc})") from exc
+    if config is not None:
+        await svc.deploy(name, config)
+    elif name in svc.registry.functions:
+        await svc.load(name)
+    else:
+        raise NotFound(f"function {name!r} is not deployed; give its deploy config in parameters.config")
+    return JSON({})
+
+
+async def repository_unload(request: Request) -> Response:
+    """Triton's unload: the function stays in the repository as UNAVAILABLE; a plain load brings it back."""
+    svc = _service(request)
+    check_admin(request)
+    body = await _optional_object(request, svc)
+    params = body.get("parameters", {})
+    if not isinstance(params, dict) or not isinstance(params.get("unload_dependents", False), bool):
+        raise InvalidInput("parameters: expected an object with an optional boolean 'unload_dependents'")
+    await svc.unload(request.path_params["name"])
+    return JSON({})
+
+
+async def _optional_object(request: Request, svc: Service) -> dict[str, Any]:
+    """A JSON object body that may be absent (Triton's clients send none, or an empty one)."""
+    body = await read_body(request, svc.cfg.max_body_bytes)
+    if not body.strip():
+        return {}
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"body: malformed JSON ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise InvalidInput("body: expected a JSON object")
+    return obj
+
+
 async def openapi(request: Request) -> Response:
     from gateway.openapi import document
 
-    return JSON(document())
+    return JSON(document(admin=_service(request).cfg.admin_token is not None))
 
 
 # -- errors ----------------------------------------------------------------------------
 async def torpor_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, TorporError)
-    headers = {"retry-after": "1"} if isinstance(exc, Overloaded | Unavailable) else None
-    if isinstance(exc, Unauthorized):
-        headers = {"www-authenticate": "Bearer"}
-    return JSON({"error": exc.message}, status_code=exc.status, headers=headers)
+    return JSON({"error": exc.message}, status_code=exc.status, headers=error_headers(exc))
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -314,7 +282,19 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return JSON({"error": "internal server error"}, status_code=500)
 
 
-def build_app(service: Service) -> Starlette:
+def _resource(path: str, **handlers: Endpoint) -> Route:
+    """One route per path, so a 405 lists every method the path has in `Allow` (and HEAD with GET)."""
+
+    async def endpoint(request: Request) -> Response:
+        return await handlers["GET" if request.method == "HEAD" else request.method](request)
+
+    return Route(path, endpoint, methods=list(handlers))
+
+
+def build_app(service: Service) -> HotPath:
+    """The Starlette app behind the inference hot path (gateway/invoke.py)."""
+    endpoint = InvokeEndpoint()  # inference paths have POST only: their 405 says so
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.start()
@@ -324,26 +304,24 @@ def build_app(service: Service) -> Starlette:
             await service.stop()
 
     routes = [
-        Route("/v1/functions", list_functions, methods=["GET"]),
-        Route("/v1/functions/{name}", put_function, methods=["PUT"]),
-        Route("/v1/functions/{name}", get_function, methods=["GET"]),
-        Route("/v1/functions/{name}", delete_function, methods=["DELETE"]),
-        Route("/v1/functions/{name}/invoke", invoke, methods=["POST"]),
-        Route("/v1/devices", list_devices, methods=["GET"]),
-        Route("/v2/health/live", live, methods=["GET"]),
-        Route("/v2/health/ready", ready, methods=["GET"]),
-        Route("/v2", server_metadata, methods=["GET"]),
-        Route("/v2/models/{name}", model_metadata, methods=["GET"]),
-        Route("/v2/models/{name}/versions/{version}", model_metadata, methods=["GET"]),
-        Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
-        Route("/v2/models/{name}/versions/{version}/ready", model_ready, methods=["GET"]),
-        Route("/v2/models/{name}/infer", invoke, methods=["POST"]),
-        Route("/v2/models/{name}/versions/{version}/infer", invoke, methods=["POST"]),
-        Route("/v2/repository/index", repository_index, methods=["POST"]),
-        Route("/v2/repository/models/{name}/load", repository_load, methods=["POST"]),
-        Route("/v2/repository/models/{name}/unload", repository_unload, methods=["POST"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        _resource("/v1/functions", GET=list_functions),
+        _resource("/v1/functions/{name}", PUT=put_function, GET=get_function, DELETE=delete_function),
+        Route("/v1/functions/{name}/invoke", endpoint, methods=["POST"]),
+        _resource("/v1/devices", GET=list_devices),
+        _resource("/v2/health/live", GET=live),
+        _resource("/v2/health/ready", GET=ready),
+        _resource("/v2", GET=server_metadata),
+        _resource("/v2/models/{name}", GET=model_metadata),
+        _resource("/v2/models/{name}/versions/{version}", GET=model_metadata),
+        _resource("/v2/models/{name}/ready", GET=model_ready),
+        _resource("/v2/models/{name}/versions/{version}/ready", GET=model_ready),
+        Route("/v2/models/{name}/infer", endpoint, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}/infer", endpoint, methods=["POST"]),
+        _resource("/v2/repository/index", POST=repository_index),
+        _resource("/v2/repository/models/{name}/load", POST=repository_load),
+        _resource("/v2/repository/models/{name}/unload", POST=repository_unload),
+        _resource("/openapi.json", GET=openapi),
+        _resource("/metrics", GET=metrics),
     ]
     app = Starlette(
         routes=routes,
@@ -351,4 +329,4 @@ def build_app(service: Service) -> Starlette:
         exception_handlers={TorporError: torpor_error, HTTPException: http_error, Exception: internal_error},
     )
     app.state.service = service
-    return app
+    return HotPath(service, app)

@@ -20,6 +20,8 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 def _serve(args: argparse.Namespace) -> int:
     from gateway.serve import serve
 
+    if not 0 <= args.port <= 65535:
+        raise InvalidInput(f"--port: expected 0 to 65535 (0: any free port), got {args.port}")
     devices = parse_devices(args.devices)
     cfg = ServeConfig(
         host=args.host,
@@ -112,6 +114,8 @@ def _ls(args: argparse.Namespace) -> int:
     for f in fns["functions"]:
         model = f["model"].get("zoo") or Path(f["model"].get("pt2", "?")).name
         where = ",".join(str(d) for d in f["resident_on"]) or "-"
+        if f.get("state", "READY") != "READY":
+            where = f"{f['state'].lower()} ({f['reason']})"
         stats = f.get("stats") or {}
         attained = stats.get("slo_attainment")
         p98 = stats.get("p98_ms")
@@ -263,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except InvalidInput as exc:
-        print(f"torpor: {exc.message}", file=sys.stderr)
+        print(f"torpor {args.command}: {exc.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

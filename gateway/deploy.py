@@ -163,7 +163,7 @@ async def build(
         profile_on=profile_on,
         log_level=log_level,
     )
-    ctx = multiprocessing.get_context("spawn")
+    ctx = builder_context()
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=run, args=(order, sender), name=f"torpor-builder-{model_id}", daemon=True)
     try:
@@ -182,6 +182,38 @@ async def build(
         sender.close()
         receiver.close()
     return built
+
+
+# Imported once by the fork server, not per build (torch alone takes seconds on a busy machine).
+BUILDER_PRELOAD = [
+    "torch",
+    "gpuworker.builder",
+    "shared.program",
+    "shared.zoo",
+    "shared.profiling",
+    "shared.modelstore",
+]
+
+
+def builder_context() -> multiprocessing.context.BaseContext:
+    """Builders fork from multiprocessing's fork server, which has imported torch but never runs it.
+
+    Each builder is still its own short-lived process (its weights leave with it), but it
+    starts in milliseconds. The fork server is a separate child: this process never imports
+    torch. It initialises no CUDA and starts no threads, so forking from it is safe; it exits
+    when this process does.
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(BUILDER_PRELOAD)
+    return ctx
+
+
+def start_builders() -> None:
+    """Start the fork server now (it imports torch while the workers start), not at the first deploy."""
+    from multiprocessing import forkserver
+
+    builder_context()
+    forkserver.ensure_running()
 
 
 def _receive(proc: multiprocessing.process.BaseProcess, conn: Connection) -> dict[str, Any]:

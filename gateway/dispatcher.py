@@ -82,29 +82,42 @@ class Dispatcher:
         # Set by the service when it bounds host memory: readies a disk-tier image's host
         # segment and returns its image file (see Service.fill_source).
         self.fill_source: Callable[[str], Awaitable[str]] = _no_disk_tier
+        # Requests in the scheduler's queues: +1 on arrival, -1 when a Run takes, a Reject drops or a
+        # cancel removes one; kept here so the admission check is O(1) whatever the number of functions.
+        self._queued = 0
 
     # -- called by the service ---------------------------------------------------
     async def invoke(self, inv: Invocation) -> Outcome:
         if self.scheduler.queue_depth(inv.function) >= self.limits.max_queue_per_function:
             raise Overloaded(f"function {inv.function!r} has {self.limits.max_queue_per_function} requests waiting")
-        if self.scheduler.queued() >= self.limits.max_queued:
+        if self._queued >= self.limits.max_queued:
             raise Overloaded(f"the server has {self.limits.max_queued} requests waiting")
+        # A timer handle rather than asyncio.wait_for: no wrapper future and callbacks per request.
+        timer = asyncio.get_running_loop().call_later(inv.timeout_s, self._expire, inv)
         self._submit(inv)
         try:
-            return await asyncio.wait_for(inv.future, inv.timeout_s)
-        except TimeoutError:
-            # wait_for cancelled the future, so a late reply is dropped. Release the queue
-            # slot; a request already on a device finishes there, unseen.
-            if self._waiting.pop(inv.rid, None) is not None:
-                self.scheduler.cancel(inv.rid, inv.function)
-            raise DeadlineExceeded(
+            return await inv.future
+        finally:
+            timer.cancel()
+
+    def _expire(self, inv: Invocation) -> None:
+        """The deadline passed: answer 504 now; a late reply finds the future done and is dropped."""
+        if inv.future.done():
+            return
+        # Release the queue slot; a request already on a device finishes there, unseen.
+        if self._waiting.pop(inv.rid, None) is not None and self.scheduler.cancel(inv.rid, inv.function):
+            self._queued -= 1
+        inv.future.set_exception(
+            DeadlineExceeded(
                 f"deadline of {inv.timeout_s * 1e3:.0f} ms exceeded while waiting for {_phase_text(inv.phase)}"
-            ) from None
+            )
+        )
 
     def _submit(self, inv: Invocation) -> None:
         inv.rid = next(self._ids)
         inv.phase = "queue"
         self._waiting[inv.rid] = inv
+        self._queued += 1
         self.apply(self.scheduler.arrived(inv.rid, inv.function))
 
     def function_added(self, info: FunctionInfo) -> None:
@@ -124,10 +137,12 @@ class Dispatcher:
     def apply(self, decisions: list[Decision]) -> None:
         for d in decisions:
             if isinstance(d, Run):
+                self._queued -= len(d.rids)
                 self._spawn(self._run(d))
             elif isinstance(d, Evict):
                 self._spawn(self._evict(d))
             elif isinstance(d, Reject):
+                self._queued -= 1
                 inv = self._waiting.pop(d.rid, None)
                 if inv is not None:
                     _fail(inv, _rejection(inv, d.reason))

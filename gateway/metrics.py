@@ -7,6 +7,8 @@ scrape time by a collector, so they can never drift from the truth.
 
 from __future__ import annotations
 
+import bisect
+import math
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -15,8 +17,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from gateway.service import Service
@@ -54,31 +57,49 @@ class FunctionStats:
         }
 
 
+SLO_OUTCOMES = frozenset(("ok", "deadline", "worker_lost", "error", "overloaded"))  # server's doing: may miss
+
+
+class Buckets:
+    """One histogram child kept as plain numbers: an observation is a bisect and two additions.
+
+    prometheus_client's Histogram takes a lock per bucket increment and scans its bounds;
+    a request observes four of them. These are written and read on the event loop only.
+    """
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)  # the last: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1  # Prometheus buckets are `le`
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, total = [], 0
+        for bound, n in zip((*BUCKETS, math.inf), self.counts, strict=True):
+            total += n
+            out.append((floatToGoString(bound), total))
+        return out
+
+
+class FunctionSeries:
+    """A function's request counters and histograms, found with one dict lookup per request."""
+
+    __slots__ = ("outcomes", "latency", "queue", "swap", "exec", "stats")
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, int] = {}
+        self.latency, self.queue, self.swap, self.exec = Buckets(), Buckets(), Buckets(), Buckets()
+        self.stats: FunctionStats | None = None  # None once the function is removed
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("torpor_requests", "Invocations by outcome.", ["function", "outcome"], registry=r)
-        self.latency = Histogram(
-            "torpor_request_duration_seconds",
-            "End-to-end invocation latency.",
-            ["function"],
-            buckets=BUCKETS,
-            registry=r,
-        )
-        self.queue = Histogram(
-            "torpor_queue_duration_seconds", "Time waiting for a device.", ["function"], buckets=BUCKETS, registry=r
-        )
-        self.swap = Histogram(
-            "torpor_swap_duration_seconds",
-            "Swap-in copy time of cold requests.",
-            ["function"],
-            buckets=BUCKETS,
-            registry=r,
-        )
-        self.exec = Histogram(
-            "torpor_exec_duration_seconds", "Execution time on the device.", ["function"], buckets=BUCKETS, registry=r
-        )
         self.swaps = Counter("torpor_swaps", "Swap-ins by source (host, peer).", ["device", "source"], registry=r)
         self.swap_bytes = Counter("torpor_swap_bytes", "Bytes swapped in by source.", ["device", "source"], registry=r)
         self.evictions = Counter("torpor_evictions", "Models evicted from a device.", ["device"], registry=r)
@@ -97,6 +118,9 @@ class Metrics:
             registry=r,
         )
         self.functions: dict[str, FunctionStats] = {}
+        # Per-function request series (requests, latency, queue, swap, exec), exported at scrape time;
+        # kept after a function is removed, as Prometheus series are.
+        self.series: dict[str, FunctionSeries] = {}
         self.busy_s: dict[int, float] = {}
         self.resident_since: dict[tuple[int, str], float] = {}
         self.started = time.monotonic()
@@ -106,27 +130,32 @@ class Metrics:
 
     # -- events ------------------------------------------------------------------
     def function_deployed(self, name: str, slo_ms: float, seconds: float) -> None:
-        self.functions[name] = FunctionStats(slo_ms / 1e3)
+        stats = self.functions[name] = FunctionStats(slo_ms / 1e3)
+        self.series.setdefault(name, FunctionSeries()).stats = stats
         self.deploy.labels(name).observe(seconds)
 
     def function_removed(self, name: str) -> None:
         self.functions.pop(name, None)
+        if name in self.series:
+            self.series[name].stats = None
 
     def request_done(
         self, function: str, outcome: str, seconds: float, phases: tuple[float, float, float] | None
     ) -> None:
-        self.requests.labels(function, outcome).inc()
-        self.latency.labels(function).observe(seconds)
-        stats = self.functions.get(function)
+        series = self.series.get(function)
+        if series is None:
+            series = self.series[function] = FunctionSeries()
+        series.outcomes[outcome] = series.outcomes.get(outcome, 0) + 1
+        series.latency.observe(seconds)
         # A request the server failed is an SLO miss; one the client got wrong (4xx) is not counted.
-        if stats is not None and outcome in ("ok", "deadline", "worker_lost", "error", "overloaded"):
-            stats.record(seconds if outcome == "ok" else None)
+        if series.stats is not None and outcome in SLO_OUTCOMES:
+            series.stats.record(seconds if outcome == "ok" else None)
         if phases is not None:
             queue_s, swap_s, exec_s = phases
-            self.queue.labels(function).observe(queue_s)
+            series.queue.observe(queue_s)
             if swap_s > 0:
-                self.swap.labels(function).observe(swap_s)
-            self.exec.labels(function).observe(exec_s)
+                series.swap.observe(swap_s)
+            series.exec.observe(exec_s)
 
     def swapped_in(self, device: int, model_id: str, source: str, nbytes: int) -> None:
         kind = "host" if source == "host" else "peer"
@@ -168,3 +197,30 @@ class _StateCollector(Collector):
             budget.add_metric(label, d.layout.capacity)
             busy.add_metric(label, min(1.0, self.metrics.busy_s.get(d.index, 0.0) / uptime))
         yield from (depth, slo, resident, budget, busy)
+        yield from self._requests()
+
+    def _requests(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("torpor_requests", "Invocations by outcome.", labels=["function", "outcome"])
+        histograms = {
+            "latency": HistogramMetricFamily(
+                "torpor_request_duration_seconds", "End-to-end invocation latency.", labels=["function"]
+            ),
+            "queue": HistogramMetricFamily(
+                "torpor_queue_duration_seconds", "Time waiting for a device.", labels=["function"]
+            ),
+            "swap": HistogramMetricFamily(
+                "torpor_swap_duration_seconds", "Swap-in copy time of cold requests.", labels=["function"]
+            ),
+            "exec": HistogramMetricFamily(
+                "torpor_exec_duration_seconds", "Execution time on the device.", labels=["function"]
+            ),
+        }
+        for name, series in list(self.metrics.series.items()):
+            for outcome, n in series.outcomes.items():
+                requests.add_metric([name, outcome], n)
+            for attr, family in histograms.items():
+                b: Buckets = getattr(series, attr)
+                if any(b.counts):  # as with prometheus_client: a series appears once observed
+                    family.add_metric([name], b.cumulative(), b.sum)
+        yield requests
+        yield from histograms.values()

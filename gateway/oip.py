@@ -8,7 +8,9 @@ outputs asked for with `binary_data` (or `binary_data_output`) come back the sam
 
 from __future__ import annotations
 
-import math
+import contextlib
+import functools
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,40 +58,37 @@ def parse_request(
     if header_length is not None:
         if not 0 < header_length <= len(body):
             raise InvalidInput(f"Inference-Header-Content-Length: {header_length} is outside the {len(body)}-byte body")
-        body, binary = body[:header_length], body[header_length:]
+        # A view: the binary tensors are cut out of the body once, in _to_wire, not here.
+        view = memoryview(body)
+        body, binary = view[:header_length], view[header_length:]
     try:
         req = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"body: malformed JSON ({exc})") from exc
-    if not isinstance(req, dict) or not isinstance(req.get("inputs"), list):
+    if type(req) is not dict or type(req.get("inputs")) is not list:
         raise InvalidInput('body: expected {"inputs": [{"name", "shape", "datatype", "data"}, ...]}')
     by_name: dict[str, dict[str, Any]] = {}
     for i, t in enumerate(req["inputs"]):
-        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+        if type(t) is not dict or type(name := t.get("name")) is not str:
             raise InvalidInput(f"inputs[{i}]: expected an object with a string 'name'")
-        if t["name"] in by_name:
-            raise InvalidInput(f"inputs[{i}]: input {t['name']!r} given twice")
-        by_name[t["name"]] = t
-    expected = ", ".join(s.describe() for s in inputs)
-    unknown = sorted(set(by_name) - {s.name for s in inputs})
-    if unknown:
-        raise InvalidInput(f"inputs: unknown input {unknown[0]!r} for function {fn_name!r}; expected {expected}")
+        if name in by_name:
+            raise InvalidInput(f"inputs[{i}]: input {name!r} given twice")
+        by_name[name] = t
+    names, expected = _spec_names(inputs)
+    if not names.issuperset(by_name):
+        unknown = sorted(set(by_name) - names)[0]
+        raise InvalidInput(f"inputs: unknown input {unknown!r} for function {fn_name!r}; expected {expected}")
     # Binary data lies in the order the inputs are listed in the request.
-    chunks: dict[str, bytes] = {}
+    chunks: dict[str, memoryview | bytes] = {}
     pos = 0
-    for t in req["inputs"]:
-        size = (
-            (t.get("parameters") or {}).get("binary_data_size")
-            if isinstance(t.get("parameters"), dict | None)
-            else None
-        )
+    for name, t in by_name.items():
+        params = t.get("parameters")
+        size = params.get("binary_data_size") if type(params) is dict else None
         if size is None:
             continue
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or pos + size > len(binary):
-            raise InvalidInput(
-                f"input {t['name']!r}: binary_data_size {size!r} does not fit the {len(binary)} binary bytes"
-            )
-        chunks[t["name"]] = binary[pos : pos + size]
+        if type(size) is not int or size < 0 or pos + size > len(binary):
+            raise InvalidInput(f"input {name!r}: binary_data_size {size!r} does not fit the {len(binary)} binary bytes")
+        chunks[name] = binary[pos : pos + size]
         pos += size
     if pos != len(binary):
         raise InvalidInput(f"body: {len(binary) - pos} binary bytes after the last binary input")
@@ -103,14 +102,14 @@ def parse_request(
     if not isinstance(params, dict):
         raise InvalidInput("parameters: expected an object")
     outputs = req.get("outputs")
-    names = None
+    names_out = None
     binary_out: set[str] | bool = params.get("binary_data_output") is True
     if outputs is not None:
         if not isinstance(outputs, list) or not all(
             isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
         ):
             raise InvalidInput('outputs: expected a list of {"name": ...} objects')
-        names = [o["name"] for o in outputs]
+        names_out = [o["name"] for o in outputs]
         if binary_out is False:
             binary_out = {
                 o["name"]
@@ -120,50 +119,77 @@ def parse_request(
     timeout = params.get("timeout")
     if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0):
         raise InvalidInput("parameters.timeout: expected a positive integer of microseconds")
-    return InferRequest(req.get("id"), wire, names, timeout / 1e6 if timeout else None, binary_out)
+    return InferRequest(req.get("id"), wire, names_out, timeout / 1e6 if timeout else None, binary_out)
 
 
-def _to_wire(t: dict[str, Any], spec: TensorSpec, raw_bytes: bytes | None = None) -> dict[str, Any]:
+@functools.lru_cache(maxsize=1024)
+def _spec_names(inputs: tuple[TensorSpec, ...]) -> tuple[frozenset[str], str]:
+    """A function's input names, and their description for error messages (computed once per spec)."""
+    return frozenset(s.name for s in inputs), ", ".join(s.describe() for s in inputs)
+
+
+def _to_wire(t: dict[str, Any], spec: TensorSpec, raw_bytes: memoryview | bytes | None = None) -> dict[str, Any]:
     where = f"input {spec.name!r}"
     if t.get("datatype") != spec.datatype:
         raise InvalidInput(f"{where}: expected datatype {spec.datatype}, got {t.get('datatype')!r}")
     shape = t.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise InvalidInput(f"{where}: shape must be a list of non-negative integers")
-    if not spec.accepts(tuple(shape)):
-        raise InvalidInput(f"{where}: expected shape {list(spec.shape)} (-1 = any), got {shape}")
+    if type(shape) is not list or len(shape) != len(spec.shape):
+        raise _bad_shape(where, spec, shape)
+    count = 1
+    for want, got in zip(spec.shape, shape, strict=True):
+        if type(got) is not int or got < 0 or (want != -1 and want != got):
+            raise _bad_shape(where, spec, shape)
+        count *= got
     if raw_bytes is not None:
-        need = math.prod(shape) * ITEMSIZE[spec.datatype]
+        need = count * ITEMSIZE[spec.datatype]
         if len(raw_bytes) != need:
             raise InvalidInput(
                 f"{where}: shape {shape} of {spec.datatype} needs {need} bytes, binary_data_size is {len(raw_bytes)}"
             )
-        if spec.datatype == "BOOL" and raw_bytes.translate(None, b"\x00\x01"):
+        data = bytes(raw_bytes)  # the one copy out of the HTTP body
+        if spec.datatype == "BOOL" and data.translate(None, b"\x00\x01"):
             raise InvalidInput(f"{where}: BOOL bytes must be 0 or 1")
-        return {"name": spec.name, "datatype": spec.datatype, "shape": shape, "data": raw_bytes}
+        return {"name": spec.name, "datatype": spec.datatype, "shape": shape, "data": data}
     data = t.get("data")
-    if not isinstance(data, list):
+    if type(data) is not list:
         raise InvalidInput(f"{where}: 'data' must be a list (row-major, flat or nested)")
+    code = _PACK.get(spec.datatype)
+    if code is not None and len(data) == count and set(map(type, data)) == _JUST_FLOATS:
+        # The common case, a flat list of JSON floats, packed straight into bytes: struct rounds
+        # as numpy's cast does and refuses what would overflow to inf (the numpy path says which).
+        with contextlib.suppress(OverflowError):
+            return {
+                "name": spec.name,
+                "datatype": spec.datatype,
+                "shape": shape,
+                "data": struct.pack(f"<{count}{code}", *data),
+            }
     try:
         arr = np.asarray(data)
     except ValueError as exc:
         raise InvalidInput(f"{where}: 'data' is ragged ({exc})") from exc
-    count = math.prod(shape)
     if arr.size != count:
         raise InvalidInput(f"{where}: shape {shape} needs {count} elements, 'data' has {arr.size}")
-    if arr.size and arr.dtype.kind not in _allowed_kinds(spec.datatype):
+    if arr.size and arr.dtype.kind not in _ALLOWED_KINDS[spec.datatype]:
         raise InvalidInput(f"{where}: 'data' holds {arr.dtype.kind!r}-kind values, not {spec.datatype}")
+    datatype = spec.datatype
     try:
         with np.errstate(over="raise", invalid="raise"):  # a value beyond the type is an error, not inf
-            if spec.datatype == "BF16":
+            if datatype == "BF16":
                 raw = _bf16_from_f32(arr.astype("<f4"))
             else:
-                raw = arr.astype(_numpy_dtype(spec.datatype), casting="unsafe")
-                if spec.datatype not in ("FP16", "FP32", "FP64", "BOOL") and arr.size and not np.array_equal(raw, arr):
-                    raise InvalidInput(f"{where}: values out of range for {spec.datatype}")
+                raw = arr.astype(_NUMPY[datatype], casting="unsafe")
+                if datatype not in ("FP16", "FP32", "FP64", "BOOL") and arr.size and not np.array_equal(raw, arr):
+                    raise InvalidInput(f"{where}: values out of range for {datatype}")
     except (OverflowError, TypeError, FloatingPointError) as exc:
-        raise InvalidInput(f"{where}: values do not fit {spec.datatype} ({exc})") from exc
-    return {"name": spec.name, "datatype": spec.datatype, "shape": shape, "data": raw.tobytes()}
+        raise InvalidInput(f"{where}: values do not fit {datatype} ({exc})") from exc
+    return {"name": spec.name, "datatype": datatype, "shape": shape, "data": raw.tobytes()}
+
+
+def _bad_shape(where: str, spec: TensorSpec, shape: object) -> InvalidInput:
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        return InvalidInput(f"{where}: shape must be a list of non-negative integers")
+    return InvalidInput(f"{where}: expected shape {list(spec.shape)} (-1 = any), got {shape}")
 
 
 def _allowed_kinds(datatype: str) -> str:
@@ -174,9 +200,15 @@ def _allowed_kinds(datatype: str) -> str:
     return "iu"
 
 
+_ALLOWED_KINDS = {d: _allowed_kinds(d) for d in DATATYPES}
+_NUMPY = {d: np.dtype(code) for d, code in DATATYPES.items()}
+_PACK = {"FP16": "e", "FP32": "f", "FP64": "d"}
+_JUST_FLOATS = {float}
+
+
 def tensor_data(t: dict[str, Any]) -> np.ndarray:
     """A wire tensor's data as a flat numpy array (BF16 widened to float32)."""
-    raw = np.frombuffer(t["data"], dtype=_numpy_dtype(t["datatype"]))
+    raw = np.frombuffer(t["data"], dtype=_NUMPY[t["datatype"]])
     return bf16_to_f32(raw) if t["datatype"] == "BF16" else raw
 
 
@@ -186,6 +218,7 @@ def response(
     outputs: list[dict[str, Any]],
     wanted: list[str] | None,
     binary: set[str] | bool = False,
+    version: str = "1",
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary outputs follow it."""
     if wanted is not None:
@@ -203,7 +236,7 @@ def response(
         else:
             entry["data"] = tensor_data(o)
         listed.append(entry)
-    body: dict[str, Any] = {"model_name": model_name, "model_version": "1", "outputs": listed}
+    body: dict[str, Any] = {"model_name": model_name, "model_version": version, "outputs": listed}
     if request_id is not None:
         body["id"] = request_id
     header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)

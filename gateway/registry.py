@@ -23,6 +23,9 @@ from shared.specs import TensorSpec, specs_from_json, specs_to_json
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 REGISTRY_FILE = "functions.json"
+READY = "READY"
+UNAVAILABLE = "UNAVAILABLE"  # config and model source kept, no memory held
+UNLOADED = "unloaded"  # the reason when a user unloaded it (else: why it could not be restored)
 
 
 def check_name(name: str) -> str:
@@ -50,12 +53,23 @@ class Function:
     max_batch_size: int = 1  # waiting requests may run together up to this many
     drop_late: bool = False  # reject early (503) what can no longer meet the SLO
     heavy: bool | None = None  # set by the user; None: as measured at deploy
+    state: str = READY  # READY, or UNAVAILABLE once unloaded (Triton's repository states)
+    reason: str = ""  # why it is not READY
     image: ModelImage | None = None  # set once packed in this process
     timing: ExecTiming | None = None  # profiled at deploy in this process
 
     @property
     def model_id(self) -> str:
         return f"{self.name}@{self.version}"
+
+    @property
+    def ready(self) -> bool:
+        return self.state == READY
+
+    @property
+    def served_versions(self) -> list[str]:
+        """The versions that answer requests: the current one while loaded, none once unloaded."""
+        return [str(self.version)] if self.ready else []
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +89,8 @@ class Function:
             "heavy": self.heavy,
             # Saved so a restart from the state dir's images needs no profiling run.
             "timing": self.timing.to_wire() if self.timing is not None else None,
+            "state": self.state,
+            "reason": self.reason,
         }
 
     @classmethod
@@ -95,6 +111,8 @@ class Function:
             drop_late=bool(obj.get("drop_late", False)),
             heavy=obj.get("heavy"),
             timing=ExecTiming.from_wire(obj["timing"]) if obj.get("timing") is not None else None,
+            state=obj.get("state", READY),
+            reason=obj.get("reason", ""),
         )
 
 
@@ -106,6 +124,14 @@ class Registry:
     @property
     def artifacts(self) -> Path:
         return self.state_dir / "artifacts"
+
+    def served(self, name: str, version: str | None = None) -> Function:
+        """The function `name`; with a version, only if that version is the one served (else 404)."""
+        fn = self.get(name)
+        if version is not None and version not in fn.served_versions:
+            now = f"it serves version {fn.version}" if fn.ready else f"it is {fn.state} ({fn.reason})"
+            raise NotFound(f"function {fn.name!r} version {version!r} is not served; {now}")
+        return fn
 
     def get(self, name: str) -> Function:
         fn = self.functions.get(name)

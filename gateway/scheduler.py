@@ -323,11 +323,14 @@ class Scheduler:
         batch = [queue[0]]
         if self.policy.batching:
             limit = min(state.info.max_batch_size, len(queue))
+            earliest = queue[0].deadline  # of the batch so far: a running minimum, not a rescan per step
             while len(batch) < limit:
                 finish = now + self._service_ms(state, plan, len(batch) + 1) / 1e3
-                if finish > min(w.deadline for w in [*batch, queue[len(batch)]]):
+                nxt = queue[len(batch)]
+                earliest = min(earliest, nxt.deadline)
+                if finish > earliest:
                     break
-                batch.append(queue[len(batch)])
+                batch.append(nxt)
         for _ in batch:
             queue.popleft()
         if not queue:

@@ -1,17 +1,29 @@
-"""`torpor serve`: the gateway under uvicorn, workers started in the app's lifespan."""
+"""`torpor serve`: bind the port, start the service (workers, functions), then serve HTTP under uvicorn.
+
+Start-up runs before uvicorn so that a failure is one line on stderr and exit code 2,
+with the workers stopped and the shared memory released, never a lifespan traceback.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
+import sys
 from collections.abc import Iterator
 
 import uvicorn
 
 from gateway.app import build_app
-from gateway.service import Service
+from gateway.service import Service, StartupError
+from shared import shm
 from shared.config import ServeConfig, format_size
+from shared.errors import TorporError
+
+STARTUP_FAILED = 2
 
 
 class _Server(uvicorn.Server):
@@ -31,7 +43,15 @@ class _Server(uvicorn.Server):
 def serve(cfg: ServeConfig) -> int:
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s gateway %(levelname)s %(message)s")
     log = logging.getLogger("torpor.gateway")
-    service = Service(cfg)
+    try:
+        sock = bind(cfg.host, cfg.port)
+    except StartupError as exc:
+        return _fail(str(exc))
+    try:
+        service = Service(cfg)
+    except (TorporError, OSError, RuntimeError) as exc:  # e.g. the GPUs cannot be queried
+        sock.close()
+        return _fail(f"the devices {','.join(d.label for d in cfg.devices)} cannot be used ({exc}); check --devices")
     log.info(
         "devices %s, %s each, %d compute thread(s) per CPU device, state in %s",
         ",".join(d.label for d in cfg.devices),
@@ -50,27 +70,61 @@ def serve(cfg: ServeConfig) -> int:
         port=cfg.port,
         log_level=cfg.log_level,
         access_log=False,  # per-request logging would cost more than the hop itself
-        lifespan="on",
+        lifespan="off",  # the service starts and stops in _run, around uvicorn
         timeout_graceful_shutdown=30,
     )
     server = _Server(config)
     try:
-        server.run()
+        return asyncio.run(_run(service, server, sock))
+    except StartupError as exc:
+        return _fail(str(exc))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        return 0  # stopped by a signal while starting: a clean stop
     finally:
-        # If start-up failed half-way, lifespan shutdown may not have run.
-        if not service.stopping:
-            import asyncio
+        sock.close()
+        # A model still being packed in a thread when start-up stopped writes its segment after
+        # `stop` swept; asyncio.run has joined that thread by now.
+        for name in shm.owned_by(os.getpid()):
+            shm.unlink(name)
 
-            asyncio.run(_cleanup(service))
+
+async def _run(service: Service, server: _Server, sock: socket.socket) -> int:
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    # Until uvicorn takes the signals over, SIGINT/SIGTERM stop the start-up (and clean up below).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, main.cancel)
+    try:
+        try:
+            await service.start()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        await server.serve(sockets=[sock])
+    finally:
+        await service.stop()
     return 0 if server.started else 1
 
 
-async def _cleanup(service: Service) -> None:
-    service.stopping = True
-    for fn in service.registry.functions.values():
-        if fn.image is not None:
-            fn.image.unlink()
-    for name in list(service.pool.arenas.values()):
-        from shared import shm
+def bind(host: str, port: int) -> socket.socket:
+    """The listening address, taken before anything starts so that a busy port fails fast."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot resolve --host {host!r} ({exc.strerror}); give an address of this machine") from exc
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); stop whatever uses it or pick another --port"
+        ) from exc
+    return sock
 
-        shm.unlink(name)
+
+def _fail(message: str) -> int:
+    print(f"torpor serve: {message}", file=sys.stderr, flush=True)
+    return STARTUP_FAILED

@@ -16,12 +16,12 @@ from gateway.costmodel import Topology
 from gateway.dispatcher import Dispatcher, Invocation, Limits, Outcome
 from gateway.hosttier import HostTier, Tier
 from gateway.metrics import Metrics
-from gateway.registry import Function, Registry, check_name
+from gateway.registry import READY, REGISTRY_FILE, UNAVAILABLE, UNLOADED, Function, Registry, check_name
 from gateway.scheduler import FunctionInfo, Scheduler
 from gateway.workers import WorkerPool
 from shared import imagefile, shm
 from shared.config import ServeConfig, format_size
-from shared.errors import InvalidInput, TorporError, Unavailable
+from shared.errors import DoesNotFit, InvalidInput, TorporError, Unavailable
 from shared.imagestore import ImageStore, segment_tag
 from shared.modelstore import ModelImage
 from shared.protocol import Forget, Prepare, ReleaseHost, Stats, prepare_record
@@ -35,6 +35,10 @@ DEMO = (
     ("resnet50", "resnet50", 1000.0),
     ("bert", "bert-base", 2000.0),
 )
+
+
+class StartupError(Exception):
+    """The server cannot start: the message names the cause and the fix, in one line."""
 
 
 class Service:
@@ -55,19 +59,36 @@ class Service:
         self.dispatcher.fill_source = self.fill_source
         self._deploy_lock = asyncio.Lock()
         self._restarting: set[int] = set()
+        self._restarts: set[asyncio.Task[None]] = set()
         self.transitions: dict[str, str] = {}  # function -> LOADING / UNLOADING while it changes
         self.ready = False
         self.stopping = False
 
     # -- lifecycle ---------------------------------------------------------------
     async def start(self) -> None:
+        """Reclaim, start the workers, restore saved functions, deploy the demo; then ready.
+
+        A failure that leaves nothing to serve raises StartupError (cause and fix in one line);
+        the caller still runs `stop`, which releases whatever was created so far.
+        """
         # A crashed run's model images are spared for adoption; everything else it left goes.
         for name in shm.reclaim_stale(spare=lambda n: "-model-" in n):
             log.warning("reclaimed shared memory %s left by a crashed run", name)
-        saved = self.registry.load()
+        saved = self._saved_functions()
+        deploy.start_builders()
         # Host images come back (adopted from shared memory, or read from the state dir)
         # while the workers start: one is I/O, the other mostly importing torch.
-        images, _ = await asyncio.gather(asyncio.to_thread(self._bring_in, saved), self.pool.start_all())
+        bring_in = asyncio.ensure_future(asyncio.to_thread(self._bring_in, saved))
+        try:
+            await self.pool.start_all()
+        except (TorporError, OSError) as exc:
+            memory = f"--device-memory ({format_size(self.budget)} per device)" if self.budget else "the arenas"
+            raise StartupError(
+                f"the device workers could not start ({_message(exc)}); check --devices and that "
+                f"{memory} fits in this machine's memory"
+            ) from exc
+        finally:
+            images = await bring_in  # never raises: an unusable image is rebuilt instead
         for name in shm.reclaim_stale():
             log.warning("reclaimed shared memory %s left by a crashed run", name)
         self._adopt_devices()
@@ -76,19 +97,57 @@ class Service:
         with progress.Steps("restoring function", len(saved), log) as steps:
             for fn in saved:
                 steps.step(fn.name)
-                try:
-                    if fn.name in images:
-                        await self._restore(fn, *images[fn.name])
-                    else:
-                        await self._install(fn, fn.source, persist=False)
-                except TorporError as exc:
-                    log.error("could not restore function %s: %s", fn.name, exc.message)
+                await self._restore(fn, images.get(fn.name))
         if self.cfg.demo:
-            for name, zoo_name, slo in DEMO:
-                if name not in self.registry.functions:
-                    log.info("deploying demo function %s (%s)", name, zoo_name)
-                    await self.deploy(name, {"model": {"zoo": zoo_name}, "slo_ms": slo})
+            await self._deploy_demo()
         self.ready = True
+
+    def _saved_functions(self) -> list[Function]:
+        state_dir = self.cfg.state_dir
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            probe = state_dir / ".write-check"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StartupError(
+                f"cannot write the state directory {state_dir} ({exc.strerror or exc}); give a writable --state-dir"
+            ) from exc
+        path = state_dir / REGISTRY_FILE
+        try:
+            return self.registry.load()
+        except (OSError, ValueError, KeyError, TypeError, TorporError) as exc:
+            raise StartupError(
+                f"cannot read {path} ({_message(exc)}); repair it, or move it away to start with no functions"
+            ) from exc
+
+    async def _restore(self, fn: Function, image: tuple[ModelImage, str] | None) -> None:
+        """Bring back a saved function, from its image if it has one; one that cannot be built stays UNAVAILABLE."""
+        if fn.reason == UNLOADED:
+            self.registry.functions[fn.name] = fn  # unloaded by the user: stays so until loaded
+            return
+        fn.state, fn.reason = READY, ""  # it may have failed to restore last time: try again
+        try:
+            if image is not None:
+                await self._serve_image(fn, *image)
+            else:
+                await self._install(fn, fn.source, persist=False, input_spec=fn.inputs or None)
+        except TorporError as exc:
+            log.error("could not restore function %s: %s", fn.name, exc.message)
+            fn.image, fn.state, fn.reason = None, UNAVAILABLE, f"could not be restored: {exc.message}"
+            self.registry.functions[fn.name] = fn
+
+    async def _deploy_demo(self) -> None:
+        for name, zoo_name, slo in DEMO:
+            if name in self.registry.functions:
+                continue
+            log.info("deploying demo function %s (%s)", name, zoo_name)
+            try:
+                await self.deploy(name, {"model": {"zoo": zoo_name}, "slo_ms": slo})
+            except DoesNotFit as exc:
+                log.warning("skipping demo function %s: %s", name, exc.message)
+            except TorporError as exc:
+                raise StartupError(f"demo function {name} could not be deployed ({exc.message})") from exc
 
     def _bring_in(self, saved: list[Function]) -> dict[str, tuple[ModelImage, str]]:
         """Each saved function's host image from the state dir, without building its model.
@@ -99,8 +158,8 @@ class Service:
         counts = {"adopted": 0, "read": 0, "disk": 0}
         used, read_bytes, read_s = 0, 0, 0.0
         for fn in saved:
-            if not self.images.has(fn.model_id):
-                continue  # saved before images were kept on disk: rebuilt by _install
+            if fn.reason == UNLOADED or not self.images.has(fn.model_id):
+                continue  # unloaded by the user; or saved before images were kept on disk (rebuilt)
             try:
                 if self.host.budget is not None and used + fn.model_bytes > self.host.budget:
                     info = imagefile.read_info(self.images.path(fn.model_id))
@@ -113,8 +172,8 @@ class Service:
                     if how == "read":
                         read_bytes += got_image.nbytes
                         read_s += time.perf_counter() - started
-            except TorporError as exc:
-                log.error("image of %s unusable (%s); rebuilding it", fn.name, exc.message)
+            except (TorporError, OSError) as exc:
+                log.error("image of %s unusable (%s); rebuilding it", fn.name, _message(exc))
                 continue
             if got_image.table.nbytes != fn.model_bytes:
                 log.error("image of %s does not match its registry entry; rebuilding it", fn.name)
@@ -135,8 +194,8 @@ class Service:
             )
         return images
 
-    async def _restore(self, fn: Function, image: ModelImage, tier: str) -> None:
-        """Serve a saved function again from its host image (specs and timing from the registry)."""
+    async def _serve_image(self, fn: Function, image: ModelImage, tier: str) -> None:
+        """Serve a function from its image (host memory or disk tier): specs and timing from the registry."""
         fn.image = image
         try:
             await self._prepare_everywhere(fn)
@@ -183,7 +242,9 @@ class Service:
         return str(self.images.path(fn.model_id))
 
     def tier(self, fn: Function) -> str:
-        """Where a function's weights are: device (resident somewhere), host or disk."""
+        """Where a function's weights are: device (resident somewhere), host or disk (none: unloaded, no image)."""
+        if not fn.ready:
+            return Tier.DISK if self.images.has(fn.model_id) else "none"
         if self.scheduler.residency(fn.model_id):
             return "device"
         state = self.scheduler.functions.get(fn.name)
@@ -192,6 +253,10 @@ class Service:
     async def stop(self) -> None:
         self.stopping = True
         self.ready = False
+        # A worker restart under way would start a process after stop_all has reaped the pool.
+        for task in list(self._restarts):
+            task.cancel()
+        await asyncio.gather(*self._restarts, return_exceptions=True)
         await self.dispatcher.drain()
         await self.pool.stop_all()
         for fn in self.registry.functions.values():
@@ -291,7 +356,7 @@ class Service:
             built.image.unlink()
             self.images.remove(fn.model_id)
             raise
-        if old is not None:
+        if old is not None and old is not fn:  # `load` installs the registry's own entry again
             await self._retire(old)
         self.dispatcher.function_added(function_info(fn))
         self.host.add(fn.name, fn.model_bytes, time.monotonic())
@@ -327,23 +392,103 @@ class Service:
         async with self._deploy_lock:
             fn = self.registry.get(name)
             del self.registry.functions[name]
-            self.registry.save()
+            try:
+                self.registry.save()
+            except OSError as exc:  # nothing changed: it stays deployed
+                self.registry.functions[name] = fn
+                raise Unavailable(f"could not persist the registry: {exc}") from exc
             await self._retire(fn)
             self.metrics.function_removed(name)
             return fn
 
-    async def _retire(self, fn: Function) -> None:
+    async def unload(self, name: str) -> Function:
+        """Free the function's host and device memory; its config and model source stay (UNAVAILABLE).
+
+        Requests waiting for it are answered 404 (removed); `load` brings it back, the same version.
+        """
+        self.registry.get(name)  # 404 before anything changes
+        self.transitions[name] = "UNLOADING"
+        try:
+            async with self._deploy_lock:
+                fn = self.registry.get(name)
+                if fn.reason == UNLOADED:
+                    return fn  # as Triton: unloading an unloaded model succeeds
+                previous, was_ready = (fn.state, fn.reason), fn.ready
+                # Unloaded on purpose, it is no longer retried at start (as one that failed to restore is).
+                fn.state, fn.reason = UNAVAILABLE, UNLOADED
+                try:
+                    self.registry.save()
+                except OSError as exc:
+                    fn.state, fn.reason = previous
+                    raise Unavailable(f"could not persist the registry: {exc}") from exc
+                if was_ready:
+                    await self._retire(fn, keep_image=True)  # to the disk tier: load reads it back
+                    fn.image = None
+                    log.info("unloaded %s (version %d)", name, fn.version)
+                return fn
+        finally:
+            self.transitions.pop(name, None)
+
+    async def load(self, name: str) -> Function:
+        """Rebuild an unloaded function from its saved config and model source (zoo seed or .pt2 artifact)."""
+        if self.registry.get(name).ready:
+            return self.registry.get(name)
+        self.transitions[name] = "LOADING"
+        try:
+            async with self._deploy_lock:
+                fn = self.registry.get(name)
+                if not fn.ready:
+                    previous = fn.state, fn.reason
+                    fn.state, fn.reason = READY, ""
+                    try:
+                        await self._load(fn)
+                    except BaseException:
+                        fn.image = None
+                        fn.state, fn.reason = previous
+                        raise
+                return fn
+        finally:
+            self.transitions.pop(name, None)
+
+    async def _load(self, fn: Function) -> None:
+        """From the image unload left on disk (no build, no profiling); rebuilt if there is none."""
+        try:
+            got = await asyncio.to_thread(self.images.bring_in, fn.model_id) if self.images.has(fn.model_id) else None
+        except (TorporError, OSError) as exc:
+            log.error("image of %s unusable (%s); rebuilding it", fn.name, _message(exc))
+            got = None
+        if got is None:
+            await self._install(fn, fn.source, persist=True, input_spec=fn.inputs or None)
+            return
+        await self._serve_image(fn, got.image, Tier.HOST)
+        try:
+            self.registry.save()
+        except OSError as exc:
+            await self._retire(fn, keep_image=True)
+            raise Unavailable(f"could not persist the registry: {exc}") from exc
+        try:
+            await self._make_room(0, keep=fn.name)
+        except Unavailable as exc:
+            log.warning("%s; host memory is over its bound until images are free", exc.message)
+
+    async def _retire(self, fn: Function, keep_image: bool = False) -> None:
         self.dispatcher.function_removed(fn.name)
         await self.pool.broadcast(Forget(model_id=fn.model_id))
         if fn.image is not None:
             fn.image.unlink()  # workers that still map it keep their mapping until they forget it
-        self.images.remove(fn.model_id)
+        if not keep_image:
+            self.images.remove(fn.model_id)
         self.host.remove(fn.name)
 
     # -- requests ------------------------------------------------------------------
     async def invoke(self, fn: Function, inputs: list[dict[str, Any]], timeout_s: float | None = None) -> Outcome:
         if self.stopping:
             raise Unavailable("the server is shutting down")
+        if not fn.ready:
+            raise Unavailable(
+                f"function {fn.name!r} is {fn.state} ({fn.reason}); "
+                f"load it with POST /v2/repository/models/{fn.name}/load"
+            )
         self.host.touch(fn.name, time.monotonic())
         inv = Invocation(fn.name, inputs, [o.name for o in fn.outputs], timeout_s or fn.timeout_ms / 1e3)
         return await self.dispatcher.invoke(inv)
@@ -356,7 +501,8 @@ class Service:
         if not self.stopping and device not in self._restarting:
             self._restarting.add(device)
             task = asyncio.get_running_loop().create_task(self._restart(device))
-            task.add_done_callback(lambda _: self._restarting.discard(device))
+            self._restarts.add(task)
+            task.add_done_callback(lambda t: (self._restarting.discard(device), self._restarts.discard(t)))
 
     async def _restart(self, device: int) -> None:
         """Start the device's worker again, backing off while it keeps failing to start."""
@@ -458,6 +604,10 @@ def default_budget(cfg: ServeConfig) -> int | None:
 
 def _describe(source: dict[str, Any]) -> str:
     return f"zoo:{source['zoo']}" if "zoo" in source else "pt2"
+
+
+def _message(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, TorporError) else (str(exc) or type(exc).__name__)
 
 
 def _pid() -> int:

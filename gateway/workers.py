@@ -192,7 +192,11 @@ class WorkerPool:
                 name = shm.segment_name(f"arena{i}")
                 shm.create(name, self.budget).close()
                 self.arenas[i] = name
-        await asyncio.gather(*(self.start(i) for i in range(len(self.cfg.devices))))
+        # Let every start finish (or fail) before raising, so a stop after a failure reaps them all.
+        results = await asyncio.gather(*(self.start(i) for i in range(len(self.cfg.devices))), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
         await self.exchange_peers()
 
     async def exchange_peers(self) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-from shared.errors import InvalidInput, TorporError
+from shared.errors import DoesNotFit, InvalidInput, TorporError
 
 log = logging.getLogger("torpor.builder")
 
@@ -96,7 +96,7 @@ def build(order: BuildOrder) -> dict[str, Any]:
     ordered = program.packing_order(gm)
     table = layout(ordered)
     if table.nbytes > order.budget:
-        raise InvalidInput(
+        raise DoesNotFit(
             f"model: needs {format_size(table.nbytes)} of device memory but a device holds {format_size(order.budget)}"
         )
     with torch.inference_mode():

@@ -306,5 +306,7 @@ def _kserve(t: torch.Tensor) -> str:
 
 def _raw(t: torch.Tensor) -> Buffer:
     """The tensor's bytes as a view (sent before the tensor is dropped), not a copy."""
+    if t.device.type == "cpu" and t.dtype is not torch.bfloat16 and not t.requires_grad and t.is_contiguous():
+        return memoryview(t.numpy()).cast("B") if t.numel() else b""  # the common case, no dispatched torch ops
     t = t.detach().to("cpu").contiguous().reshape(-1)
     return memoryview(t.view(torch.uint8).numpy()) if t.numel() else b""

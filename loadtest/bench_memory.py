@@ -55,6 +55,13 @@ def worker_pids(server: Server) -> list[int]:
     return [d["pid"] for d in devices if d["pid"]]
 
 
+def child_pids(pid: int) -> list[int]:
+    """The long-lived children: workers, the builders' fork server, multiprocessing's resource tracker."""
+    return sorted(
+        int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()
+    )
+
+
 def image_bytes(server: Server) -> int:
     """Bytes the server's model images occupy in /dev/shm (allocated blocks, not apparent size)."""
     return sum(os.stat(f"/dev/shm/{n}").st_blocks * 512 for n in shm_segments_of(server.pid) if "-model-" in n)
@@ -64,7 +71,8 @@ def measure(functions: int, model: str, devices: str, memory: str, out: list[str
     with tempfile.TemporaryDirectory(prefix="torpor-mem-") as tmp:
         server = Server(Path(tmp) / "state", devices=devices, memory=memory).start()
         try:
-            pids = [server.pid, *worker_pids(server)]
+            pids = [server.pid, *child_pids(server.pid)]
+            workers = set(worker_pids(server))
             idle = {p: private_bytes(p) for p in pids}
             model_bytes = 0
             gateway_after: list[int] = []
@@ -87,12 +95,15 @@ def measure(functions: int, model: str, devices: str, memory: str, out: list[str
                 "model_mb": model_bytes / MB,
                 "images_mb": images / MB,
                 "private_growth_mb": growth / MB,
-                "worker_growth_per_function_mb": sum(growths[1:]) / MB / functions / max(1, len(pids) - 1),
+                "worker_growth_per_function_mb": sum(g for p, g in zip(pids, growths, strict=True) if p in workers)
+                / MB
+                / functions
+                / len(workers),
                 # Beyond the first function: what each further function costs every worker.
-                "worker_marginal_per_function_mb": sum(private_bytes(p) - first[p] for p in pids[1:])
+                "worker_marginal_per_function_mb": sum(private_bytes(p) - first[p] for p in workers)
                 / MB
                 / max(1, functions - 1)
-                / max(1, len(pids) - 1),
+                / len(workers),
                 "host_per_model_byte": (images + growth) / model_bytes,
                 "gateway_maps_torch": float(maps_torch(server.pid)),
             }

@@ -2,7 +2,8 @@
 
     TorporError                      base; .status is the HTTP status a client sees
     ├── InvalidInput (400)           the caller sent something wrong; nothing was changed
-    │   └── PayloadTooLarge (413)    body over the configured limit
+    │   ├── PayloadTooLarge (413)    body over the configured limit
+    │   └── DoesNotFit (400)         the model is larger than a device's budget
     ├── NotFound (404)               no such function / model
     ├── Unauthorized (401)           missing or wrong bearer token
     ├── Overloaded (429)             queue bound reached; retry later
@@ -41,6 +42,10 @@ class InvalidInput(TorporError):
 class PayloadTooLarge(InvalidInput):
     status = 413
     kind = "payload_too_large"
+
+
+class DoesNotFit(InvalidInput):
+    kind = "does_not_fit"
 
 
 class NotFound(TorporError):
@@ -98,6 +103,7 @@ _BY_KIND: dict[str, type[TorporError]] = {
         TorporError,
         InvalidInput,
         PayloadTooLarge,
+        DoesNotFit,
         NotFound,
         Overloaded,
         Unauthorized,

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 POLICY_NAMES = ("torpor", "simpleswap", "native")
+# Defaults of a generated workload; with --trace, functions and minutes come from the file.
+GENERATED = argparse.Namespace(functions=200, minutes=10, rate=0.15, sigma=1.0, burstiness=0.5)
+SLO_FACTOR = 5.0
 
 
 def add_commands(sub: Any) -> None:
@@ -23,13 +26,19 @@ def add_commands(sub: Any) -> None:
         default="torpor",
         help=f"{', '.join(POLICY_NAMES)}, each optionally with +drop_late; a comma list; or all (default torpor)",
     )
-    s.add_argument("--functions", type=int, default=200, help="functions deployed (default 200)")
+    s.add_argument(
+        "--functions", type=int, help=f"functions deployed (default: all of --trace's, else {GENERATED.functions})"
+    )
     s.add_argument("--sweep", help="FROM:TO:STEP function counts: the density curve (e.g. 40:800:40)")
-    s.add_argument("--minutes", type=int, default=10, help="trace length in minutes (default 10)")
-    s.add_argument("--rate", type=float, default=0.15, help="mean requests/s per function (generated trace)")
-    s.add_argument("--sigma", type=float, default=1.0, help="log-normal spread of rates across functions")
-    s.add_argument("--burstiness", type=float, default=0.5, help="0 = steady Poisson, 1 = very bursty")
-    s.add_argument("--slo-factor", type=float, default=5.0, help="SLO = factor × the model's exec time")
+    s.add_argument(
+        "--minutes", type=int, help=f"minutes simulated (default {GENERATED.minutes}; fewer if the trace is shorter)"
+    )
+    s.add_argument("--rate", type=float, help=f"mean requests/s per function (default {GENERATED.rate})")
+    s.add_argument("--sigma", type=float, help=f"log-normal spread of rates (default {GENERATED.sigma})")
+    s.add_argument(
+        "--burstiness", type=float, help=f"0 = steady Poisson, 1 = very bursty (default {GENERATED.burstiness})"
+    )
+    s.add_argument("--slo-factor", type=float, help=f"SLO = factor × the model's exec time (default {SLO_FACTOR})")
     s.add_argument("--slo-ms", type=float, help="one SLO for every function instead of --slo-factor")
     s.add_argument("--percentile", type=float, default=98.0, help="SLO percentile (default 98)")
     s.add_argument("--models", nargs="+", default=[], help="models of the profile to use (default all)")
@@ -49,6 +58,84 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=1, help="compute threads per CPU device")
     p.add_argument("--out", default="profile.json")
     p.set_defaults(func=_profile)
+
+
+def _settle_options(args: argparse.Namespace) -> None:
+    """Fill the defaults that depend on other options, and refuse combinations that make no sense.
+
+    Every refusal is one line naming the options and what to do instead (SystemExit).
+    """
+    trace_shaping = [f"--{k}" for k in ("rate", "sigma", "burstiness") if getattr(args, k) is not None]
+    if args.trace and trace_shaping:
+        _refuse(f"{', '.join(trace_shaping)}: only for a generated trace; with --trace the counts come from the file")
+    if args.slo_ms is not None and args.slo_factor is not None:
+        _refuse("give --slo-ms (one SLO for every function) or --slo-factor (a multiple of each model's exec time)")
+    if args.sweep and args.functions is not None:
+        _refuse("--sweep FROM:TO:STEP sets the function counts; drop --functions")
+    for key, value in vars(GENERATED).items():
+        if getattr(args, key) is None and not (args.trace and key in ("functions", "minutes")):
+            setattr(args, key, value)
+    if args.slo_factor is None:
+        args.slo_factor = SLO_FACTOR
+    if args.trace:
+        from shared import traces
+
+        try:
+            shape = traces.read_azure_csv(args.trace, minutes=1)  # one column: the function count is what we need
+            minutes = _trace_minutes(args.trace)
+        except OSError as exc:
+            _refuse(f"--trace {args.trace}: {exc.strerror or exc}")
+        available = len(shape.functions)
+        if args.minutes is None:
+            args.minutes = min(GENERATED.minutes, minutes)
+        elif args.minutes > minutes:
+            _refuse(f"--minutes {args.minutes}: the trace {args.trace} has {minutes} (the default: 10 or all if fewer)")
+        wanted = _sweep(args.sweep)[-1] if args.sweep else args.functions
+        if wanted is not None and wanted > available:
+            option = "--sweep" if args.sweep else "--functions"
+            _refuse(f"{option} asks for {wanted} functions; the trace {args.trace} has {available} (the default: all)")
+        if args.functions is None:
+            args.functions = available
+    checks = (
+        ("--functions", args.functions >= 1, "at least 1"),
+        ("--minutes", args.minutes >= 1, "at least 1"),
+        ("--nodes", 1 <= args.nodes, "at least 1"),
+        ("--max-batch", 1 <= args.max_batch <= 256, "from 1 to 256"),
+        ("--jobs", args.jobs >= 1, "at least 1"),
+        ("--percentile", 0 < args.percentile < 100, "between 0 and 100 exclusive, e.g. 98"),
+        ("--rate", args.rate > 0, "above 0 requests/s"),
+        ("--sigma", args.sigma >= 0, "0 or more"),
+        ("--burstiness", 0 <= args.burstiness <= 1, "from 0 to 1"),
+        ("--slo-factor", args.slo_factor > 0, "above 0"),
+        ("--slo-ms", args.slo_ms is None or args.slo_ms > 0, "above 0 ms"),
+    )
+    for option, ok, expected in checks:
+        if not ok:
+            _refuse(f"{option} {getattr(args, option[2:].replace('-', '_'))}: expected {expected}")
+    fewest = _sweep(args.sweep)[0] if args.sweep else args.functions
+    if args.nodes > fewest:
+        _refuse(f"--nodes {args.nodes}: more nodes than functions ({fewest}); every node needs one")
+
+
+def _sweep(text: str) -> list[int]:
+    try:
+        lo, hi, step = (int(x) for x in text.split(":"))
+    except ValueError:
+        _refuse("--sweep: expected FROM:TO:STEP, e.g. 40:800:40")
+    if not 1 <= lo <= hi or step < 1:
+        _refuse(f"--sweep {text}: expected 1 <= FROM <= TO and STEP >= 1")
+    return list(range(lo, hi + 1, step))
+
+
+def _trace_minutes(path: str) -> int:
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return len(next(csv.reader(f))) - 4  # the header was checked by read_azure_csv
+
+
+def _refuse(message: str) -> NoReturn:
+    raise SystemExit(f"torpor simulate: {message}")
 
 
 def _workload(args: argparse.Namespace, functions: int) -> Any:
@@ -87,6 +174,7 @@ def _policies(text: str) -> list[str]:
 
 def _simulate(args: argparse.Namespace) -> int:
     try:
+        _settle_options(args)
         return _run_simulation(args)
     except (ValueError, OSError) as exc:  # a bad profile, trace or workload: say which, no traceback
         raise SystemExit(f"torpor simulate: {exc}") from None
@@ -106,11 +194,7 @@ def _run_simulation(args: argparse.Namespace) -> int:
     out = Path(args.out)
     policies = _policies(args.policy)
     if args.sweep:
-        try:
-            lo, hi, step = (int(x) for x in args.sweep.split(":"))
-        except ValueError:
-            raise SystemExit("torpor simulate: --sweep: expected FROM:TO:STEP, e.g. 40:800:40") from None
-        counts = list(range(lo, hi + 1, step))
+        counts = _sweep(args.sweep)
         curves = density(args.profile, _workload(args, counts[0]), counts, policies, jobs=args.jobs)
         write_json(curves, out / "density.json")
         where = profile.name if args.nodes == 1 else f"{args.nodes} nodes of {profile.name}"

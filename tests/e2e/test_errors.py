@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from loadtest.server import Server
@@ -55,6 +56,26 @@ def test_wrong_input_name_shape_datatype_count_are_400_naming_the_expectation(se
     )
     r = server.client.post("/v2/models/mlp/infer", json={"inputs": [good], "outputs": [{"name": "nope"}]})
     _error(r, 400, "unknown output 'nope'")
+
+
+def test_inference_paths_keep_http_semantics(server: Server) -> None:
+    """Inference skips Starlette's routing: other methods, odd paths and streamed bodies still behave."""
+    _error(server.client.get("/v1/functions/mlp/invoke"), 405)
+    _error(server.client.put("/v2/models/mlp/infer", json={}), 405)
+    assert server.client.post("/v1/functions/mlp/invoke/", json={}).status_code in (307, 404)
+    body = b'{"inputs": [%s]}' % orjson.dumps(sample_input("mlp")[0])
+
+    def chunks():  # type: ignore[no-untyped-def]
+        for i in range(0, len(body), 7):  # sent chunked: the body arrives in several messages
+            yield body[i : i + 7]
+
+    r = server.client.post("/v2/models/mlp/versions/1/infer", content=chunks())
+    assert r.status_code == 200 and r.json()["model_name"] == "mlp", r.text
+    assert r.headers["content-length"] == str(len(r.content))
+    assert {"x-torpor-queue-ms", "x-torpor-exec-ms", "x-torpor-device", "x-torpor-batch"} <= set(r.headers)
+    _error(server.client.post("/v1/functions/mlp/invoke", content=b'{"inputs": [}'), 400, "malformed JSON")
+    r = server.client.post("/v1/functions/mlp/invoke", content=body, headers={"inference-header-content-length": "x"})
+    _error(r, 400, "Inference-Header-Content-Length")
 
 
 def test_body_over_the_limit_is_413(server: Server) -> None:

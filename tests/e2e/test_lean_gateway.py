@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadtest.bench_memory import image_bytes, maps_torch, private_bytes, worker_pids
+from loadtest.bench_memory import child_pids, image_bytes, maps_torch, private_bytes
 from loadtest.server import Server, shm_segments_of
 from tests.e2e.helpers import native_output, output_array, sample_input
 
@@ -31,7 +31,7 @@ HOST_PER_MODEL_BYTE_BOUND = 1.10  # images once, plus the workers' weight-less p
 def test_deploys_leave_the_gateway_flat_and_models_on_the_host_once(tmp_path: Path) -> None:
     srv = Server(tmp_path / "state", devices="cpu:2", memory="256MiB").start()
     try:
-        pids = [srv.pid, *worker_pids(srv)]
+        pids = [srv.pid, *child_pids(srv.pid)]  # workers, the builders' fork server, the resource tracker
         idle = {p: private_bytes(p) for p in pids}
         model_bytes = 0
         for seed in range(DEPLOYS):
@@ -63,29 +63,33 @@ def test_deploys_leave_the_gateway_flat_and_models_on_the_host_once(tmp_path: Pa
     assert shm_segments_of(pid) == [], "shared memory left behind after shutdown"
 
 
-def _spawned_children(pid: int) -> set[int]:
-    """Children started by multiprocessing's spawn (workers, builders), not its resource tracker."""
-    out: set[int] = set()
+def _children(pid: int) -> dict[int, bytes]:
+    """Child pid -> command line."""
+    out: dict[int, bytes] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         for child in (task / "children").read_text().split():
             try:
-                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                    out.add(int(child))
+                out[int(child)] = Path(f"/proc/{child}/cmdline").read_bytes()
             except FileNotFoundError:
                 pass  # exited meanwhile
     return out
 
 
+def _builders(gateway: int) -> set[int]:
+    """Builders fork from multiprocessing's fork server, a child of the gateway."""
+    servers = [pid for pid, cmd in _children(gateway).items() if b"forkserver" in cmd]
+    return {b for s in servers for b in _children(s)}
+
+
 def test_a_builder_that_dies_fails_its_deploy_cleanly(tmp_path: Path) -> None:
     srv = Server(tmp_path / "state", devices="cpu:1", memory="512MiB").start()
     try:
-        workers = set(worker_pids(srv))
         with ThreadPoolExecutor(1) as pool:
             deploying = pool.submit(srv.deploy, "bert", {"model": {"zoo": "bert-base"}, "slo_ms": 5000})
             deadline = time.monotonic() + 60
             builders: set[int] = set()
             while not builders and time.monotonic() < deadline and not deploying.done():
-                builders = _spawned_children(srv.pid) - workers
+                builders = _builders(srv.pid)
                 time.sleep(0.02)
             assert builders, "no builder process appeared"
             for pid in builders:

@@ -9,7 +9,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from loadtest.server import Server
+from loadtest.server import Server, shm_segments_of
 from tests.e2e.helpers import native_output
 
 pytestmark = pytest.mark.e2e
@@ -66,14 +66,72 @@ def test_wrong_binary_size_is_a_clear_error(server: Server) -> None:
     assert r.status_code == 400 and "needs 256 bytes" in r.json()["error"]
 
 
-def test_repository_load_index_unload(client: triton.InferenceServerClient) -> None:
+def _index(client: triton.InferenceServerClient) -> dict[str, dict[str, str]]:
+    return {m["name"]: m for m in client.get_model_repository_index()}
+
+
+def _mlp_input(seed: int) -> triton.InferInput:
+    x = np.random.default_rng(seed).standard_normal((3, 64)).astype(np.float32)
+    inp = triton.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=True)
+    return inp
+
+
+def test_repository_unload_load_round_trip(client: triton.InferenceServerClient, server: Server) -> None:
     config = json.dumps({"model": {"zoo": "mlp", "seed": 9}, "slo_ms": 50})
     client.load_model("tc-mlp", config=config)
-    index = {m["name"]: m for m in client.get_model_repository_index()}
-    assert index["tc-mlp"]["state"] == "READY" and index["mlp"]["state"] == "READY"
-    assert client.is_model_ready("tc-mlp")
-    client.load_model("tc-mlp")  # already deployed: loadable on demand, nothing to do
+    assert _index(client)["tc-mlp"] == {"name": "tc-mlp", "version": "1", "state": "READY", "reason": ""}
+    assert _index(client)["mlp"]["state"] == "READY"
+    before = client.infer("tc-mlp", [_mlp_input(5)]).as_numpy("output")
+    assert any("model-tc-mlp" in n for n in shm_segments_of(server.pid))
+
     client.unload_model("tc-mlp")
+    assert _index(client)["tc-mlp"] == {"name": "tc-mlp", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"}
+    only_ready = server.client.post("/v2/repository/index", json={"ready": True}).json()
+    assert "tc-mlp" not in {m["name"] for m in only_ready} and "mlp" in {m["name"] for m in only_ready}
     assert not client.is_model_ready("tc-mlp")
+    assert client.get_model_metadata("tc-mlp")["versions"] == []
+    assert not any("model-tc-mlp" in n for n in shm_segments_of(server.pid)), "host memory not freed"
+    devices = server.client.get("/v1/devices").json()["devices"]
+    assert not any(m.startswith("tc-mlp@") for d in devices for m in d["resident"]), "device memory not freed"
+    with pytest.raises(InferenceServerException, match="UNAVAILABLE") as err:
+        client.infer("tc-mlp", [_mlp_input(5)])
+    assert err.value.status() == "503" and "load it with POST" in err.value.message()
+    client.unload_model("tc-mlp")  # unloading an unloaded model succeeds, as in Triton
+
+    client.load_model("tc-mlp")  # no config: back from the saved config and model
+    assert _index(client)["tc-mlp"]["state"] == "READY" and client.is_model_ready("tc-mlp")
+    again = client.infer("tc-mlp", [_mlp_input(5)])
+    assert again.as_numpy("output").tobytes() == before.tobytes()
+    assert again.get_response()["model_version"] == "1"
+    client.unload_model("tc-mlp")
+    server.client.delete("/v1/functions/tc-mlp").raise_for_status()  # deleting an unloaded function works
+    assert "tc-mlp" not in _index(client)
     with pytest.raises(InferenceServerException, match="not deployed"):
         client.load_model("never-deployed")
+
+
+def test_versions_follow_redeploys(client: triton.InferenceServerClient, server: Server) -> None:
+    client.load_model("tc-ver", config=json.dumps({"model": {"zoo": "mlp", "seed": 1}, "slo_ms": 50}))
+    client.load_model("tc-ver", config=json.dumps({"model": {"zoo": "mlp", "seed": 2}, "slo_ms": 50}))
+    try:
+        assert _index(client)["tc-ver"]["version"] == "2"
+        assert client.get_model_metadata("tc-ver")["versions"] == ["2"]
+        assert client.get_model_metadata("tc-ver", model_version="2")["name"] == "tc-ver"
+        assert client.is_model_ready("tc-ver", model_version="2") and not client.is_model_ready("tc-ver", "1")
+        result = client.infer("tc-ver", [_mlp_input(1)], model_version="2")
+        assert result.get_response()["model_version"] == "2"
+        assert client.infer("tc-ver", [_mlp_input(1)]).get_response()["model_version"] == "2"
+        for call in (
+            lambda: client.get_model_metadata("tc-ver", model_version="1"),
+            lambda: client.infer("tc-ver", [_mlp_input(1)], model_version="1"),
+        ):
+            with pytest.raises(InferenceServerException, match="version '1' is not served; it serves version 2") as err:
+                call()
+            assert err.value.status() == "404"
+    finally:
+        client.unload_model("tc-ver")
+    with pytest.raises(InferenceServerException, match="UNAVAILABLE") as err:
+        client.get_model_metadata("tc-ver", model_version="2")
+    assert err.value.status() == "404"
+    server.client.delete("/v1/functions/tc-ver").raise_for_status()
