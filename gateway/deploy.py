@@ -25,7 +25,6 @@ from shared import shm
 from shared.catalog import ZOO_NAMES
 from shared.errors import InvalidInput, ProtocolError, Unavailable, from_wire
 from shared.exectiming import ExecTiming
-from shared.imagestore import segment_tag
 from shared.modelstore import ModelImage
 from shared.specs import TensorSpec, specs_from_json, specs_to_json
 
@@ -135,6 +134,7 @@ BUILD_TIMEOUT_S = 1800.0  # a builder that has not answered by then is stuck: ki
 async def build(
     source: dict[str, Any],
     model_id: str,
+    segment: str,
     budget: int,
     input_spec: tuple[TensorSpec, ...] | None,
     max_batch: int = 1,
@@ -144,14 +144,13 @@ async def build(
 ) -> Built:
     """Build, check, pack and profile a model in a short-lived builder process (gpuworker/builder.py).
 
-    The builder creates the image's segment under this process's name scheme; from the
-    reply on, this process owns it. On any failure the segment is unlinked here, since
+    The builder creates the image's segment `segment` (named under this process's scheme);
+    from the reply on, this process owns it. On any failure the segment is unlinked here, since
     the builder may have died after creating it. `profile_on`: a torch device ("cuda:0")
     to profile on, None for the CPU.
     """
     from gpuworker.builder import BuildOrder, run
 
-    segment = shm.segment_name(segment_tag(model_id))
     order = BuildOrder(
         source=source,
         model_id=model_id,

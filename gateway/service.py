@@ -22,7 +22,7 @@ from gateway.workers import WorkerPool
 from shared import imagefile, shm
 from shared.config import ServeConfig, format_size
 from shared.errors import DoesNotFit, InvalidInput, TorporError, Unavailable
-from shared.imagestore import ImageStore, segment_tag
+from shared.imagestore import ImageStore
 from shared.modelstore import ModelImage
 from shared.protocol import Forget, Prepare, ReleaseHost, Stats, prepare_record
 
@@ -89,7 +89,7 @@ class Service:
             ) from exc
         finally:
             images = await bring_in  # never raises: an unusable image is rebuilt instead
-        for name in shm.reclaim_stale():
+        for name in shm.reclaim_stale(spare=self.images.spare):
             log.warning("reclaimed shared memory %s left by a crashed run", name)
         self._adopt_devices()
         if self._disk_bandwidth is not None:
@@ -163,7 +163,7 @@ class Service:
             try:
                 if self.host.budget is not None and used + fn.model_bytes > self.host.budget:
                     info = imagefile.read_info(self.images.path(fn.model_id))
-                    name = shm.segment_name(segment_tag(fn.model_id))
+                    name = self.images.segment(fn.model_id)
                     got_image, how = ModelImage(name, info.table), "disk"
                 else:
                     started = time.perf_counter()
@@ -327,6 +327,7 @@ class Service:
         built = await deploy.build(
             source,
             fn.model_id,
+            self.images.segment(fn.model_id),
             self.budget,
             input_spec,
             fn.max_batch_size,

@@ -17,8 +17,10 @@ Torch-free: the gateway runs this.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +29,13 @@ from shared.errors import DamagedImage
 from shared.modelstore import ModelImage
 
 
-def segment_tag(model_id: str) -> str:
-    """The tag of a model's host segment (shm names allow no '@')."""
-    return "model-" + model_id.replace("@", "_v")
+def _safe(model_id: str) -> str:
+    return model_id.replace("@", "_v")  # shm names allow no '@'
+
+
+# Another state dir's images left by a crash wait this long for their own server to adopt
+# them before any server on the host reclaims them.
+FOREIGN_GRACE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -42,12 +48,30 @@ class ImageStore:
     def __init__(self, directory: str | Path, owner: int | None = None) -> None:
         self.directory = Path(directory)
         self.owner = owner if owner is not None else os.getpid()
+        # Host segments carry their state dir's tag: a server adopts (and reclaims) only its
+        # own state dir's images, never those another server on this host may still adopt.
+        self.tag = hashlib.sha1(str(self.directory.resolve()).encode()).hexdigest()[:8]
 
     def __repr__(self) -> str:
         return f"<ImageStore {self.directory} owner={self.owner}>"
 
     def path(self, model_id: str) -> Path:
-        return self.directory / f"{segment_tag(model_id)}.img"
+        return self.directory / f"model-{_safe(model_id)}.img"
+
+    def segment(self, model_id: str, owner: int | None = None) -> str:
+        """The name of a model's host segment for this state dir and owner (default: this process)."""
+        return shm.segment_name(f"model-{self.tag}-{_safe(model_id)}", owner if owner is not None else self.owner)
+
+    def spare(self, name: str) -> bool:
+        """For reclaiming a dead server's segments: keep another state dir's recent images."""
+        m = _MODEL.match(name)
+        if m is None or m.group(2) == self.tag:
+            return False
+        try:
+            age = time.time() - os.stat(os.path.join(shm.SHM_DIR, name)).st_mtime
+        except FileNotFoundError:
+            return False
+        return age < FOREIGN_GRACE_S
 
     def has(self, model_id: str) -> bool:
         return self.path(model_id).is_file()
@@ -68,7 +92,7 @@ class ImageStore:
         info = imagefile.read_info(self.path(model_id))
         if info.model_id != model_id:
             raise DamagedImage(f"{info.path}: holds model {info.model_id!r}, expected {model_id!r}")
-        name = shm.segment_name(segment_tag(model_id), self.owner)
+        name = self.segment(model_id)
         adopted = self._adopt(info, name)
         if adopted:
             return BroughtIn(ModelImage(name, info.table), "adopted")
@@ -85,7 +109,7 @@ class ImageStore:
 
     def _adopt(self, info: imagefile.ImageFileInfo, name: str) -> bool:
         """Take over an intact segment of this model left by a dead owner; drop a damaged one."""
-        for stale in _orphans(segment_tag(info.model_id)):
+        for stale in self._orphans(info.model_id):
             seg = shm.attach(stale, writable=False)
             try:
                 intact = seg.size >= info.nbytes and imagefile.verify_buffer(info, seg.buf) is None
@@ -98,8 +122,14 @@ class ImageStore:
             shm.unlink(stale)
         return False
 
+    def _orphans(self, model_id: str) -> list[str]:
+        """This state dir's segments of the model whose owning server is no longer running."""
+        want = (self.tag, _safe(model_id))
+        return [
+            n
+            for n in shm.listing()
+            if (m := _MODEL.match(n)) and (m.group(2), m.group(3)) == want and not shm.alive(int(m.group(1)))
+        ]
 
-def _orphans(tag: str) -> list[str]:
-    """Segments with this tag whose owning server is no longer running."""
-    pattern = re.compile(rf"^{re.escape(shm.PREFIX)}(\d+)-{re.escape(tag)}$")
-    return [n for n in shm.listing() if (m := pattern.match(n)) and not shm.alive(int(m.group(1)))]
+
+_MODEL = re.compile(rf"^{re.escape(shm.PREFIX)}(\d+)-model-([0-9a-f]{{8}})-(.+)$")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.server import Server, shm_segments_of
-from shared.imagestore import segment_tag
+from shared.imagestore import ImageStore
 from tests.e2e.helpers import native_output, output_array, sample_input
 
 pytestmark = pytest.mark.e2e
@@ -43,7 +43,7 @@ def test_kill9_then_restart_adopts_the_images_and_serves_bitwise_equal(state_dir
     dead = srv.pid
     _kill9(srv)
     left = shm_segments_of(dead)
-    assert any(segment_tag("r18@1") in n for n in left), left
+    assert ImageStore(state_dir / "images", dead).segment("r18@1") in left, left
 
     again = Server(state_dir).start()
     try:
@@ -70,7 +70,7 @@ def test_a_damaged_image_file_is_rebuilt_not_served(state_dir: Path) -> None:
     r = srv.deploy("r18", {"model": {"zoo": "resnet18"}, "slo_ms": 5000})
     assert r.status_code == 201, r.text
     assert srv.stop() == 0
-    path = state_dir / "images" / f"{segment_tag('r18@1')}.img"
+    path = ImageStore(state_dir / "images").path("r18@1")
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(raw)

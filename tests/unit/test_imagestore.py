@@ -10,7 +10,7 @@ import torch
 
 from shared import program, shm
 from shared.errors import DamagedImage
-from shared.imagestore import ImageStore, segment_tag
+from shared.imagestore import ImageStore
 from shared.modelstore import ModelImage, pack
 
 MODEL = "r18@1"
@@ -28,7 +28,7 @@ def store(tmp_path: Path):
     dead = _dead_pid()
     gm = program.build({"zoo": "resnet18", "seed": 1}, meta=False)
     with torch.inference_mode():
-        image = pack(program.packing_order(gm), shm.segment_name(segment_tag(MODEL), dead))
+        image = pack(program.packing_order(gm), ImageStore(tmp_path, dead).segment(MODEL))
     ImageStore(tmp_path, dead).save(MODEL, image)
     seg = shm.attach(image.segment_name, writable=False)
     original = bytes(seg.buf[: image.nbytes])
@@ -36,7 +36,7 @@ def store(tmp_path: Path):
     new = ImageStore(tmp_path)
     yield new, image, original
     image.unlink()
-    shm.unlink(shm.segment_name(segment_tag(MODEL)))
+    shm.unlink(new.segment(MODEL))
 
 
 def _bytes(image: ModelImage) -> bytes:
@@ -51,7 +51,7 @@ def test_an_intact_segment_of_a_dead_server_is_adopted_by_rename(store) -> None:
     new, old_image, original = store
     got = new.bring_in(MODEL)
     assert got.how == "adopted"
-    assert got.image.segment_name == shm.segment_name(segment_tag(MODEL))
+    assert got.image.segment_name == new.segment(MODEL)
     assert old_image.segment_name not in shm.listing()  # taken over, not copied
     assert _bytes(got.image) == original and got.image.table == old_image.table
 
@@ -77,7 +77,7 @@ def test_without_a_segment_the_file_is_read(store) -> None:
 def test_a_live_servers_segment_is_never_taken(store, tmp_path: Path) -> None:
     new, old_image, _ = store
     old_image.unlink()
-    live = ModelImage(shm.segment_name(segment_tag(MODEL), 1), old_image.table)  # pid 1 is alive
+    live = ModelImage(new.segment(MODEL, owner=1), old_image.table)  # pid 1 is alive
     shm.create(live.segment_name, old_image.nbytes).close()
     try:
         assert new.bring_in(MODEL).how == "read"
@@ -95,7 +95,7 @@ def test_a_damaged_file_is_refused_and_leaves_no_segment(store) -> None:
     path.write_bytes(raw)
     with pytest.raises(DamagedImage, match="fails its checksum"):
         new.bring_in(MODEL)
-    assert shm.segment_name(segment_tag(MODEL)) not in shm.listing()
+    assert new.segment(MODEL) not in shm.listing()
 
 
 def test_a_file_of_another_model_is_refused(store) -> None:
@@ -103,3 +103,13 @@ def test_a_file_of_another_model_is_refused(store) -> None:
     new.path(MODEL).rename(new.path("other@1"))
     with pytest.raises(DamagedImage, match="holds model 'r18@1', expected 'other@1'"):
         new.bring_in("other@1")
+
+
+def test_another_state_dirs_images_are_neither_adopted_nor_reclaimed_early(store, tmp_path: Path) -> None:
+    new, old_image, _ = store
+    other = ImageStore(tmp_path / "elsewhere")
+    assert other.tag != new.tag
+    # A server on another state dir finds nothing of its own to adopt, and spares these for their owner.
+    assert other._orphans(MODEL) == []
+    assert other.spare(old_image.segment_name) and not new.spare(old_image.segment_name)
+    assert not other.spare("torpor-1-arena0")  # only model images are ever spared
