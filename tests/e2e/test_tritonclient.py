@@ -83,7 +83,7 @@ def test_repository_unload_load_round_trip(client: triton.InferenceServerClient,
     assert _index(client)["tc-mlp"] == {"name": "tc-mlp", "version": "1", "state": "READY", "reason": ""}
     assert _index(client)["mlp"]["state"] == "READY"
     before = client.infer("tc-mlp", [_mlp_input(5)]).as_numpy("output")
-    assert any("model-tc-mlp" in n for n in shm_segments_of(server.pid))
+    assert any("-model-" in n and n.endswith("-tc-mlp_v1") for n in shm_segments_of(server.pid))
 
     client.unload_model("tc-mlp")
     assert _index(client)["tc-mlp"] == {"name": "tc-mlp", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"}
@@ -91,7 +91,9 @@ def test_repository_unload_load_round_trip(client: triton.InferenceServerClient,
     assert "tc-mlp" not in {m["name"] for m in only_ready} and "mlp" in {m["name"] for m in only_ready}
     assert not client.is_model_ready("tc-mlp")
     assert client.get_model_metadata("tc-mlp")["versions"] == []
-    assert not any("model-tc-mlp" in n for n in shm_segments_of(server.pid)), "host memory not freed"
+    assert not any("-model-" in n and n.endswith("-tc-mlp_v1") for n in shm_segments_of(server.pid)), (
+        "host memory not freed"
+    )
     devices = server.client.get("/v1/devices").json()["devices"]
     assert not any(m.startswith("tc-mlp@") for d in devices for m in d["resident"]), "device memory not freed"
     with pytest.raises(InferenceServerException, match="UNAVAILABLE") as err:
