@@ -77,13 +77,17 @@ def _mlp_input(seed: int) -> triton.InferInput:
     return inp
 
 
+def _image_of(model_id: str, segment: str) -> bool:
+    return "-model-" in segment and segment.endswith("-" + model_id.replace("@", "_v"))
+
+
 def test_repository_unload_load_round_trip(client: triton.InferenceServerClient, server: Server) -> None:
     config = json.dumps({"model": {"zoo": "mlp", "seed": 9}, "slo_ms": 50})
     client.load_model("tc-mlp", config=config)
     assert _index(client)["tc-mlp"] == {"name": "tc-mlp", "version": "1", "state": "READY", "reason": ""}
     assert _index(client)["mlp"]["state"] == "READY"
     before = client.infer("tc-mlp", [_mlp_input(5)]).as_numpy("output")
-    assert any("-model-" in n and n.endswith("-tc-mlp_v1") for n in shm_segments_of(server.pid))
+    assert any(_image_of("tc-mlp@1", n) for n in shm_segments_of(server.pid))
 
     client.unload_model("tc-mlp")
     assert _index(client)["tc-mlp"] == {"name": "tc-mlp", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"}
