@@ -50,6 +50,11 @@ def _service(request: Request) -> Service:
     return request.app.state.service
 
 
+def _deployer(request: Request) -> Any:
+    """Who deploys and deletes: the cluster node when in a cluster (every node sees it), else the service."""
+    return request.app.state.cluster or request.app.state.service
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -114,7 +119,7 @@ async def put_function(request: Request) -> Response:
     svc = _service(request)
     check_admin(request)
     body = await read_json(request, svc.cfg.max_body_bytes)
-    fn, created = await svc.deploy(request.path_params["name"], body)
+    fn, created = await _deployer(request).deploy(request.path_params["name"], body)
     return JSON(describe(svc, fn), status_code=201 if created else 200)
 
 
@@ -129,9 +134,8 @@ async def get_function(request: Request) -> Response:
 
 
 async def delete_function(request: Request) -> Response:
-    svc = _service(request)
     check_admin(request)
-    fn = await svc.remove(request.path_params["name"])
+    fn = await _deployer(request).remove(request.path_params["name"])
     return JSON({"deleted": fn.name})
 
 
@@ -264,13 +268,13 @@ async def repository_load(request: Request) -> Response:
         if name in svc.registry.functions:
             return JSON({})  # already deployed: loadable on demand
         raise InvalidInput(f"model {name!r} is not deployed; give its deploy config in parameters.config")
-    await svc.deploy(name, config)
+    await _deployer(request).deploy(name, config)
     return JSON({})
 
 
 async def repository_unload(request: Request) -> Response:
     check_admin(request)
-    await _service(request).remove(request.path_params["name"])
+    await _deployer(request).remove(request.path_params["name"])
     return JSON({})
 
 
@@ -313,13 +317,19 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return JSON({"error": "internal server error"}, status_code=500)
 
 
-def build_app(service: Service) -> Starlette:
+def build_app(service: Service, cluster: Any = None) -> Starlette:
+    """`cluster`: a gateway.cluster.node.ClusterNode when the node is one of many, else None."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.start()
+        if cluster is not None:
+            await cluster.start()
         try:
             yield
         finally:
+            if cluster is not None:
+                await cluster.stop()  # hands this node's images over before the workers go
             await service.stop()
 
     routes = [
@@ -344,10 +354,15 @@ def build_app(service: Service) -> Starlette:
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+    if cluster is not None:
+        from gateway.cluster.routes import routes as cluster_routes
+
+        routes = cluster_routes() + routes  # matched first
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={TorporError: torpor_error, HTTPException: http_error, Exception: internal_error},
     )
     app.state.service = service
+    app.state.cluster = cluster
     return app

@@ -6,12 +6,16 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from gateway.app import build_app
 from gateway.service import Service
 from shared.config import ServeConfig, format_size
+
+if TYPE_CHECKING:
+    from gateway.cluster.config import ClusterConfig
 
 
 class _Server(uvicorn.Server):
@@ -28,9 +32,10 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def serve(cfg: ServeConfig) -> int:
+def serve(cfg: ServeConfig, cluster_cfg: ClusterConfig | None = None) -> int:
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s gateway %(levelname)s %(message)s")
     log = logging.getLogger("torpor.gateway")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per forwarded request otherwise
     service = Service(cfg)
     log.info(
         "devices %s, %s each, %d compute thread(s) per CPU device, state in %s",
@@ -44,8 +49,15 @@ def serve(cfg: ServeConfig) -> int:
             "listening on %s without --admin-token: anyone who can reach it can deploy and delete functions",
             cfg.host,
         )
+    cluster = None
+    if cluster_cfg is not None:
+        from gateway.cluster.node import ClusterNode
+
+        cluster = ClusterNode(cluster_cfg, service)
+        where = cluster.store.where
+        log.info("node %s of the cluster at %s, reachable at %s", cluster.name, where, cluster_cfg.advertise)
     config = uvicorn.Config(
-        build_app(service),
+        build_app(service, cluster),
         host=cfg.host,
         port=cfg.port,
         log_level=cfg.log_level,
