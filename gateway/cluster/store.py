@@ -56,7 +56,7 @@ class ClusterStore:
         self._adopt = self.redis.register_script(scripts.ADOPT)
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await self.redis.aclose(close_connection_pool=True)  # the pool was given: not closed by default
         await self.stream.aclose()
 
     async def _run(self, coro: Any) -> Any:
