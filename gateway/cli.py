@@ -45,7 +45,14 @@ def _serve(args: argparse.Namespace) -> int:
 
         host_memory = parse_size(args.host_memory, "--host-memory") if args.host_memory else 0
         cluster = cluster_config(
-            args.cluster, args.node, args.advertise, args.cluster_token, args.host, args.port, host_memory
+            args.cluster,
+            args.node,
+            args.advertise,
+            args.cluster_token,
+            args.host,
+            args.port,
+            host_memory,
+            args.max_replicas,
         )
     return serve(cfg, cluster)
 
@@ -237,6 +244,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--advertise", default=env("ADVERTISE"), help="URL other nodes reach this one at")
     s.add_argument("--cluster-token", default=env("CLUSTER_TOKEN"), help="shared secret of node-to-node calls")
     s.add_argument("--host-memory", default=env("HOST_MEMORY"), help="this node's budget for host images, e.g. 8GiB")
+    s.add_argument(
+        "--max-replicas",
+        type=int,
+        default=int(env("MAX_REPLICAS", "3") or 3),
+        help="host copies of one function across the cluster (1: no replicas)",
+    )
     s.set_defaults(func=_serve)
 
     def client(name: str, help: str) -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ class ClusterConfig:
     advertise: str  # how the other nodes reach this one
     token: str  # every node-to-node call carries it
     host_memory: int = 0  # budget for host images; 0 = no limit
+    max_replicas: int = 3  # host copies of one function across the cluster; 1 = no replicas
     heartbeat_s: float = 0.5
     ttl_s: float = 3.0  # a node silent this long is down
     resync_s: float = 5.0  # full re-read of the registry, besides the event stream
@@ -23,7 +24,14 @@ class ClusterConfig:
 
 
 def cluster_config(
-    url: str, node: str | None, advertise: str | None, token: str | None, host: str, port: int, host_memory: int
+    url: str,
+    node: str | None,
+    advertise: str | None,
+    token: str | None,
+    host: str,
+    port: int,
+    host_memory: int,
+    max_replicas: int = 3,
 ) -> ClusterConfig:
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
@@ -43,4 +51,6 @@ def cluster_config(
     name = node or f"{reachable}:{port}"
     if not name or any(c.isspace() for c in name) or len(name) > 128:
         raise InvalidInput(f"--node: expected a name without spaces of at most 128 characters, got {name!r}")
-    return ClusterConfig(url, name, advertise, token, host_memory)
+    if not 1 <= max_replicas <= 64:
+        raise InvalidInput(f"--max-replicas: expected 1 to 64, got {max_replicas}")
+    return ClusterConfig(url, name, advertise, token, host_memory, max_replicas)

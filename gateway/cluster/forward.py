@@ -14,6 +14,8 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.cluster.peerhttp import PeerClient, PeerLost
+
 FORWARDED_BY = "x-torpor-forwarded-by"
 NODE = "x-torpor-node"
 TOKEN = "x-torpor-cluster-token"
@@ -30,12 +32,15 @@ class Forwarder:
     def __init__(self, me: str, token: str) -> None:
         self.me = me
         self.token = token
-        # A pooled keep-alive client: a new TCP connection per forward would cost more than the hop.
+        # Plain-http peers go through PeerClient (the hop's cost is the point); https peers and
+        # streamed transfers through httpx.
+        self.peers = PeerClient()
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64), timeout=None
         )
 
     async def close(self) -> None:
+        await self.peers.close()
         await self.client.aclose()
 
     def authentic(self, request: Request) -> bool:
@@ -46,17 +51,24 @@ class Forwarder:
         headers = {k: v for k in _PASS_IN if (v := request.headers.get(k)) is not None}
         headers[FORWARDED_BY] = self.me
         headers[TOKEN] = self.token
-        target = url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        try:
-            r = await self.client.post(
-                target, content=body, headers=headers, timeout=httpx.Timeout(timeout_s, connect=1.0)
-            )
-        except httpx.TimeoutException:
-            raise
-        except httpx.TransportError as exc:
-            raise TargetLost(f"{url}: {exc!r}") from exc
-        if r.status_code == 503 and r.headers.get(NOT_HELD):
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if url.startswith("http://"):
+            try:
+                status, reply_headers, content = await self.peers.post(url, path, headers, body, timeout_s)
+            except PeerLost as exc:
+                raise TargetLost(f"{url}: {exc}") from exc
+        else:  # https between nodes: the general client
+            try:
+                r = await self.client.post(
+                    url + path, content=body, headers=headers, timeout=httpx.Timeout(timeout_s, connect=1.0)
+                )
+            except httpx.TimeoutException as exc:
+                raise TimeoutError(str(exc)) from exc
+            except httpx.TransportError as exc:
+                raise TargetLost(f"{url}: {exc!r}") from exc
+            status, reply_headers, content = r.status_code, list(r.headers.items()), r.content
+        out = {k: v for k, v in reply_headers if k not in _HOP}
+        if status == 503 and out.get(NOT_HELD):
             raise TargetLost(f"{url} no longer holds it")
-        out = {k: v for k, v in r.headers.items() if k not in _HOP}
         out[FORWARDED_BY] = self.me
-        return Response(r.content, status_code=r.status_code, headers=out)
+        return Response(content, status_code=status, headers=out)

@@ -17,7 +17,7 @@ from typing import Any
 from gateway.cluster import transfer
 from gateway.cluster.config import ClusterConfig
 from gateway.cluster.forward import Forwarder
-from gateway.cluster.policy import Claim, ClusterPolicy, Release
+from gateway.cluster.policy import Claim, ClusterPolicy, Knobs, Release
 from gateway.cluster.records import FunctionDef, Hold, HoldState, NodeRecord, NodeState
 from gateway.cluster.store import ClusterStore, RegistryDown
 from gateway.registry import Function, check_name
@@ -37,7 +37,7 @@ class ClusterNode:
         self.cfg = cfg
         self.service = service
         self.store = ClusterStore(cfg.redis_url)
-        self.policy = ClusterPolicy(cfg.node, clock)
+        self.policy = ClusterPolicy(cfg.node, clock, Knobs(max_replicas=cfg.max_replicas))
         self.forwarder = Forwarder(cfg.node, cfg.token)
         self.state = NodeState.UP
         self._tasks: list[asyncio.Task[None]] = []
@@ -181,7 +181,7 @@ class ClusterNode:
         definition = self.policy.functions.get(claim.function)
         if definition is None:
             return
-        epoch = await self.store.claim(claim.function, self.name, definition.version, claim.mode, 3)
+        epoch = await self.store.claim(claim.function, self.name, definition.version, claim.mode, self.cfg.max_replicas)
         if not epoch:
             return
         log.info("claimed %s (%s, epoch %d)", claim.function, claim.mode, epoch)
