@@ -46,6 +46,8 @@ class ClusterNode:
         self._last_event = "0-0"
         self._synced = asyncio.Event()
         self._changed = asyncio.Event()  # set whenever the view of a function changes
+        self._artifacts: set[str] = set()  # digests of users' .pt2 files on this node's disk
+        self._fetching: dict[str, asyncio.Task[None]] = {}
 
     @property
     def name(self) -> str:
@@ -73,9 +75,10 @@ class ClusterNode:
             for name in list(self.service.registry.functions):
                 await self.store.release(name, self.name, force=not self._sole_holds([name]))
             await self.store.leave(self.name)
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._fetching.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.forwarder.close()
         await self.store.close()
 
@@ -162,14 +165,36 @@ class ClusterNode:
         )
 
     # -- placement ------------------------------------------------------------------------
+    def _prefetch(self, sha256: str) -> None:
+        """Keep a copy of every user's .pt2 on disk: if its holders die, any node can rebuild it."""
+        if sha256 in self._fetching:
+            return
+
+        async def fetch() -> None:
+            try:
+                artifacts = self.service.registry.artifacts
+                if await asyncio.to_thread(transfer.find_artifact, artifacts, sha256) is None:
+                    sources = [v.record.url for n, v in self.policy.nodes.items() if n != self.name]
+                    await transfer.fetch_artifact(self.forwarder.client, sources, sha256, artifacts, self.cfg)
+                self._artifacts.add(sha256)
+            except TorporError as exc:
+                log.warning("could not fetch artifact %s yet: %s", sha256[:16], exc.message)
+            finally:
+                self._fetching.pop(sha256, None)
+
+        self._fetching[sha256] = asyncio.get_running_loop().create_task(fetch())
+
     async def _install(self, definition: FunctionDef) -> None:
         """Build or fetch a function's image here, as defined in the registry."""
         body = dict(definition.spec)
         if definition.artifact_sha256:
-            sources = [self.policy.nodes[n].record.url for n in self.policy.nodes if n != self.name]
-            path = await transfer.fetch_artifact(
-                self.forwarder.client, sources, definition.artifact_sha256, self.service.registry.artifacts, self.cfg
-            )
+            artifacts = self.service.registry.artifacts
+            path = await asyncio.to_thread(transfer.find_artifact, artifacts, definition.artifact_sha256)
+            if path is None:
+                sources = [v.record.url for n, v in self.policy.nodes.items() if n != self.name]
+                path = await transfer.fetch_artifact(
+                    self.forwarder.client, sources, definition.artifact_sha256, artifacts, self.cfg
+                )
             body["model"] = {"path": str(path)}
         await self.service.deploy(definition.name, body, version=definition.version)
         fn = self.service.registry.functions[definition.name]
@@ -316,6 +341,8 @@ class ClusterNode:
             self.policy.function_removed(name)
         else:
             self.policy.function_defined(definition, holds)
+            if definition.artifact_sha256 and definition.artifact_sha256 not in self._artifacts:
+                self._prefetch(definition.artifact_sha256)
         if name in self._busy:
             return  # a local operation on it is under way; it refreshes when done
         local = self.service.registry.functions.get(name)

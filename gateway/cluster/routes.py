@@ -7,6 +7,7 @@ held elsewhere are answered from the registry's definition.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -160,7 +161,7 @@ async def artifact(request: Request) -> Response:
     sha = request.path_params["sha256"]
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise InvalidInput("sha256: expected 64 lowercase hex digits")
-    path = transfer.find_artifact(node.service.registry.artifacts, sha)
+    path = await asyncio.to_thread(transfer.find_artifact, node.service.registry.artifacts, sha)
     if path is None:
         raise NotFound(f"no artifact {sha[:16]}... on node {node.name}")
     return FileResponse(path, media_type="application/octet-stream")
