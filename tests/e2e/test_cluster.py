@@ -225,11 +225,8 @@ def test_kill_9_node_its_function_serves_again(cluster: Cluster, tmp_path: Path)
     r = cluster["c"].deploy("tiny", {"model": {"path": str(user_file)}, "slo_ms": 2000})
     assert r.status_code == 201, r.text
     peer = {"x-torpor-cluster-token": TOKEN}
-    wait_for(
-        lambda: all(
-            cluster[n].client.get(f"/internal/v1/artifacts/{digest}", headers=peer).status_code == 200 for n in "ab"
-        )
-    )
+    url = f"/internal/v1/artifacts/{digest}"
+    wait_for(lambda: all(cluster[n].client.get(url, headers=peer).status_code == 200 for n in "ab"))
     assert cluster["a"].client.get(url, headers=peer).content == user_file.read_bytes()
     wait_for(lambda: _known(cluster["a"], "solo"), timeout=5)
     inputs = sample_input("mlp")
