@@ -46,6 +46,9 @@ class ClusterNode:
         self._last_event = "0-0"
         self._synced = asyncio.Event()
         self._changed = asyncio.Event()  # set whenever the view of a function changes
+        # Reads of the registry are applied in the order they were made: without it, a read
+        # made before a change could be applied after it and bring the old state back.
+        self._view_lock = asyncio.Lock()
         self._artifacts: set[str] = set()  # digests of users' .pt2 files on this node's disk
         self._fetching: dict[str, asyncio.Task[None]] = {}
 
@@ -114,14 +117,16 @@ class ClusterNode:
             fn, _ = await self.service.deploy(name, body, version=version)
             definition = await self._definition(fn, spec.model, body)
             try:
-                won, value = await self.store.deploy(definition, self.name)
+                async with self._view_lock:
+                    won, value = await self.store.deploy(definition, self.name)
+                    if won:
+                        self.policy.function_defined(definition, {self.name: Hold(HoldState.HOST, value)})
             except RegistryDown:
                 await self.service.remove(name)
                 raise
             if not won:
                 await self.service.remove(name)
                 raise Conflict(f"function {name!r} was replaced concurrently by version {value}; this one was dropped")
-            self.policy.function_defined(definition, {self.name: Hold(HoldState.HOST, value)})
         finally:
             self._busy.discard(name)
             with contextlib.suppress(RegistryDown):
@@ -134,10 +139,11 @@ class ClusterNode:
             raise NotFound(f"function {name!r} is not deployed")
         self._busy.add(name)
         try:
-            if not await self.store.delete(name, self.name):
-                raise NotFound(f"function {name!r} is not deployed")
-            definition = self.policy.functions.get(name)
-            self.policy.function_removed(name)
+            async with self._view_lock:
+                if not await self.store.delete(name, self.name):
+                    raise NotFound(f"function {name!r} is not deployed")
+                definition = self.policy.functions.get(name)
+                self.policy.function_removed(name)
             if name in self.service.registry.functions:
                 return await self.service.remove(name)
         finally:
@@ -297,11 +303,12 @@ class ClusterNode:
         log.info("joined the cluster at %s as %s", self.store.where, self.name)
 
     async def _resync(self) -> None:
-        snapshot = await self.store.snapshot()
-        for name in set(self.policy.functions) - set(snapshot):
-            await self._apply(name, None, {})
-        for name, (definition, holds) in snapshot.items():
-            await self._apply(name, definition, holds)
+        async with self._view_lock:
+            snapshot = await self.store.snapshot()
+            for name in set(self.policy.functions) - set(snapshot):
+                await self._apply(name, None, {})
+            for name, (definition, holds) in snapshot.items():
+                await self._apply(name, definition, holds)
 
     async def _resyncs(self) -> None:
         while True:
@@ -331,8 +338,9 @@ class ClusterNode:
                     await self._refresh(name)
 
     async def _refresh(self, name: str) -> None:
-        definition, holds = await self.store.function(name)
-        await self._apply(name, definition, holds)
+        async with self._view_lock:
+            definition, holds = await self.store.function(name)
+            await self._apply(name, definition, holds)
 
     async def _apply(self, name: str, definition: FunctionDef | None, holds: dict[str, Hold]) -> None:
         """Bring the local view, and this node's own copy, in line with the registry."""

@@ -81,6 +81,11 @@ class _Demand:
     last_local: float = float("-inf")  # when it last ran here
 
 
+def _until(view: NodeView | None, record: NodeRecord) -> float:
+    """A failed forward keeps a node skipped until a heartbeat newer than the failure."""
+    return view.unreachable_until if view is not None and not view.missing and record.ts == view.record.ts else 0.0
+
+
 class ClusterPolicy:
     def __init__(self, me: str, clock: Callable[[], float], knobs: Knobs | None = None) -> None:
         self.me = me
@@ -98,9 +103,12 @@ class ClusterPolicy:
 
     # -- events ------------------------------------------------------------------
     def node_seen(self, record: NodeRecord) -> None:
+        """Its record is in Redis: it is alive (the TTL decides, not this node's own clock)."""
         view = self.nodes.get(record.name)
         if view is None or record.ts != view.record.ts or view.missing:
-            self.nodes[record.name] = NodeView(record, self.clock())
+            self.nodes[record.name] = NodeView(record, self.clock(), unreachable_until=_until(view, record))
+        else:
+            view.seen_at = self.clock()
 
     def node_missing(self, name: str) -> None:
         """Its record is gone from Redis: the TTL ran out without a heartbeat."""
@@ -118,11 +126,7 @@ class ClusterPolicy:
             view.unreachable_until = self.clock() + self.knobs.down_after_s
 
     def reachability(self, reachable: bool) -> None:
-        """Whether Redis answers. While it does not, silence proves nothing: nobody ages out."""
-        if reachable and not self.registry_reachable:
-            now = self.clock()
-            for view in self.nodes.values():
-                view.seen_at = max(view.seen_at, now)
+        """Whether Redis answers. While it does not, nothing is placed, and nobody is declared down."""
         self.registry_reachable = reachable
 
     def function_defined(self, fn: FunctionDef, holders: dict[str, Hold]) -> None:
@@ -139,10 +143,13 @@ class ClusterPolicy:
 
     # -- queries -------------------------------------------------------------------
     def state_of(self, name: str) -> NodeState:
+        """Down once its record expired in Redis (no heartbeat within the TTL).
+
+        Not from this node's own clock: a node whose event loop was held up must not
+        declare the others down for its own delay.
+        """
         view = self.nodes.get(name)
         if view is None or view.missing:
-            return NodeState.DOWN
-        if self.registry_reachable and self.clock() - view.seen_at > self.knobs.down_after_s:
             return NodeState.DOWN
         return view.record.state
 
@@ -189,11 +196,15 @@ class ClusterPolicy:
             for n in self.live_holders(function, (NodeState.UP,))
             if n != self.me and n not in exclude and self.nodes[n].unreachable_until <= now
         ]
-        if not candidates:  # a draining holder still serves while its image is handed over
+        # A draining holder still serves while its image is handed over; a holder whose record
+        # just expired may only have missed a heartbeat (a forward to a dead one fails at once).
+        for fallback in ((NodeState.DRAINING,), (NodeState.DOWN,)):
+            if candidates:
+                break
             candidates = [
                 n
-                for n in self.live_holders(function, (NodeState.DRAINING,))
-                if n != self.me and n not in exclude and self.nodes[n].unreachable_until <= now
+                for n in self.live_holders(function, fallback)
+                if n != self.me and n in self.nodes and n not in exclude and self.nodes[n].unreachable_until <= now
             ]
         best = min(candidates, key=lambda n: (self.predicted_ms(function, n), n), default=None)
         if best is None:

@@ -185,6 +185,9 @@ class ClusterSimulation:
     def _beat(self) -> None:
         for k, node in enumerate(self.nodes):
             if not self.alive[k]:
+                if not self._record_exists(self.names[k]):
+                    for p in self.policies:
+                        p.node_missing(self.names[k])
                 continue
             sched = node.scheduler
             resident = {m.partition("@")[0] for d in sched.devices for m in d.resident}

@@ -167,7 +167,10 @@ def test_concurrent_replaces_end_with_one_winner(cluster: Cluster) -> None:
     expected = native_output("mlp", inputs, seed=seed)
     for n in "abc":
         r = cluster[n].invoke("race", inputs)
-        assert r.status_code == 200, r.text
+        views = {
+            m: (cluster[m].client.get("/v1/functions/race").json().get("held_by"), _holds(cluster[m], m)) for m in "abc"
+        }
+        assert r.status_code == 200, (n, r.text, views)
         np.testing.assert_allclose(output_array(r.json()), expected, rtol=1e-5, atol=1e-6)
 
     def holders() -> set[str]:
@@ -249,3 +252,26 @@ def test_kill_9_node_its_function_serves_again(cluster: Cluster, tmp_path: Path)
     states = {n["node"]: n["state"] for n in cluster["b"].client.get("/v1/nodes").json()["nodes"]}
     assert states["c"] == "down"
     assert took < 8.0, f"solo served again {took:.1f} s after the kill"
+
+
+def test_restarted_node_rejoins_and_hands_over_when_stopped(cluster: Cluster) -> None:
+    c = cluster["c"]
+    c.stop()  # after the kill -9 above: reap it and close its log
+    restarted = node(c.state_dir, cluster.redis.url, "c")
+    cluster.nodes["c"] = restarted
+    restarted.start()
+    # Back with its state dir: what it held is declared again, next to the copies made meanwhile.
+    wait_for(lambda: "c" in _up(cluster["a"]) and "solo" in _holds(cluster["a"], "c"), timeout=10)
+    r = restarted.deploy("handover", {"model": {"zoo": "mlp", "seed": 11}, "slo_ms": 2000})
+    assert r.status_code == 201, r.text
+    wait_for(lambda: _known(cluster["a"], "handover"), timeout=5)
+    # SIGINT: c drains; its only copy of handover moves before it leaves.
+    assert restarted.stop() == 0, restarted.log()
+    assert any("handover" in _holds(cluster["a"], n) for n in "ab")
+    r = cluster["a"].invoke("handover", sample_input("mlp"))
+    assert r.status_code == 200 and r.headers["x-torpor-node"] in ("a", "b"), r.text
+    assert "c" not in _up(cluster["b"])
+
+
+def _holds(srv: Server, name: str) -> list[str]:
+    return next((n["holds"] for n in srv.client.get("/v1/nodes").json()["nodes"] if n["node"] == name), [])
