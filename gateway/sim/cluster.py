@@ -11,13 +11,14 @@ What is simulated besides each node's devices (gateway/sim/engine.py):
   replicas; never the last copy released);
 - a node lost at `kill_at` drops what it had queued or running; the others see it down after
   the heartbeat TTL and rehome its functions.
-Functions start on nodes round-robin, as in the static split, so the two compare directly.
+Functions start on the nodes in a shuffled round-robin (where their deploys landed).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -87,8 +88,14 @@ class ClusterSimulation:
         }
         self.exec_ms = {f.name: f.model.exec_ms for f in functions}
         self.index = {f.name: i for i, f in enumerate(functions)}
+        # Each function starts on the node that took its deploy: behind a load balancer, any
+        # node, so functions are dealt out in a shuffled order (equal counts, models mixed;
+        # dealing in deploy order would give each node one model when K is a multiple of
+        # the number of models, as the static split does).
+        order = list(range(len(functions)))
+        random.Random(seed).shuffle(order)
         self.holders: dict[str, dict[str, Hold]] = {
-            f.name: {self.names[i % nodes]: Hold(HoldState.HOST, 1)} for i, f in enumerate(functions)
+            functions[i].name: {self.names[j % nodes]: Hold(HoldState.HOST, 1)} for j, i in enumerate(order)
         }
         self.alive = [True] * nodes
         self.died_at: dict[int, float] = {}

@@ -35,6 +35,8 @@ def main() -> int:
     ap.add_argument("--minutes", type=int, default=5)
     ap.add_argument("--policy", default="torpor,torpor+drop_late")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--no-static", action="store_true", help="skip the static split")
+    ap.add_argument("--no-loss", action="store_true", help="skip the run that loses a node")
     args = ap.parse_args()
     k, n = args.nodes, args.per_node
     base = Workload(functions=n, minutes=args.minutes, population=k * n)
@@ -50,6 +52,12 @@ def main() -> int:
                 curve,
             ),
         ]
+    cases = [
+        c
+        for c in cases
+        if not (args.no_static and c[1].placement == "static" and c[1].nodes > 1)
+        and not (args.no_loss and c[1].kill_node is not None)
+    ]
     started = time.time()
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(_run, [(args.profile, w, c) for _, w, c in cases]))
