@@ -72,6 +72,10 @@ class ClusterSimulation:
         seed: int,
         knobs: ClusterKnobs,
     ) -> None:
+        if knobs.kill_node is not None and not 0 <= knobs.kill_node < nodes:
+            raise ValueError(f"--kill-node: expected a node from 0 to {nodes - 1}, got {knobs.kill_node}")
+        if knobs.hop_ms < 0 or knobs.link_bytes_per_s <= 0:
+            raise ValueError("--hop-ms must be >= 0 and --node-link-gbps > 0")
         self.profile, self.policy, self.functions, self.knobs = profile, policy, functions, knobs
         self.now = 0.0
         self.names = [f"n{k}" for k in range(nodes)]
