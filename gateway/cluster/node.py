@@ -49,6 +49,8 @@ class ClusterNode:
         # Reads of the registry are applied in the order they were made: without it, a read
         # made before a change could be applied after it and bring the old state back.
         self._view_lock = asyncio.Lock()
+        self._placing = asyncio.Lock()  # one claim or release at a time; stop() waits for it
+        self._stopping = False
         self._artifacts: set[str] = set()  # digests of users' .pt2 files on this node's disk
         self._fetching: dict[str, asyncio.Task[None]] = {}
 
@@ -75,13 +77,23 @@ class ClusterNode:
                 self._changed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), max(0.0, deadline - time.monotonic()))
+        # From here the node's own copies stay as they are (the Service frees them all when it
+        # stops): a copy dropped half-way by a cancelled task could leave a worker call pending.
+        self._stopping = True
+        async with self._placing, self._view_lock:  # let a placement or an apply under way finish
+            tasks = [*self._tasks, *self._fetching.values()]
+            for task in tasks:
+                task.cancel()
+        # A loop inside a Redis call may see the cancellation as a failed command and go round
+        # once more: the loops also stop on _stopping, and nothing waits on them for long.
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=5.0)
+            if pending:
+                log.warning("%d cluster task(s) did not stop when cancelled", len(pending))
+        with contextlib.suppress(RegistryDown):
             for name in list(self.service.registry.functions):
                 await self.store.release(name, self.name, force=not self._sole_holds([name]))
             await self.store.leave(self.name)
-        tasks = [*self._tasks, *self._fetching.values()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         await self.forwarder.close()
         await self.store.close()
 
@@ -241,16 +253,19 @@ class ClusterNode:
             await self.service.remove(name)
 
     async def _placement(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.cfg.heartbeat_s)
             if self.state != NodeState.UP:
                 continue
             try:
                 for decision in self.policy.plan(self._host_used(), self.cfg.host_memory):
-                    if isinstance(decision, Claim):
-                        await self._claim(decision)
-                    else:
-                        await self._release(decision)
+                    async with self._placing:
+                        if self._stopping:
+                            return
+                        if isinstance(decision, Claim):
+                            await self._claim(decision)
+                        else:
+                            await self._release(decision)
             except RegistryDown:
                 continue
             except Exception:  # one bad placement must not stop the loop
@@ -258,7 +273,7 @@ class ClusterNode:
 
     # -- keeping the local view -------------------------------------------------------------
     async def _heartbeats(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self._beat()
             except RegistryDown as exc:
@@ -311,14 +326,14 @@ class ClusterNode:
                 await self._apply(name, definition, holds)
 
     async def _resyncs(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.cfg.resync_s)
             if self._joined:
                 with contextlib.suppress(RegistryDown):
                     await self._resync()
 
     async def _follow(self) -> None:
-        while True:
+        while not self._stopping:
             if not self._joined:
                 await asyncio.sleep(self.cfg.heartbeat_s)
                 continue
@@ -351,8 +366,8 @@ class ClusterNode:
             self.policy.function_defined(definition, holds)
             if definition.artifact_sha256 and definition.artifact_sha256 not in self._artifacts:
                 self._prefetch(definition.artifact_sha256)
-        if name in self._busy:
-            return  # a local operation on it is under way; it refreshes when done
+        if name in self._busy or self._stopping:
+            return  # a local operation on it is under way (it refreshes when done), or stopping
         local = self.service.registry.functions.get(name)
         if local is None:
             return
