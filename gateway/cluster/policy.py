@@ -196,14 +196,24 @@ class ClusterPolicy:
             for n in self.live_holders(function, (NodeState.UP,))
             if n != self.me and n not in exclude and self.nodes[n].unreachable_until <= now
         ]
-        # A draining holder still serves while its image is handed over; a holder whose record
-        # just expired may only have missed a heartbeat (a forward to a dead one fails at once).
-        for fallback in ((NodeState.DRAINING,), (NodeState.DOWN,)):
+        # A draining holder still serves while its image is handed over; a node loading it may
+        # have it already (its confirmation is still on the way); a holder whose record just
+        # expired may only have missed a heartbeat. A forward to one that cannot serve fails at
+        # once and is retried elsewhere.
+        for fallback in ((NodeState.DRAINING,), "loading", (NodeState.DOWN,)):
             if candidates:
                 break
+            if fallback == "loading":
+                names = [
+                    n
+                    for n, h in self.holders.get(function, {}).items()
+                    if h.state == HoldState.LOADING and self.state_of(n) == NodeState.UP
+                ]
+            else:
+                names = self.live_holders(function, fallback)  # type: ignore[arg-type]
             candidates = [
                 n
-                for n in self.live_holders(function, fallback)
+                for n in names
                 if n != self.me and n in self.nodes and n not in exclude and self.nodes[n].unreachable_until <= now
             ]
         best = min(candidates, key=lambda n: (self.predicted_ms(function, n), n), default=None)

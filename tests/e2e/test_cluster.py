@@ -237,7 +237,7 @@ def test_kill_9_node_its_function_serves_again(cluster: Cluster, tmp_path: Path)
     killed = time.monotonic()
     # Within the heartbeat TTL (3 s) c is down; then a or b rebuilds solo from its definition.
     wait_for(lambda: "c" not in _up(cluster["a"]), timeout=10)
-    wait_for(lambda: cluster["a"].invoke("solo", inputs).status_code == 200, timeout=15, interval=0.2)
+    wait_for(lambda: all(cluster[n].invoke("solo", inputs).status_code == 200 for n in "ab"), timeout=15, interval=0.2)
     took = time.monotonic() - killed
     r = cluster["b"].invoke("solo", inputs)
     assert r.status_code == 200 and r.headers["x-torpor-node"] in ("a", "b"), r.text

@@ -142,6 +142,14 @@ def test_no_live_holder_then_no_route_and_the_roomiest_up_node_rehomes() -> None
     assert pb.plan(10 * MB, 100 * MB) == [Claim("f", "rehome")]
 
 
+def test_a_node_loading_the_function_is_tried_when_nobody_else_holds_it() -> None:
+    p, _ = cluster("a")
+    p.function_defined(fn(), {"b": Hold(HoldState.LOADING, 7)})
+    route = p.route("f", here_ms=None)
+    assert isinstance(route, Forward) and route.node == "b"
+    assert isinstance(p.failover("f", None, {"b"}), NoHolder)
+
+
 def test_a_draining_holders_functions_are_rehomed_but_still_served() -> None:
     p, _ = cluster("a")
     p.node_seen(rec("b", 2.0, state=NodeState.DRAINING))
