@@ -370,6 +370,11 @@ class ClusterNode:
             return  # a local operation on it is under way (it refreshes when done), or stopping
         local = self.service.registry.functions.get(name)
         if local is None:
+            if definition is not None and self.name in holds and holds[self.name].state == HoldState.HOST:
+                # Placed here but not here (e.g. lost with a deploy that Redis cut short): let go,
+                # so that the function is placed elsewhere rather than forwarded here in vain.
+                log.warning("%s is placed on this node but not held here; releasing the claim", name)
+                await self.store.release(name, self.name, force=True)
             return
         if definition is None or definition.version != local.version or self.name not in holds:
             log.info("dropping the local copy of %s (version %d): no longer placed here", name, local.version)
