@@ -45,6 +45,11 @@ def _service(request: Request) -> Service:
     return request.app.state.service
 
 
+def _deployer(request: Request) -> Any:
+    """Who deploys and deletes: the cluster node when in a cluster (every node sees it), else the service."""
+    return request.app.state.cluster or request.app.state.service
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -102,7 +107,7 @@ async def put_function(request: Request) -> Response:
     svc = _service(request)
     check_admin(request)
     body = await read_json(request, svc.cfg.max_body_bytes)
-    fn, created = await svc.deploy(request.path_params["name"], body)
+    fn, created = await _deployer(request).deploy(request.path_params["name"], body)
     return JSON(describe(svc, fn), status_code=201 if created else 200)
 
 
@@ -117,9 +122,8 @@ async def get_function(request: Request) -> Response:
 
 
 async def delete_function(request: Request) -> Response:
-    svc = _service(request)
     check_admin(request)
-    fn = await svc.remove(request.path_params["name"])
+    fn = await _deployer(request).remove(request.path_params["name"])
     return JSON({"deleted": fn.name})
 
 
@@ -226,7 +230,7 @@ async def repository_load(request: Request) -> Response:
                 except orjson.JSONDecodeError as exc:
                     raise InvalidInput(f"parameters.config: malformed JSON ({exc})") from exc
     if config is not None:
-        await svc.deploy(name, config)
+        await _deployer(request).deploy(name, config)  # in a cluster: seen by every node
     elif name in svc.registry.functions:
         await svc.load(name)
     else:
@@ -291,16 +295,24 @@ def _resource(path: str, **handlers: Endpoint) -> Route:
     return Route(path, endpoint, methods=list(handlers))
 
 
-def build_app(service: Service) -> HotPath:
-    """The Starlette app behind the inference hot path (gateway/invoke.py)."""
+def build_app(service: Service, cluster: Any = None) -> HotPath:
+    """The Starlette app behind the inference hot path (gateway/invoke.py).
+
+    `cluster`: a gateway.cluster.node.ClusterNode when the node is one of many (its routes
+    are matched first and it decides where each inference runs), else None.
+    """
     endpoint = InvokeEndpoint()  # inference paths have POST only: their 405 says so
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.start()
+        if cluster is not None:
+            await cluster.start()
         try:
             yield
         finally:
+            if cluster is not None:
+                await cluster.stop()  # hands this node's images over before the workers go
             await service.stop()
 
     routes = [
@@ -323,10 +335,21 @@ def build_app(service: Service) -> HotPath:
         _resource("/openapi.json", GET=openapi),
         _resource("/metrics", GET=metrics),
     ]
+    if cluster is not None:
+        from gateway.cluster.routes import routes as cluster_routes
+
+        routes = cluster_routes(endpoint) + routes  # matched first
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={TorporError: torpor_error, HTTPException: http_error, Exception: internal_error},
     )
     app.state.service = service
-    return HotPath(service, app)
+    app.state.cluster = cluster
+    front = None
+    if cluster is not None:
+        from gateway.cluster.routes import front_for
+
+        front = front_for(cluster)
+    app.state.front = front
+    return HotPath(service, app, front)

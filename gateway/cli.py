@@ -42,7 +42,21 @@ def _serve(args: argparse.Namespace) -> int:
         exec_timeout_s=args.exec_timeout,
         heartbeat_s=min(2.0, args.hang_timeout / 2),
     )
-    return serve(cfg)
+    cluster = None
+    if args.cluster:
+        from gateway.cluster.config import cluster_config
+
+        cluster = cluster_config(
+            args.cluster,
+            args.node,
+            args.advertise,
+            args.cluster_token,
+            args.host,
+            args.port,
+            cfg.host_memory or 0,  # one bound: the disk tier keeps to it, cluster placement plans with it
+            args.max_replicas,
+        )
+    return serve(cfg, cluster)
 
 
 # -- client commands ------------------------------------------------------------------
@@ -108,6 +122,8 @@ def _invoke(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
+    if args.nodes:
+        return _ls_nodes(args)
     fns, _ = _http(args, "GET", "/v1/functions")
     devs, _ = _http(args, "GET", "/v1/devices")
     rows = [("FUNCTION", "MODEL", "SIZE", "SLO", "IN SLO", "P98", "QUEUED", "TIER", "RESIDENT ON")]
@@ -153,6 +169,29 @@ def _ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ls_nodes(args: argparse.Namespace) -> int:
+    data, _ = _http(args, "GET", "/v1/nodes")
+    rows = [("NODE", "URL", "STATE", "HEARTBEAT", "DEVICES", "HOST MEMORY", "QUEUED", "HOLDS", "RESIDENT")]
+    for n in data["nodes"]:
+        budget = n["host_budget_bytes"]
+        memory = format_size(n["host_used_bytes"]) + (f" / {format_size(budget)}" if budget else "")
+        rows.append(
+            (
+                n["node"] + (" *" if n["node"] == data["node"] else ""),
+                n["url"],
+                n["state"],
+                f"{n['heartbeat_age_s']:.1f} s ago",
+                str(n["devices"]),
+                memory,
+                str(n["load"]["queued"]),
+                ",".join(n["holds"]) or "-",
+                ",".join(n["resident"]) or "-",
+            )
+        )
+    _table(rows)
+    return 0
+
+
 def _rm(args: argparse.Namespace) -> int:
     data, _ = _http(args, "DELETE", f"/v1/functions/{args.name}")
     print(f"deleted {data['deleted']}")
@@ -178,7 +217,8 @@ def parser() -> argparse.ArgumentParser:
         "--host-memory",
         default=env("HOST_MEMORY"),
         help="bound on the host memory model images take, e.g. 8GiB; functions beyond it stay on disk "
-        "and are read in (pipelined with the swap-in) when invoked; default: no bound",
+        "and are read in (pipelined with the swap-in) when invoked; in a cluster, also what placement "
+        "plans with; default: no bound",
     )
     s.add_argument("--state-dir", default=env("STATE_DIR", ".torpor"), help="where deployed functions persist")
     s.add_argument("--demo", action="store_true", default=env("DEMO") == "1", help="deploy demo functions")
@@ -210,6 +250,16 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=float(env("EXEC_TIMEOUT", "600") or 600),
         help="seconds one operation may run before its worker is deemed hung",
+    )
+    s.add_argument("--cluster", default=env("CLUSTER"), help="redis://[user:password@]host:port/db (rediss:// for TLS)")
+    s.add_argument("--node", default=env("NODE"), help="this node's name in the cluster (default host:port)")
+    s.add_argument("--advertise", default=env("ADVERTISE"), help="URL other nodes reach this one at")
+    s.add_argument("--cluster-token", default=env("CLUSTER_TOKEN"), help="shared secret of node-to-node calls")
+    s.add_argument(
+        "--max-replicas",
+        type=int,
+        default=int(env("MAX_REPLICAS", "3") or 3),
+        help="host copies of one function across the cluster (1: no replicas)",
     )
     s.set_defaults(func=_serve)
 
@@ -251,7 +301,9 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--data", help="a JSON file with an OIP request body")
     i.set_defaults(func=_invoke)
 
-    client("ls", "list functions and devices").set_defaults(func=_ls)
+    ls = client("ls", "list functions and devices")
+    ls.add_argument("--nodes", action="store_true", help="list the cluster's nodes instead (GET /v1/nodes)")
+    ls.set_defaults(func=_ls)
     r = client("rm", "delete a function")
     r.add_argument("name")
     r.set_defaults(func=_rm)

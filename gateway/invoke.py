@@ -19,6 +19,7 @@ status of the TorporError; anything unexpected is logged and answered 500.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import time
@@ -58,7 +59,7 @@ _OUTCOMES: dict[type[TorporError], str] = {
     WorkerLost: "worker_lost",
     Unauthorized: "unauthorized",
 }
-_JSON = (b"content-type", b"application/json")
+JSON_TYPE = (b"content-type", b"application/json")
 _BINARY = (b"content-type", b"application/octet-stream")
 
 
@@ -81,18 +82,24 @@ def route(path: str) -> tuple[str, str | None] | None:
     return None
 
 
-class HotPath:
-    """ASGI front: inference POSTs are served by `invoke`, everything else by `inner` (Starlette)."""
+# Who answers an inference request: (function, version, scope, receive, send). A single node
+# serves it itself (`invoke`); a cluster node first decides where it runs (gateway/cluster/routes.py).
+Front = Callable[[str, "str | None", Scope, Receive, Send], Awaitable[None]]
 
-    def __init__(self, service: Service, inner: ASGIApp) -> None:
+
+class HotPath:
+    """ASGI front: inference POSTs are served by `front` (default: `invoke`), everything else by `inner`."""
+
+    def __init__(self, service: Service, inner: ASGIApp, front: Front | None = None) -> None:
         self.service = service
         self.inner = inner
+        self.front = front or functools.partial(invoke, service)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
             target = route(scope["path"])
             if target is not None:
-                await invoke(self.service, *target, scope, receive, send)
+                await self.front(*target, scope, receive, send)
                 return
         await self.inner(scope, receive, send)
 
@@ -101,9 +108,10 @@ class InvokeEndpoint:
     """The same endpoint as a Starlette route (ASGI app), for requests that reach Starlette."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        service = scope["app"].state.service
+        state = scope["app"].state
+        front = getattr(state, "front", None) or functools.partial(invoke, state.service)
         params = scope["path_params"]
-        await invoke(service, params["name"], params.get("version"), scope, receive, send)
+        await front(params["name"], params.get("version"), scope, receive, send)
 
 
 async def invoke(svc: Service, name: str, version: str | None, scope: Scope, receive: Receive, send: Send) -> None:
@@ -124,7 +132,11 @@ async def invoke(svc: Service, name: str, version: str | None, scope: Scope, rec
         status, headers, payload = error_response(exc)
     except Exception as exc:
         log.error("unhandled error on POST %s", scope["path"], exc_info=exc)
-        status, headers, payload = 500, [_JSON], b'{"error":"internal server error"}'
+        status, headers, payload = 500, [JSON_TYPE], b'{"error":"internal server error"}'
+    await respond(send, status, headers, payload)
+
+
+async def respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], payload: bytes) -> None:
     headers.append((b"content-length", b"%d" % len(payload)))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
@@ -162,7 +174,7 @@ async def _invoke(
         fn.name, req.id, out.outputs, req.outputs, req.binary_outputs, version=str(fn.version)
     )
     headers = [
-        _BINARY if json_length is not None else _JSON,
+        _BINARY if json_length is not None else JSON_TYPE,
         (b"x-torpor-queue-ms", b"%.3f" % out.queue_ms),
         (b"x-torpor-swap-ms", b"%.3f" % out.swap_ms),
         (b"x-torpor-exec-ms", b"%.3f" % out.exec_ms),
@@ -215,5 +227,5 @@ def error_headers(exc: TorporError) -> dict[str, str] | None:
 
 
 def error_response(exc: TorporError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    headers = [_JSON, *((k.encode(), v.encode()) for k, v in (error_headers(exc) or {}).items())]
+    headers = [JSON_TYPE, *((k.encode(), v.encode()) for k, v in (error_headers(exc) or {}).items())]
     return exc.status, headers, orjson.dumps({"error": exc.message})

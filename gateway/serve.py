@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -24,6 +25,10 @@ from shared.config import ServeConfig, format_size
 from shared.errors import TorporError
 
 STARTUP_FAILED = 2
+
+if TYPE_CHECKING:
+    from gateway.cluster.config import ClusterConfig
+    from gateway.cluster.node import ClusterNode
 
 
 class _Server(uvicorn.Server):
@@ -40,9 +45,10 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def serve(cfg: ServeConfig) -> int:
+def serve(cfg: ServeConfig, cluster_cfg: ClusterConfig | None = None) -> int:
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s gateway %(levelname)s %(message)s")
     log = logging.getLogger("torpor.gateway")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per forwarded request otherwise
     try:
         sock = bind(cfg.host, cfg.port)
     except StartupError as exc:
@@ -64,8 +70,15 @@ def serve(cfg: ServeConfig) -> int:
             "listening on %s without --admin-token: anyone who can reach it can deploy and delete functions",
             cfg.host,
         )
+    cluster = None
+    if cluster_cfg is not None:
+        from gateway.cluster.node import ClusterNode
+
+        cluster = ClusterNode(cluster_cfg, service)
+        where = cluster.store.where
+        log.info("node %s of the cluster at %s, reachable at %s", cluster.name, where, cluster_cfg.advertise)
     config = uvicorn.Config(
-        build_app(service),
+        build_app(service, cluster),
         host=cfg.host,
         port=cfg.port,
         log_level=cfg.log_level,
@@ -75,7 +88,7 @@ def serve(cfg: ServeConfig) -> int:
     )
     server = _Server(config)
     try:
-        return asyncio.run(_run(service, server, sock))
+        return asyncio.run(_run(service, server, sock, cluster))
     except StartupError as exc:
         return _fail(str(exc))
     except (asyncio.CancelledError, KeyboardInterrupt):
@@ -88,7 +101,7 @@ def serve(cfg: ServeConfig) -> int:
             shm.unlink(name)
 
 
-async def _run(service: Service, server: _Server, sock: socket.socket) -> int:
+async def _run(service: Service, server: _Server, sock: socket.socket, cluster: ClusterNode | None = None) -> int:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
@@ -98,11 +111,15 @@ async def _run(service: Service, server: _Server, sock: socket.socket) -> int:
     try:
         try:
             await service.start()
+            if cluster is not None:
+                await cluster.start()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
         await server.serve(sockets=[sock])
     finally:
+        if cluster is not None:
+            await cluster.stop()  # hands this node's images over before the workers go
         await service.stop()
     return 0 if server.started else 1
 

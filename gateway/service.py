@@ -285,16 +285,17 @@ class Service:
             log.info("direct links: %s", {k: f"{v / 1e9:.0f} GB/s" for k, v in topology.links.items()})
 
     # -- functions -----------------------------------------------------------------
-    async def deploy(self, name: str, body: object) -> tuple[Function, bool]:
+    async def deploy(self, name: str, body: object, version: int | None = None) -> tuple[Function, bool]:
+        """`version`: given by the cluster's registry; a single node counts its own."""
         check_name(name)
         spec = deploy.parse(name, body)
         self.transitions[name] = "LOADING"
         try:
-            return await self._deploy(name, spec)
+            return await self._deploy(name, spec, version)
         finally:
             self.transitions.pop(name, None)
 
-    async def _deploy(self, name: str, spec: deploy.DeploySpec) -> tuple[Function, bool]:
+    async def _deploy(self, name: str, spec: deploy.DeploySpec, version: int | None) -> tuple[Function, bool]:
         async with self._deploy_lock:
             old = self.registry.functions.get(name)
             source = dict(spec.model)
@@ -312,7 +313,7 @@ class Service:
                 0,
                 timeout_ms=spec.timeout_ms,
                 invoke_token_sha256=token_digest(spec.invoke_token) if spec.invoke_token else None,
-                version=(old.version + 1) if old else 1,
+                version=version or ((old.version + 1) if old else 1),
                 slo_percentile=spec.slo_percentile,
                 max_batch_size=spec.max_batch_size,
                 drop_late=spec.drop_late,

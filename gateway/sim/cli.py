@@ -44,7 +44,17 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--models", nargs="+", default=[], help="models of the profile to use (default all)")
     s.add_argument("--max-batch", type=int, default=1, help="dynamic batching limit per function")
     s.add_argument("--drop-late", action="store_true", help="functions drop requests that cannot meet the SLO")
-    s.add_argument("--nodes", type=int, default=1, help="identical nodes; functions are spread across them")
+    s.add_argument("--nodes", type=int, default=1, help="identical nodes, routed and placed by the cluster policy")
+    s.add_argument(
+        "--placement",
+        choices=("cluster", "static"),
+        default="cluster",
+        help="with --nodes: the cluster policy (forwarding, replicas, rehoming) or a fixed round-robin split",
+    )
+    s.add_argument("--hop-ms", type=float, default=1.0, help="cluster: latency a forward adds")
+    s.add_argument("--node-link-gbps", type=float, default=1.25, help="cluster: GB/s between nodes (image fetches)")
+    s.add_argument("--kill-node", type=int, help="cluster: lose this node (0-based) at --kill-at seconds")
+    s.add_argument("--kill-at", type=float, default=60.0, help="cluster: when --kill-node is lost")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes for --sweep")
     s.add_argument("--out", default="sim-out", help="directory for JSON summaries and PNG figures")
@@ -156,6 +166,11 @@ def _workload(args: argparse.Namespace, functions: int) -> Any:
         seed=args.seed,
         trace=args.trace,
         nodes=args.nodes,
+        placement=args.placement,
+        hop_ms=args.hop_ms,
+        link_gbps=args.node_link_gbps,
+        kill_node=args.kill_node,
+        kill_at=args.kill_at,
     )
 
 

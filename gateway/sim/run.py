@@ -38,7 +38,12 @@ class Workload:
     seed: int = 0
     trace: str | None = None  # an Azure-layout CSV instead of a generated trace
     population: int | None = None  # generate this many functions and keep the first `functions`
-    nodes: int = 1  # a cluster of identical nodes; the front end spreads functions round-robin
+    nodes: int = 1  # a cluster of identical nodes
+    placement: str = "cluster"  # "cluster": the cluster policy routes and places; "static": a fixed split
+    hop_ms: float = 1.0  # cluster: a forward's added latency
+    link_gbps: float = 1.25  # cluster: GB/s between nodes, for image fetches (10 Gbit/s)
+    kill_node: int | None = None  # cluster: this node is lost at kill_at seconds
+    kill_at: float = 0.0
 
 
 def functions_for(profile: HardwareProfile, w: Workload) -> list[SimFunction]:
@@ -67,9 +72,18 @@ def trace_for(w: Workload) -> traces.Trace:
 
 
 def simulate(profile: HardwareProfile, w: Workload, policy: str) -> list[Simulation]:
-    """One simulation per node. Functions are partitioned across nodes (no swapping
-    between nodes), as a cluster front end that routes each function to one node would."""
+    """One simulation per node. With placement "static", functions are partitioned across
+    nodes (no swapping between nodes), as a front end that routes each function to one node
+    would; with "cluster", one merged run of the cluster policy (gateway/sim/cluster.py)."""
     functions, trace = functions_for(profile, w), trace_for(w)
+    if w.nodes > 1 and w.placement == "cluster":
+        from gateway.sim.cluster import ClusterKnobs, ClusterSimulation
+
+        knobs = ClusterKnobs(
+            hop_ms=w.hop_ms, link_bytes_per_s=w.link_gbps * 1e9, kill_node=w.kill_node, kill_at=w.kill_at
+        )
+        cluster = ClusterSimulation(profile, policy, functions, w.nodes, w.seed, knobs)
+        return [cluster.run(trace.arrivals(seed=w.seed)).merged()]
     runs = []
     for node in range(w.nodes):
         rows = list(range(node, len(functions), w.nodes))
@@ -80,7 +94,11 @@ def simulate(profile: HardwareProfile, w: Workload, policy: str) -> list[Simulat
 
 
 def summary(profile: HardwareProfile, w: Workload, policy: str) -> dict[str, Any]:
-    s = summarize(simulate(profile, w, policy))
+    sims = simulate(profile, w, policy)
+    s = summarize(sims)
+    s["nodes"] = w.nodes
+    if hasattr(sims[0], "cluster"):
+        s["cluster"] = sims[0].cluster
     s["slo_percentile"] = w.percentile
     s["workload"] = asdict(w)
     return s

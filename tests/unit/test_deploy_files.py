@@ -146,6 +146,9 @@ def test_compose_services_and_profiles(services: dict[str, Any]) -> None:
         "prometheus": {"monitoring"},
         "grafana": {"monitoring"},
         "locust": {"loadtest"},
+        "node-a": {"cluster"},
+        "node-b": {"cluster"},
+        "node-c": {"cluster"},
     }
     assert services["redis"]["image"].startswith("redis:7")
     assert services["prometheus"]["image"].startswith("prom/prometheus")
@@ -188,6 +191,38 @@ def test_torpor_environment_names_are_read_by_the_cli(services: dict[str, Any]) 
         assert env, service
         unknown = {name for name in env if name not in known}
         assert not unknown, f"{service} sets variables torpor never reads: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("name", ["node-a", "node-b", "node-c"])
+def test_cluster_nodes(services: dict[str, Any], name: str) -> None:
+    svc = services[name]
+    assert svc["image"] == services["torpor-cpu"]["image"] and "deploy" not in svc
+    env = svc["environment"]
+    unknown = {k for k in env if k not in _cli_env_names()}
+    assert not unknown, f"{name} sets variables torpor never reads: {sorted(unknown)}"
+    assert _interpolate(str(env["TORPOR_CLUSTER"])) == "redis://redis:6379/0"
+    assert "TORPOR_CLUSTER_TOKEN" in env and "TORPOR_ADMIN_TOKEN" in env
+    command = svc["command"]
+    # Each node its own name, reached by the others on the compose network at its own URL.
+    assert command[command.index("--node") + 1] == name
+    assert command[command.index("--advertise") + 1] == f"http://{name}:8080"
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert any(v.split(":")[1] == STATE_DIR for v in svc["volumes"]), svc["volumes"]
+    assert _size_bytes(_interpolate(str(svc["shm_size"]))) >= 1 << 30
+    assert svc["healthcheck"]["test"][0] == "CMD"
+    # Parsed by the real CLI: every flag the node is started with exists.
+    from gateway.cli import parser
+
+    args = parser().parse_args(command[1:])
+    assert args.node == name and args.devices == "cpu:1"
+
+
+def test_cluster_nodes_publish_distinct_ports(services: dict[str, Any]) -> None:
+    published = [str(p).split(":")[-2] for n in ("node-a", "node-b", "node-c") for p in services[n]["ports"]]
+    assert len(set(published)) == 3, published
+    volumes = [v.split(":")[0] for n in ("node-a", "node-b", "node-c") for v in services[n]["volumes"]]
+    assert len(set(volumes)) == 3, "each node needs its own state volume"
 
 
 def test_shm_comment_names_the_alternative() -> None:
