@@ -123,8 +123,10 @@ class Dispatcher:
     def function_added(self, info: FunctionInfo) -> None:
         self.apply(self.scheduler.function_added(info))
 
-    def function_removed(self, name: str) -> None:
-        self.apply(self.scheduler.function_removed(name))
+    def function_removed(self, name: str, reason: str = "removed") -> None:
+        """`reason`: what the requests still waiting for it are told ("removed" 404, "unloaded" 503)."""
+        decisions = self.scheduler.function_removed(name)
+        self.apply([Reject(d.rid, reason) if isinstance(d, Reject) else d for d in decisions])
 
     def device_lost(self, device: int) -> None:
         self.apply(self.scheduler.device_lost(device))
@@ -275,6 +277,11 @@ async def _no_disk_tier(function: str) -> str:
 
 
 def _rejection(inv: Invocation, reason: str) -> TorporError:
+    if reason == "unloaded":
+        return Unavailable(
+            f"function {inv.function!r} was unloaded while the request waited; "
+            f"load it with POST /v2/repository/models/{inv.function}/load"
+        )
     if reason == "removed":
         return NotFound(f"function {inv.function!r} was removed or replaced while the request waited")
     if reason == "late":

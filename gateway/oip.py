@@ -119,7 +119,10 @@ def parse_request(
     timeout = params.get("timeout")
     if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0):
         raise InvalidInput("parameters.timeout: expected a positive integer of microseconds")
-    return InferRequest(req.get("id"), wire, names_out, timeout / 1e6 if timeout else None, binary_out)
+    request_id = req.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("id: expected a string (KServe v2), echoed in the response")
+    return InferRequest(request_id, wire, names_out, timeout / 1e6 if timeout else None, binary_out)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -77,8 +77,17 @@ def document(admin: bool = False) -> dict[str, Any]:
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         },
     }
+    header_length = {
+        "name": "Inference-Header-Content-Length",
+        "in": "header",
+        "required": False,
+        "description": "binary tensor extension: the byte length of the JSON header that starts the body; "
+        "tensor bytes follow it",
+        "schema": {"type": "integer", "minimum": 0},
+    }
     infer = {
         "post": {
+            "parameters": [header_length],
             "requestBody": _body(_ref("InferRequest")),
             "responses": {"200": infer_ok, **_errors(400, 401, 404, 413, 429, 502, 503, 504)},
         }

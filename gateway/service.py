@@ -406,7 +406,7 @@ class Service:
     async def unload(self, name: str) -> Function:
         """Free the function's host and device memory; its config and model source stay (UNAVAILABLE).
 
-        Requests waiting for it are answered 404 (removed); `load` brings it back, the same version.
+        Requests waiting for it are answered 503 naming the load call; `load` brings it back, the same version.
         """
         self.registry.get(name)  # 404 before anything changes
         self.transitions[name] = "UNLOADING"
@@ -424,7 +424,7 @@ class Service:
                     fn.state, fn.reason = previous
                     raise Unavailable(f"could not persist the registry: {exc}") from exc
                 if was_ready:
-                    await self._retire(fn, keep_image=True)  # to the disk tier: load reads it back
+                    await self._retire(fn, keep_image=True, unloaded=True)  # to the disk tier: load reads it back
                     fn.image = None
                     log.info("unloaded %s (version %d)", name, fn.version)
                 return fn
@@ -473,8 +473,8 @@ class Service:
         except Unavailable as exc:
             log.warning("%s; host memory is over its bound until images are free", exc.message)
 
-    async def _retire(self, fn: Function, keep_image: bool = False) -> None:
-        self.dispatcher.function_removed(fn.name)
+    async def _retire(self, fn: Function, keep_image: bool = False, unloaded: bool = False) -> None:
+        self.dispatcher.function_removed(fn.name, "unloaded" if unloaded else "removed")
         await self.pool.broadcast(Forget(model_id=fn.model_id))
         if fn.image is not None:
             fn.image.unlink()  # workers that still map it keep their mapping until they forget it

@@ -556,3 +556,10 @@ def test_parse_request_rejects_fp32_overflow() -> None:
     body = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [too_big, 0, 0, 0]}]})
     with pytest.raises(InvalidInput):
         parse_request(body, "f", SIGNATURES[0])
+
+
+def test_a_request_id_that_is_not_a_string_is_refused() -> None:
+    spec = (TensorSpec("x", "FP32", (-1,)),)
+    body = orjson.dumps({"id": 7, "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]})
+    with pytest.raises(InvalidInput, match="id: expected a string"):
+        parse_request(body, "f", spec)

@@ -19,7 +19,7 @@ from gateway.metrics import BUCKETS, Buckets
 from gateway.registry import Function
 from gateway.scheduler import FunctionInfo, Scheduler
 from gateway.service import token_digest
-from shared.errors import DeadlineExceeded, InvalidInput, Overloaded, PayloadTooLarge, Unauthorized
+from shared.errors import DeadlineExceeded, InvalidInput, Overloaded, PayloadTooLarge, Unauthorized, Unavailable
 from shared.specs import TensorSpec
 
 
@@ -144,6 +144,24 @@ def test_admission_count_tracks_the_scheduler_queues() -> None:
         assert [type(r).__name__ for r in results] == ["DeadlineExceeded", "DeadlineExceeded", "NotFound"]
         for c in (calls[0], calls[4]):
             c.cancel()
+        await _close(disp)
+
+    asyncio.run(scenario())
+
+
+def test_requests_waiting_for_an_unloaded_function_get_503_naming_the_load() -> None:
+    async def scenario() -> None:
+        sched = Scheduler([1 << 30], asyncio.get_running_loop().time)
+        disp = Dispatcher(sched, _Pool())  # type: ignore[arg-type]
+        disp.function_added(FunctionInfo("a", "m-a", 1 << 20, slo_ms=10_000, exec_ms=1.0))
+        running = asyncio.create_task(disp.invoke(Invocation("a", [], ["y"], 5.0)))
+        waiting = asyncio.create_task(disp.invoke(Invocation("a", [], ["y"], 5.0)))
+        await asyncio.sleep(0)
+        disp.function_removed("a", "unloaded")
+        with pytest.raises(Unavailable, match="was unloaded while the request waited; load it with POST") as err:
+            await waiting
+        assert err.value.status == 503
+        running.cancel()
         await _close(disp)
 
     asyncio.run(scenario())
