@@ -23,20 +23,26 @@ def add_commands(sub: Any) -> None:
         default="torpor",
         help=f"{', '.join(POLICY_NAMES)}, each optionally with +drop_late; a comma list; or all (default torpor)",
     )
-    s.add_argument("--functions", type=int, default=200, help="functions deployed (default 200)")
+    s.add_argument(
+        "--workload",
+        help="a workload JSON file of the fields below (or a built-in name: paper); options given here win",
+    )
+    s.add_argument("--functions", type=int, help="functions deployed (default 200)")
     s.add_argument("--sweep", help="FROM:TO:STEP function counts: the density curve (e.g. 40:800:40)")
-    s.add_argument("--minutes", type=int, default=10, help="trace length in minutes (default 10)")
-    s.add_argument("--rate", type=float, default=0.15, help="mean requests/s per function (generated trace)")
-    s.add_argument("--sigma", type=float, default=1.0, help="log-normal spread of rates across functions")
-    s.add_argument("--burstiness", type=float, default=0.5, help="0 = steady Poisson, 1 = very bursty")
-    s.add_argument("--slo-factor", type=float, default=5.0, help="SLO = factor × the model's exec time")
+    s.add_argument("--minutes", type=int, help="trace length in minutes (default 10)")
+    s.add_argument("--shape", choices=("lognormal", "uniform"), help="generated trace (default lognormal)")
+    s.add_argument("--rate", type=float, help="lognormal: mean requests/s per function (default 0.15)")
+    s.add_argument("--sigma", type=float, help="lognormal: spread of rates across functions (default 1)")
+    s.add_argument("--burstiness", type=float, help="lognormal: 0 = steady Poisson, 1 = very bursty (default 0.5)")
+    s.add_argument("--rpm", help="uniform: LOW:HIGH requests per minute per function (default 5:30)")
+    s.add_argument("--slo-factor", type=float, help="SLO = factor × the model's exec time (default: the model's slo_ms in the profile, else 5)")
     s.add_argument("--slo-ms", type=float, help="one SLO for every function instead of --slo-factor")
-    s.add_argument("--percentile", type=float, default=98.0, help="SLO percentile (default 98)")
+    s.add_argument("--percentile", type=float, help="SLO percentile (default 98)")
     s.add_argument("--models", nargs="+", default=[], help="models of the profile to use (default all)")
-    s.add_argument("--max-batch", type=int, default=1, help="dynamic batching limit per function")
+    s.add_argument("--max-batch", type=int, help="dynamic batching limit per function (default 1)")
     s.add_argument("--drop-late", action="store_true", help="functions drop requests that cannot meet the SLO")
     s.add_argument("--nodes", type=int, default=1, help="identical nodes; functions are spread across them")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, help="trace and jitter seed (default 0)")
     s.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes for --sweep")
     s.add_argument("--out", default="sim-out", help="directory for JSON summaries and PNG figures")
     s.set_defaults(func=_simulate)
@@ -51,25 +57,42 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=_profile)
 
 
-def _workload(args: argparse.Namespace, functions: int) -> Any:
-    from gateway.sim.run import Workload
+WORKLOADS = Path(__file__).parent / "workloads"
 
-    return Workload(
-        functions=functions,
-        minutes=args.minutes,
-        mean_rate=args.rate,
-        sigma=args.sigma,
-        burstiness=args.burstiness,
-        slo_factor=args.slo_factor,
-        slo_ms=args.slo_ms,
-        percentile=args.percentile / 100,
-        models=tuple(args.models),
-        max_batch=args.max_batch,
-        drop_late=args.drop_late,
-        seed=args.seed,
-        trace=args.trace,
-        nodes=args.nodes,
-    )
+
+def _workload(args: argparse.Namespace, functions: int | None) -> Any:
+    """The workload file's fields (if any), overridden by the options given on the command line."""
+    from gateway.sim.run import Workload, load_workload
+
+    given: dict[str, Any] = {
+        "functions": functions,
+        "minutes": args.minutes,
+        "shape": args.shape,
+        "mean_rate": args.rate,
+        "sigma": args.sigma,
+        "burstiness": args.burstiness,
+        "slo_factor": args.slo_factor,
+        "slo_ms": args.slo_ms,
+        "percentile": None if args.percentile is None else args.percentile / 100,
+        "models": tuple(args.models) or None,
+        "max_batch": args.max_batch,
+        "drop_late": args.drop_late or None,
+        "seed": args.seed,
+        "trace": args.trace,
+        "nodes": args.nodes,
+    }
+    if args.rpm:
+        try:
+            given["rpm_low"], given["rpm_high"] = (int(x) for x in args.rpm.split(":"))
+        except ValueError:
+            raise ValueError(f"--rpm: expected LOW:HIGH requests per minute, e.g. 5:30, got {args.rpm!r}") from None
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.workload:
+        path = Path(args.workload)
+        if not path.exists() and (WORKLOADS / f"{args.workload}.json").exists():
+            path = WORKLOADS / f"{args.workload}.json"
+        return load_workload(path, **given)
+    return Workload(**{"functions": 200, **given})
 
 
 def _policies(text: str) -> list[str]:
