@@ -36,6 +36,7 @@ class Policy:
     drop_late: bool = True  # honour the functions' drop_late
     static: bool = False  # native: one dedicated device per function, no swapping
     wait_for_warm: bool = True  # rather wait for a busy device holding the model when that is sooner
+    defer_late: bool = True  # requests that can no longer meet their deadline go after those that can
 
 
 POLICIES = {
@@ -50,6 +51,7 @@ POLICIES = {
         batching=False,
         drop_late=False,
         wait_for_warm=False,
+        defer_late=False,
     ),
     "native": Policy(
         "native",
@@ -61,6 +63,7 @@ POLICIES = {
         drop_late=False,
         static=True,
         wait_for_warm=False,
+        defer_late=False,
     ),
 }
 

@@ -25,8 +25,12 @@ threshold first, then earliest deadline first. A function that asks for it
 max_batch_size, while the predicted completion keeps every one within its SLO.
 Eviction happens only when a model does not fit, and never of a model that is
 executing, loading, being copied from, or the only copy of a model with requests
-waiting; light models and duplicate replicas go first, then the least recently
-used.
+waiting; light models and duplicate replicas go first, then the heavy models whose
+swap-in costs least beyond their execution, least recently used among equals. A
+duplicate is never made by evicting another model's only copy (Torpor §5.4: at most
+one replica per model when memory is full): the request waits for the holder.
+Functions whose next request can no longer make its deadline are served after all
+others (defer_late), so that under overload late requests do not make others late.
 
 The baselines of the simulator are the same object with parts switched off:
 "simpleswap" (FIFO, a random idle device, host swaps, LRU eviction) and "native"
@@ -262,10 +266,14 @@ class Scheduler:
             return sorted(self._pending, key=lambda n: (self.functions[n].queue[0].arrived, n))
         now, threshold = self.clock(), self.tuner.threshold
 
-        def urgency(name: str) -> tuple[int, float, str]:
+        def urgency(name: str) -> tuple[bool, int, float, str]:
             state = self.functions[name]
+            # Under overload, a function whose next request can no longer make its deadline
+            # goes after every one whose next request still can: served first, it would make
+            # those late too.
+            hopeless = self.policy.defer_late and now + state.exec.at(1) / 1e3 > state.queue[0].deadline
             high = state.slo.rrc(now) > threshold
-            return (0 if high else 1, state.queue[0].deadline, name)
+            return (hopeless, 0 if high else 1, state.queue[0].deadline, name)
 
         return sorted(self._pending, key=urgency)
 
@@ -348,10 +356,9 @@ class Scheduler:
                 moved = self.cost.service_ms(plan.transfer_ms, exec_ms)
                 if wait + exec_ms <= moved:
                     return None
-                # Evicting the only copy of another model for a duplicate of this one costs
-                # that model a swap later: worth it only if waiting would miss the deadline.
-                sole = any(len(self.residency(v)) <= 1 for v in plan.victims)
-                if sole and self.clock() + (wait + exec_ms) / 1e3 <= state.queue[0].deadline:
+                # At most one replica of a model when memory is full (Torpor §5.4): a duplicate
+                # that evicts another model's only copy costs that model a swap later.
+                if any(len(self.residency(v)) <= 1 for v in plan.victims):
                     return None
         return plan
 
@@ -403,9 +410,9 @@ class Scheduler:
         """The cheapest run of adjacent models to evict from `d` so the model fits, or None.
 
         A model's slice must be contiguous, so the candidates are windows of neighbouring
-        slices (with the holes between them). Cheapest: fewest heavy sole copies, then
-        those used longest ago, then fewest bytes; under plain LRU, the window whose
-        newest model is oldest.
+        slices (with the holes between them). Cheapest: least swap-in cost of the heavy
+        sole copies evicted, then those used longest ago, then fewest bytes; under plain
+        LRU, the window whose newest model is oldest.
         """
         nbytes = state.info.nbytes
         if nbytes > d.layout.capacity:
@@ -415,7 +422,7 @@ class Scheduler:
         protected = d.in_use()
         by_offset = {r.slice.offset: r for r in d.resident.values()}
         taken = d.layout.slices()
-        cost: list[tuple[int, float] | None] = []  # per slice: (heavy sole?, last used), None = keep
+        cost: list[tuple[float, float] | None] = []  # per slice: (cost of swapping it back, last used), None = keep
         for sl in taken:
             r = by_offset.get(sl.offset)
             if r is None or r.model_id in protected:
@@ -427,7 +434,7 @@ class Scheduler:
                 cost.append(None)  # its waiting requests will be served here
                 continue
             cheap = replicas > 1 or (owner is not None and not owner.info.heavy) or not self.policy.smart_eviction
-            cost.append((0 if cheap else 1, r.last_used))
+            cost.append((0 if cheap else self._reswap_ms(owner, d), r.last_used))
         need = align_up(nbytes)
         best: tuple[tuple[float, ...], int, int] | None = None
         for i in range(len(taken)):
@@ -450,6 +457,14 @@ class Scheduler:
             return None
         _, i, j = best
         return [by_offset[taken[k].offset].model_id for k in range(i, j + 1)]
+
+    def _reswap_ms(self, owner: FunctionState | None, d: DeviceState) -> float:
+        """What swapping a heavy sole copy back in later costs its requests beyond execution (ms)."""
+        if owner is None:
+            return 0.0
+        exec_ms = owner.exec.at(1)
+        transfer = self.cost.transfer_ms(owner.info.nbytes, d.index, None, {})
+        return max(1e-3, self.cost.service_ms(transfer, exec_ms) - exec_ms)
 
     def _commit(self, state: FunctionState, plan: Plan, batch: list[Waiting]) -> Run:
         d, info = plan.device, state.info

@@ -245,17 +245,19 @@ def test_late_requests_are_dropped_only_when_the_function_asks() -> None:
     assert r.function == "lenient", "a function without drop_late still runs late"
 
 
-def test_tuner_keeps_direction_while_it_helps_and_turns_when_it_hurts() -> None:
-    t = PriorityTuner(step=1.0, period_s=10)
-    t.tune(0, 5)  # starts the clock
-    t.tune(10, 5)
-    assert t.threshold == 1
-    t.tune(20, 6)
-    assert t.threshold == 2
-    t.tune(30, 4)  # worse: turn around
-    assert t.threshold == 1
-    t.tune(31, 0)  # within the period: nothing changes
-    assert t.threshold == 1
+def test_tuner_doubles_its_step_on_a_rise_and_halves_and_turns_on_a_fall() -> None:
+    t = PriorityTuner(step=1.0, period_s=2)
+    t.tune(0, 50)  # starts the clock
+    t.tune(2, 50)  # no change in score: one step the same way
+    assert (t.threshold, t.step) == (1, 1)
+    t.tune(4, 52)  # +4%: the step doubles, same direction
+    assert (t.threshold, t.step) == (3, 2)
+    t.tune(6, 53)  # +2%: within the band, same step
+    assert (t.threshold, t.step) == (5, 2)
+    t.tune(8, 50)  # -5.7%: halve and turn around
+    assert (t.threshold, t.step) == (4, 1)
+    t.tune(9, 0)  # within the period: nothing changes
+    assert t.threshold == 4
 
 
 # -- batching ----------------------------------------------------------------------------
