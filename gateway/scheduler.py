@@ -49,6 +49,8 @@ from gateway.devicestate import DeviceState, FunctionState, Plan, Resident, Wait
 from gateway.slo import PriorityTuner, SloWindow
 from shared.arena import ArenaLayout, align_up
 
+WAITING_PRICE = 1e6  # eviction price of the only copy of a model with requests waiting: last resort
+
 __all__ = ["POLICIES", "Decision", "Evict", "FunctionInfo", "Load", "Policy", "Reject", "Run", "Scheduler"]
 
 
@@ -272,8 +274,11 @@ class Scheduler:
             # goes after every one whose next request still can: served first, it would make
             # those late too.
             hopeless = self.policy.defer_late and now + state.exec.at(1) / 1e3 > state.queue[0].deadline
-            high = state.slo.rrc(now) > threshold
-            return (hopeless, 0 if high else 1, state.queue[0].deadline, name)
+            rrc = state.slo.rrc(now)
+            # Behind its SLO but within reach first; then those meeting it; a function too far
+            # behind to catch up (RRC above give_up) last, so misses gather on few functions.
+            tier = 2 if rrc > self.policy.give_up else 0 if rrc > threshold else 1
+            return (hopeless, tier, state.queue[0].deadline, name)
 
         return sorted(self._pending, key=urgency)
 
@@ -430,11 +435,13 @@ class Scheduler:
                 continue
             owner = self._by_model.get(r.model_id)
             replicas = len(self.residency(r.model_id))
-            if owner is not None and owner.queue and replicas <= 1:
-                cost.append(None)  # its waiting requests will be served here
-                continue
             cheap = replicas > 1 or (owner is not None and not owner.info.heavy) or not self.policy.smart_eviction
-            cost.append((0 if cheap else self._reswap_ms(owner, d), r.last_used))
+            price = 0 if cheap else self._reswap_ms(owner, d)
+            if owner is not None and owner.queue and replicas <= 1:
+                # Its waiting requests would be served here: evicted last, but evictable, or
+                # under overload every resident model has requests waiting and nothing can move.
+                price += WAITING_PRICE
+            cost.append((price, r.last_used))
         need = align_up(nbytes)
         best: tuple[tuple[float, ...], int, int] | None = None
         for i in range(len(taken)):

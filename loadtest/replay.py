@@ -149,8 +149,7 @@ class Replay:
         # One body per function, encoded once: a fresh JSON encoding per request would cost
         # the load generator more CPU than mlp costs the server.
         self.bodies = {
-            f["name"]: json.dumps({"inputs": random_inputs(f["inputs"], 1, 16, rng)}).encode()
-            for f in targets
+            f["name"]: json.dumps({"inputs": random_inputs(f["inputs"], 1, 16, rng)}).encode() for f in targets
         }
         self.start = time.time() + lead_s  # every user's clock starts together, after the plan is built
         self._arrivals = self._map(trace.arrivals(seed=seed))

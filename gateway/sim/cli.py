@@ -35,7 +35,9 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--sigma", type=float, help="lognormal: spread of rates across functions (default 1)")
     s.add_argument("--burstiness", type=float, help="lognormal: 0 = steady Poisson, 1 = very bursty (default 0.5)")
     s.add_argument("--rpm", help="uniform: LOW:HIGH requests per minute per function (default 5:30)")
-    s.add_argument("--slo-factor", type=float, help="SLO = factor × the model's exec time (default: the model's slo_ms in the profile, else 5)")
+    s.add_argument(
+        "--slo-factor", type=float, help="SLO = factor × exec time (default: the profile model's slo_ms, else 5)"
+    )
     s.add_argument("--slo-ms", type=float, help="one SLO for every function instead of --slo-factor")
     s.add_argument("--percentile", type=float, help="SLO percentile (default 98)")
     s.add_argument("--models", nargs="+", default=[], help="models of the profile to use (default all)")

@@ -201,7 +201,7 @@ class Simulation:
         transfer_ms, slow = 0.0, 1.0
         if run.load is not None:
             active: dict[int, int] = {}
-            for switches, _ in ([] if pairs else self._transferring.values()):
+            for switches, _ in [] if pairs else self._transferring.values():
                 for s in switches:
                     active[s] = active.get(s, 0) + 1
             transfer_ms = self.cost.transfer_ms(m.nbytes, run.device, run.load.peer, active)
