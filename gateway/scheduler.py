@@ -29,10 +29,9 @@ requests waiting goes last. A duplicate is never made by evicting another model'
 only copy (Torpor §5.4: one replica per model when memory is full): the request
 waits for the holder.
 
-The baselines of the simulator are the same object with parts switched off:
-"simpleswap" (FIFO, a random idle device, host swaps, LRU eviction) and "native"
-(each function's model stays on one device assigned at deploy while memory
-lasts; a function without a device is not served).
+Baselines are the same object with parts off: "simpleswap" (FIFO, a random idle
+device, host swaps, LRU eviction) and "native" (each function's model stays on one
+device assigned at deploy while memory lasts; others are not served).
 """
 
 from __future__ import annotations
