@@ -158,3 +158,11 @@ def test_no_collapse_past_the_knee(tmp_path: Path) -> None:
     for drop_late in (False, True):
         knee = max(n for n in range(10, 70, 10) if meeting(n, drop_late) == n)
         assert meeting(int(knee * 1.5), drop_late) >= knee, f"drop_late={drop_late}, knee {knee}"
+
+
+@pytest.mark.parametrize("functions", [160, 480])
+def test_native_fits_72_functions_as_in_the_paper(functions: int) -> None:
+    profile = load("paper-v100x4")
+    fns = functions_for(profile, load_workload(PROFILES.parent / "workloads" / "paper.json", functions=functions))
+    sim = Simulation(profile, "native", fns)
+    assert sum(s.home is not None for s in sim.scheduler.functions.values()) == 72
