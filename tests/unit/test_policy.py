@@ -122,7 +122,7 @@ def test_eviction_only_under_pressure_and_light_or_duplicate_first() -> None:
     assert r.evict == ("light_new@1",), "the light model goes before the least recently used heavy one"
 
 
-def test_a_sole_copy_with_requests_waiting_is_never_evicted() -> None:
+def test_a_sole_copy_with_requests_waiting_is_evicted_last() -> None:
     topo = Topology((200 * MB,), (0,))
     clock = Clock()
     s = Scheduler(topo, clock)
