@@ -8,7 +8,8 @@ predicted completion = wait + service, service = transfer ⊕ exec, where
   and at the largest batch), interpolated linearly in the batch size, and corrected
   online from the execution times the workers report;
 - ⊕ is the pipelined sum: execution starts when the first layers have arrived,
-  so with overlap 1 it costs max(transfer, exec) and with overlap 0 the plain sum.
+  so with overlap 1 it costs max(transfer, exec) and with overlap 0 the plain sum;
+  a swap-in also pays a fixed `swap_latency_ms` (setup, first group, synchronisation).
 
 The topology says which devices share a PCIe switch and which pairs have a
 direct link (NVLink); the simulator's hardware profiles and the live gateway
@@ -31,6 +32,7 @@ class Topology:
     links: dict[tuple[int, int], float] = field(default_factory=dict)  # direct links (NVLink), bytes/s
     pipeline_overlap: float = 0.8  # 0..1, how much of a swap-in hides behind execution
     interference: float = 1.0  # exec slowdown of a heavy model while a neighbour on its switch swaps
+    swap_latency_ms: float = 0.0  # fixed cost of a swap-in besides its bytes: setup, first group, sync
 
     @classmethod
     def flat(cls, capacities: list[int], **kw: float) -> Topology:
@@ -119,4 +121,5 @@ class CostModel:
         return nbytes / self.disk_bandwidth * 1e3
 
     def service_ms(self, transfer_ms: float, exec_ms: float) -> float:
-        return pipelined(transfer_ms, exec_ms, self.topology.pipeline_overlap)
+        extra = self.topology.swap_latency_ms if transfer_ms > 0 else 0.0
+        return pipelined(transfer_ms, exec_ms, self.topology.pipeline_overlap) + extra

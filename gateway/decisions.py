@@ -36,6 +36,8 @@ class Policy:
     drop_late: bool = True  # honour the functions' drop_late
     static: bool = False  # native: one dedicated device per function, no swapping
     wait_for_warm: bool = True  # rather wait for a busy device holding the model when that is sooner
+    defer_late: bool = True  # requests that can no longer meet their deadline go after those that can
+    give_up: float = 50.0  # RRC above which a function is served after all others
 
 
 POLICIES = {
@@ -50,6 +52,7 @@ POLICIES = {
         batching=False,
         drop_late=False,
         wait_for_warm=False,
+        defer_late=False,
     ),
     "native": Policy(
         "native",
@@ -61,6 +64,7 @@ POLICIES = {
         drop_late=False,
         static=True,
         wait_for_warm=False,
+        defer_late=False,
     ),
 }
 

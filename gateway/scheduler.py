@@ -1,13 +1,11 @@
 """The scheduling policy as one pure object: events in, decisions out.
 
-No sockets, no asyncio, no torch; the clock is injected. The gateway's
-dispatcher drives it with real workers, the simulator with a discrete-event
-clock, the tests with a fake one.
-
-Events: function_added / function_removed, arrived, swap_done, finished,
-cancel, device_lost / device_added. Decisions: Run (a batch of one function's
-requests on a device, after evicting some models and loading the model from the
-host or a peer), Evict, Reject.
+No sockets, no asyncio, no torch; the clock is injected. The gateway's dispatcher
+drives it with real workers, the simulator with a discrete-event clock, the tests
+with a fake one. Events: function_added / function_removed, arrived, swap_done,
+finished, cancel, device_lost / device_added. Decisions: Run (a batch of one
+function's requests on a device, after evicting some models and loading the model
+from the host or a peer), Evict, Reject.
 
 The full policy ("torpor") follows Torpor's Algorithm 1, one inference at a time
 per device:
@@ -18,20 +16,22 @@ per device:
    PCIe-switch neighbours are not swapping, then one whose neighbours swap only
    light models, then the one that must evict the fewest bytes.
 Requests that find no device wait in their function's queue. Functions are served
-by urgency: those whose required request count (see gateway.slo) is above a tuned
-threshold first, then earliest deadline first. A function that asks for it
-(`drop_late`) has requests that can no longer meet their SLO rejected early
-(Clockwork's rule). Waiting requests of one function run as one batch, up to its
-max_batch_size, while the predicted completion keeps every one within its SLO.
-Eviction happens only when a model does not fit, and never of a model that is
-executing, loading, being copied from, or the only copy of a model with requests
-waiting; light models and duplicate replicas go first, then the least recently
-used.
+by urgency (see gateway.slo for RRC): behind their SLO but within reach (tuned
+threshold < RRC <= give_up) first, then those meeting it, then those too far behind;
+functions whose next request can no longer make its deadline after all (defer_late);
+earliest deadline first within a tier. `drop_late` functions have requests that can
+no longer meet their SLO rejected early (Clockwork's rule). Waiting requests of one
+function run as one batch, up to max_batch_size, while every one stays within its SLO.
+Eviction happens only when a model does not fit, never of one executing, loading or
+being copied from; light models and duplicates go first, then heavy models by what
+their swap-in costs, least recently used among equals; the only copy of a model with
+requests waiting goes last. A duplicate is never made by evicting another model's
+only copy (Torpor §5.4: one replica per model when memory is full): the request
+waits for the holder.
 
-The baselines of the simulator are the same object with parts switched off:
-"simpleswap" (FIFO, a random idle device, host swaps, LRU eviction) and "native"
-(each function's model stays on one device assigned at deploy while memory
-lasts; a function without a device is not served).
+Baselines are the same object with parts off: "simpleswap" (FIFO, a random idle
+device, host swaps, LRU eviction) and "native" (each function's model stays on one
+device assigned at deploy while memory lasts; others are not served).
 """
 
 from __future__ import annotations
@@ -42,8 +42,11 @@ from collections.abc import Callable
 from gateway.costmodel import CostModel, ExecProfile, Topology
 from gateway.decisions import POLICIES, Decision, Evict, FunctionInfo, Load, Policy, Reject, Run
 from gateway.devicestate import DeviceState, FunctionState, Plan, Resident, Waiting
+from gateway.eviction import cheapest_window
 from gateway.slo import PriorityTuner, SloWindow
-from shared.arena import ArenaLayout, align_up
+from shared.arena import ArenaLayout
+
+WAITING_PRICE = 1e6  # eviction price of the only copy of a model with requests waiting: last resort
 
 __all__ = ["POLICIES", "Decision", "Evict", "FunctionInfo", "Load", "Policy", "Reject", "Run", "Scheduler"]
 
@@ -296,10 +299,17 @@ class Scheduler:
             return sorted(self._pending, key=lambda n: (self.functions[n].queue[0].arrived, n))
         now, threshold = self.clock(), self.tuner.threshold
 
-        def urgency(name: str) -> tuple[int, float, str]:
+        def urgency(name: str) -> tuple[bool, int, float, str]:
             state = self.functions[name]
-            high = state.slo.rrc(now) > threshold
-            return (0 if high else 1, state.queue[0].deadline, name)
+            # Under overload, a function whose next request can no longer make its deadline
+            # goes after every one whose next request still can: served first, it would make
+            # those late too.
+            hopeless = self.policy.defer_late and now + state.exec.at(1) / 1e3 > state.queue[0].deadline
+            rrc = state.slo.rrc(now)
+            # Behind its SLO but within reach first; then those meeting it; a function too far
+            # behind to catch up (RRC above give_up) last, so misses gather on few functions.
+            tier = 2 if rrc > self.policy.give_up else 0 if rrc > threshold else 1
+            return (hopeless, tier, state.queue[0].deadline, name)
 
         return sorted(self._pending, key=urgency)
 
@@ -387,10 +397,9 @@ class Scheduler:
                 moved = self.cost.service_ms(plan.transfer_ms, exec_ms)
                 if wait + exec_ms <= moved:
                     return None
-                # Evicting the only copy of another model for a duplicate of this one costs
-                # that model a swap later: worth it only if waiting would miss the deadline.
-                sole = any(len(self.residency(v)) <= 1 for v in plan.victims)
-                if sole and self.clock() + (wait + exec_ms) / 1e3 <= state.queue[0].deadline:
+                # At most one replica of a model when memory is full (Torpor §5.4): a duplicate
+                # that evicts another model's only copy costs that model a swap later.
+                if any(len(self.residency(v)) <= 1 for v in plan.victims):
                     return None
         return plan
 
@@ -446,54 +455,33 @@ class Scheduler:
     def _victims(self, d: DeviceState, state: FunctionState) -> list[str] | None:
         """The cheapest run of adjacent models to evict from `d` so the model fits, or None.
 
-        A model's slice must be contiguous, so the candidates are windows of neighbouring
-        slices (with the holes between them). Cheapest: fewest heavy sole copies, then
-        those used longest ago, then fewest bytes; under plain LRU, the window whose
-        newest model is oldest.
+        Price of a model: 0 for a duplicate replica or a light model; else what swapping it
+        back in later costs beyond its execution; plus a last-resort premium for the only
+        copy of a model with requests waiting. Ties go to the least recently used; under
+        plain LRU every model is free and only recency counts.
         """
-        nbytes = state.info.nbytes
-        if nbytes > d.layout.capacity:
-            return None
-        if d.layout.fits(nbytes):
-            return []
-        protected = d.in_use()
-        by_offset = {r.slice.offset: r for r in d.resident.values()}
-        taken = d.layout.slices()
-        cost: list[tuple[int, float] | None] = []  # per slice: (heavy sole?, last used), None = keep
-        for sl in taken:
-            r = by_offset.get(sl.offset)
-            if r is None or r.model_id in protected:
-                cost.append(None)
-                continue
+        smart = self.policy.smart_eviction
+
+        def price(r: Resident) -> tuple[float, float]:
             owner = self._by_model.get(r.model_id)
             replicas = len(self.residency(r.model_id))
+            cheap = replicas > 1 or (owner is not None and not owner.info.heavy) or not smart
+            p = 0.0 if cheap else self._reswap_ms(owner, d)
             if owner is not None and owner.queue and replicas <= 1:
-                cost.append(None)  # its waiting requests will be served here
-                continue
-            cheap = replicas > 1 or (owner is not None and not owner.info.heavy) or not self.policy.smart_eviction
-            cost.append((0 if cheap else 1, r.last_used))
-        need = align_up(nbytes)
-        best: tuple[tuple[float, ...], int, int] | None = None
-        for i in range(len(taken)):
-            lo = taken[i - 1].end if i else 0
-            heavy, newest, evicted = 0, float("-inf"), 0
-            for j in range(i, len(taken)):
-                c = cost[j]
-                if c is None:
-                    break
-                heavy += c[0]
-                newest = max(newest, c[1]) if (c[0] or not self.policy.smart_eviction) else newest
-                evicted += taken[j].size
-                hi = taken[j + 1].offset if j + 1 < len(taken) else d.layout.capacity
-                if hi - lo >= need:
-                    key = (float(heavy), newest, float(evicted))
-                    if best is None or key < best[0]:
-                        best = (key, i, j)
-                    break
-        if best is None:
-            return None
-        _, i, j = best
-        return [by_offset[taken[k].offset].model_id for k in range(i, j + 1)]
+                # Its waiting requests would be served here: evicted last, but evictable, or
+                # under overload every resident model has requests waiting and nothing can move.
+                p += WAITING_PRICE
+            return (p, r.last_used)
+
+        return cheapest_window(d, state.info.nbytes, price, recency_of_all=not smart)
+
+    def _reswap_ms(self, owner: FunctionState | None, d: DeviceState) -> float:
+        """What swapping a heavy sole copy back in later costs its requests beyond execution (ms)."""
+        if owner is None:
+            return 0.0
+        exec_ms = owner.exec.at(1)
+        transfer = self.cost.transfer_ms(owner.info.nbytes, d.index, None, {})
+        return max(1e-3, self.cost.service_ms(transfer, exec_ms) - exec_ms)
 
     def _commit(self, state: FunctionState, plan: Plan, batch: list[Waiting]) -> Run:
         d, info = plan.device, state.info

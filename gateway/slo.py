@@ -10,8 +10,9 @@ is how many on-time requests in a row it needs to be back within its SLO:
 positive means it is failing now, negative means it has slack to spend. The
 scheduler serves functions whose RRC is above a threshold first (the
 high-priority class) and everyone else by deadline. The threshold is tuned
-online: at the end of each tuning window it moves one step, and keeps moving the
-same way while the number of functions meeting their SLO improves, else turns.
+online every 2 s (Torpor's re-split period): it moves one step α, and keeps moving
+the same way unless the number of functions meeting their SLO fell by more than 4%;
+α doubles after a rise of 4% or more and halves after such a fall.
 """
 
 from __future__ import annotations
@@ -60,13 +61,19 @@ class SloWindow:
 
 @dataclass
 class PriorityTuner:
-    """Hill-climbs the RRC threshold of the high-priority class over tuning windows."""
+    """Tunes the RRC threshold of the high-priority class every `period_s` (Torpor re-splits
+    the queues every 2 s): the threshold moves by a step α in the current direction; α doubles
+    while the number of functions meeting their SLO rose by `gain` (4%) or more, and halves, the
+    direction turning, when it fell by more than that."""
 
     threshold: float = 0.0
-    step: float = 2.0
-    period_s: float = 10.0
+    step: float = 2.0  # α
+    period_s: float = 2.0
     lowest: float = -50.0
     highest: float = 50.0
+    gain: float = 0.04
+    min_step: float = 0.5
+    max_step: float = 16.0
     _direction: float = 1.0
     _last_score: int | None = None
     _next: float | None = None
@@ -83,7 +90,12 @@ class PriorityTuner:
         if now < self._next:
             return
         self._next = now + self.period_s
-        if self._last_score is not None and meeting < self._last_score:
-            self._direction = -self._direction
+        last = self._last_score
+        if last is not None:
+            if meeting >= last * (1 + self.gain) and meeting > last:
+                self.step = min(self.max_step, self.step * 2)
+            elif meeting < last * (1 - self.gain):
+                self.step = max(self.min_step, self.step / 2)
+                self._direction = -self._direction
         self._last_score = meeting
         self.threshold = min(self.highest, max(self.lowest, self.threshold + self._direction * self.step))

@@ -52,17 +52,21 @@ class Trace:
     def total(self) -> int:
         return int(self.counts.sum())
 
-    def arrivals(self, seed: int = 0, burst: float = 0.5) -> Iterator[tuple[float, int]]:
+    def arrivals(self, seed: int = 0, burst: float = 0.5, even: bool = False) -> Iterator[tuple[float, int]]:
         """(seconds from the start, function index) in time order, lazily, minute by minute.
 
         Each minute's count of a function is placed inside that minute, [60·m, 60·m + 60):
         a share `burst` of the requests (binomial) cluster around 1-3 burst centres drawn
         uniformly in the minute, with a normal spread of 1 s (clipped to the minute); the
         rest arrive uniformly. burst=0 gives a Poisson-like spread, burst=1 only clusters.
-        Deterministic for a seed.
+        even=True spreads them evenly instead, n requests 60/n s apart from a random
+        phase (Torpor's evaluation workload). Deterministic for a seed.
         """
         if not 0 <= burst <= 1:
             raise ValueError(f"traces: burst must be within [0, 1], got {burst}")
+        if even:
+            yield from self._even(seed)
+            return
         rng = np.random.default_rng(seed)
         for minute in range(self.minutes):
             times: list[np.ndarray] = []
@@ -83,6 +87,23 @@ class Trace:
             if not times:
                 continue
             t_all, f_all = np.concatenate(times), np.concatenate(funcs)
+            order = np.argsort(t_all, kind="stable")
+            for t, fi in zip(t_all[order], f_all[order], strict=True):
+                yield float(t), int(fi)
+
+    def _even(self, seed: int) -> Iterator[tuple[float, int]]:
+        rng = np.random.default_rng(seed)
+        for minute in range(self.minutes):
+            column = self.counts[:, minute]
+            fis = np.nonzero(column)[0]
+            if not fis.size:
+                continue
+            n = column[fis]
+            gaps = 60.0 / n
+            phase = rng.uniform(0, 1, fis.size) * gaps
+            f_all = np.repeat(fis, n)
+            k = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+            t_all = np.minimum(np.repeat(phase, n) + k * np.repeat(gaps, n), _LAST_IN_MINUTE) + 60 * minute
             order = np.argsort(t_all, kind="stable")
             for t, fi in zip(t_all[order], f_all[order], strict=True):
                 yield float(t), int(fi)
@@ -131,6 +152,19 @@ def generate(
         shape = 1.0 / cv**2
         per_minute *= rng.gamma(shape, 1.0 / shape, size=per_minute.shape)
     counts = rng.poisson(per_minute).astype(np.int64)
+    return Trace([f"f{i:04d}" for i in range(functions)], counts)
+
+
+def generate_uniform(functions: int, minutes: int, low: int = 5, high: int = 30, seed: int = 0) -> Trace:
+    """Torpor's evaluation workload (§7.3): each function's count in each minute drawn
+    uniformly from low..high requests (the paper: 5-30 per minute), minute by minute.
+    Replay it with arrivals(even=True) to spread each minute's requests evenly."""
+    if functions < 1 or minutes < 1:
+        raise ValueError("traces: functions and minutes must be >= 1")
+    if not 0 <= low <= high:
+        raise ValueError(f"traces: requests per minute must satisfy 0 <= low <= high, got {low}..{high}")
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(low, high + 1, size=(functions, minutes), dtype=np.int64)
     return Trace([f"f{i:04d}" for i in range(functions)], counts)
 
 

@@ -9,8 +9,9 @@ from typing import Any, NoReturn
 
 POLICY_NAMES = ("torpor", "simpleswap", "native")
 # Defaults of a generated workload; with --trace, functions and minutes come from the file.
-GENERATED = argparse.Namespace(functions=200, minutes=10, rate=0.15, sigma=1.0, burstiness=0.5)
-SLO_FACTOR = 5.0
+GENERATED = argparse.Namespace(
+    functions=200, minutes=10, rate=0.15, sigma=1.0, burstiness=0.5, percentile=98.0, max_batch=1, seed=0
+)
 
 
 def add_commands(sub: Any) -> None:
@@ -27,22 +28,34 @@ def add_commands(sub: Any) -> None:
         help=f"{', '.join(POLICY_NAMES)}, each optionally with +drop_late; a comma list; or all (default torpor)",
     )
     s.add_argument(
+        "--workload",
+        help="a workload JSON file of Workload's fields (or a built-in name: paper); options given here win",
+    )
+    s.add_argument(
         "--functions", type=int, help=f"functions deployed (default: all of --trace's, else {GENERATED.functions})"
     )
     s.add_argument("--sweep", help="FROM:TO:STEP function counts: the density curve (e.g. 40:800:40)")
     s.add_argument(
         "--minutes", type=int, help=f"minutes simulated (default {GENERATED.minutes}; fewer if the trace is shorter)"
     )
-    s.add_argument("--rate", type=float, help=f"mean requests/s per function (default {GENERATED.rate})")
-    s.add_argument("--sigma", type=float, help=f"log-normal spread of rates (default {GENERATED.sigma})")
+    s.add_argument("--shape", choices=("lognormal", "uniform"), help="generated trace (default lognormal)")
+    s.add_argument("--rate", type=float, help=f"lognormal: mean requests/s per function (default {GENERATED.rate})")
     s.add_argument(
-        "--burstiness", type=float, help=f"0 = steady Poisson, 1 = very bursty (default {GENERATED.burstiness})"
+        "--sigma", type=float, help=f"lognormal: spread of rates across functions (default {GENERATED.sigma})"
     )
-    s.add_argument("--slo-factor", type=float, help=f"SLO = factor × the model's exec time (default {SLO_FACTOR})")
+    s.add_argument(
+        "--burstiness",
+        type=float,
+        help=f"lognormal: 0 = steady Poisson, 1 = very bursty (default {GENERATED.burstiness})",
+    )
+    s.add_argument("--rpm", help="uniform: LOW:HIGH requests per minute per function (default 5:30)")
+    s.add_argument(
+        "--slo-factor", type=float, help="SLO = factor × exec time (default: the profile model's slo_ms, else 5)"
+    )
     s.add_argument("--slo-ms", type=float, help="one SLO for every function instead of --slo-factor")
-    s.add_argument("--percentile", type=float, default=98.0, help="SLO percentile (default 98)")
+    s.add_argument("--percentile", type=float, help="SLO percentile (default 98)")
     s.add_argument("--models", nargs="+", default=[], help="models of the profile to use (default all)")
-    s.add_argument("--max-batch", type=int, default=1, help="dynamic batching limit per function")
+    s.add_argument("--max-batch", type=int, help="dynamic batching limit per function (default 1)")
     s.add_argument("--drop-late", action="store_true", help="functions drop requests that cannot meet the SLO")
     s.add_argument("--nodes", type=int, default=1, help="identical nodes, routed and placed by the cluster policy")
     s.add_argument(
@@ -55,7 +68,7 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--node-link-gbps", type=float, default=1.25, help="cluster: GB/s between nodes (image fetches)")
     s.add_argument("--kill-node", type=int, help="cluster: lose this node (0-based) at --kill-at seconds")
     s.add_argument("--kill-at", type=float, default=60.0, help="cluster: when --kill-node is lost")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, help="trace and jitter seed (default 0)")
     s.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes for --sweep")
     s.add_argument("--out", default="sim-out", help="directory for JSON summaries and PNG figures")
     s.set_defaults(func=_simulate)
@@ -82,11 +95,12 @@ def _settle_options(args: argparse.Namespace) -> None:
         _refuse("give --slo-ms (one SLO for every function) or --slo-factor (a multiple of each model's exec time)")
     if args.sweep and args.functions is not None:
         _refuse("--sweep FROM:TO:STEP sets the function counts; drop --functions")
+    if args.workload:
+        # A workload file supplies what is not given here; Workload checks the values.
+        return
     for key, value in vars(GENERATED).items():
         if getattr(args, key) is None and not (args.trace and key in ("functions", "minutes")):
             setattr(args, key, value)
-    if args.slo_factor is None:
-        args.slo_factor = SLO_FACTOR
     if args.trace:
         from shared import traces
 
@@ -111,12 +125,13 @@ def _settle_options(args: argparse.Namespace) -> None:
         ("--minutes", args.minutes >= 1, "at least 1"),
         ("--nodes", 1 <= args.nodes, "at least 1"),
         ("--max-batch", 1 <= args.max_batch <= 256, "from 1 to 256"),
+        ("--seed", args.seed >= 0, "0 or more"),
         ("--jobs", args.jobs >= 1, "at least 1"),
         ("--percentile", 0 < args.percentile < 100, "between 0 and 100 exclusive, e.g. 98"),
         ("--rate", args.rate > 0, "above 0 requests/s"),
         ("--sigma", args.sigma >= 0, "0 or more"),
         ("--burstiness", 0 <= args.burstiness <= 1, "from 0 to 1"),
-        ("--slo-factor", args.slo_factor > 0, "above 0"),
+        ("--slo-factor", args.slo_factor is None or args.slo_factor > 0, "above 0"),
         ("--slo-ms", args.slo_ms is None or args.slo_ms > 0, "above 0 ms"),
     )
     for option, ok, expected in checks:
@@ -148,30 +163,47 @@ def _refuse(message: str) -> NoReturn:
     raise SystemExit(f"torpor simulate: {message}")
 
 
-def _workload(args: argparse.Namespace, functions: int) -> Any:
-    from gateway.sim.run import Workload
+WORKLOADS = Path(__file__).parent / "workloads"
 
-    return Workload(
-        functions=functions,
-        minutes=args.minutes,
-        mean_rate=args.rate,
-        sigma=args.sigma,
-        burstiness=args.burstiness,
-        slo_factor=args.slo_factor,
-        slo_ms=args.slo_ms,
-        percentile=args.percentile / 100,
-        models=tuple(args.models),
-        max_batch=args.max_batch,
-        drop_late=args.drop_late,
-        seed=args.seed,
-        trace=args.trace,
-        nodes=args.nodes,
-        placement=args.placement,
-        hop_ms=args.hop_ms,
-        link_gbps=args.node_link_gbps,
-        kill_node=args.kill_node,
-        kill_at=args.kill_at,
-    )
+
+def _workload(args: argparse.Namespace, functions: int | None) -> Any:
+    """The workload file's fields (if any), overridden by the options given on the command line."""
+    from gateway.sim.run import Workload, load_workload
+
+    given: dict[str, Any] = {
+        "functions": functions,
+        "minutes": args.minutes,
+        "shape": args.shape,
+        "mean_rate": args.rate,
+        "sigma": args.sigma,
+        "burstiness": args.burstiness,
+        "slo_factor": args.slo_factor,
+        "slo_ms": args.slo_ms,
+        "percentile": None if args.percentile is None else args.percentile / 100,
+        "models": tuple(args.models) or None,
+        "max_batch": args.max_batch,
+        "drop_late": args.drop_late or None,
+        "seed": args.seed,
+        "trace": args.trace,
+        "nodes": args.nodes,
+        "placement": args.placement,
+        "hop_ms": args.hop_ms,
+        "link_gbps": args.node_link_gbps,
+        "kill_node": args.kill_node,
+        "kill_at": args.kill_at,
+    }
+    if args.rpm:
+        try:
+            given["rpm_low"], given["rpm_high"] = (int(x) for x in args.rpm.split(":"))
+        except ValueError:
+            raise ValueError(f"--rpm: expected LOW:HIGH requests per minute, e.g. 5:30, got {args.rpm!r}") from None
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.workload:
+        path = Path(args.workload)
+        if not path.exists() and (WORKLOADS / f"{args.workload}.json").exists():
+            path = WORKLOADS / f"{args.workload}.json"
+        return load_workload(path, **given)
+    return Workload(**{"functions": 200, **given})
 
 
 def _policies(text: str) -> list[str]:

@@ -51,11 +51,12 @@ class NodeSimulation(Simulation):
         self.now = max(self.now, t)
 
     def arrive(self, rid: int, fi: int, arrived: float) -> None:
-        self._arrival[rid] = (fi, arrived)  # latency counts from the arrival at the entry node
+        # Latency counts from the arrival at the entry node; the idle flag is for late reasons.
+        self._arrival[rid] = (fi, arrived, any(d.idle for d in self.scheduler.devices))
         self._apply(self.scheduler.arrived(rid, self.functions[fi].name))
 
     def lose(self) -> None:
-        for fi, _ in self._arrival.values():
+        for fi, _, _ in self._arrival.values():
             self.tallies[fi].dropped += 1
         self._arrival.clear()
         self._events.clear()

@@ -10,7 +10,16 @@ only the devices are simulated. The simulated truth, given a hardware profile:
 - execution takes the profiled time for the batch size, times `interference` for a
   heavy model if a device on its PCIe switch is swapping when it starts, times
   log-normal jitter;
-- swap-in and execution overlap as the profile's pipeline_overlap says.
+- swap-in and execution overlap as the profile's pipeline_overlap says, plus the
+  profile's fixed swap_latency_ms per swap-in.
+
+A profile with `interference_pairs` (Torpor's Table 3) replaces the bandwidth share and
+the one factor: a swap-in over PCIe takes the pair's factor longer when a device on its
+switch is swapping a model in over PCIe as it starts (the largest factor if several);
+warm executions and NVLink copies are not slowed.
+
+Every late request is given one reason (see `late_reason`), so a run says why each
+function missed: the evidence the policy is tuned on.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from gateway.costmodel import CostModel, ExecProfile, pipelined
+from gateway.costmodel import CostModel, ExecProfile
 from gateway.scheduler import Evict, FunctionInfo, Reject, Run, Scheduler
 from gateway.sim.profile import HardwareProfile, ModelProfile
 
@@ -52,6 +61,38 @@ class DeviceTally:
 class FunctionTally:
     latencies_ms: list[float] = field(default_factory=list)
     dropped: int = 0  # rejected (late, or no device) or never served
+    late: dict[str, int] = field(default_factory=dict)  # late or dropped requests by reason
+    swaps: dict[str, int] = field(default_factory=lambda: {"host": 0, "peer": 0})  # cold starts by source
+    last_served: float = float("-inf")
+
+    def miss(self, reason: str) -> None:
+        self.late[reason] = self.late.get(reason, 0) + 1
+
+
+# Why a request was late: the largest part of its latency beyond its execution.
+LATE_REASONS = {
+    "queued_busy": "queued: every device was busy when it arrived (non-preemptive runs ahead of it)",
+    "queued_held": "queued although a device was idle when it arrived (the policy held it: class, or waiting for "
+    "a warm device)",
+    "swap": "its model was swapped in (a cold start)",
+    "swap_evicted_hot": "swapped in although its function had been served in the last 15 s: evicted while hot",
+    "swap_interference": "its swap-in was slowed by a neighbour's swap on the same PCIe switch",
+    "exec": "its own execution (batch) took longer than the SLO",
+    "dropped": "rejected (drop_late, no device) or still waiting at the end",
+}
+HOT_S = 15.0  # a function served within this long is "hot": evicting its model is a policy miss
+
+
+@dataclass
+class _Started:
+    """What the engine knows of a run in progress, to explain a late request."""
+
+    run: Run
+    exec_ms: float
+    wait_ms: dict[int, float]
+    swap_ms: float  # service time beyond execution
+    interference_ms: float  # of which the neighbour's swap
+    evicted_hot: bool
 
 
 class Simulation:
@@ -65,9 +106,9 @@ class Simulation:
         self._rng = random.Random(seed + 1)
         self._events: list[tuple[float, int, int, int]] = []  # (time, seq, kind, device)
         self._seq = itertools.count()
-        self._running: dict[int, tuple[Run, float]] = {}  # device -> (run, exec ms)
-        self._transferring: dict[int, set[int]] = {}  # device -> switches its copy goes through
-        self._arrival: dict[int, tuple[int, float]] = {}  # rid -> (function index, time)
+        self._running: dict[int, _Started] = {}
+        self._transferring: dict[int, tuple[set[int], ModelProfile]] = {}  # device -> (switches, model)
+        self._arrival: dict[int, tuple[int, float, bool]] = {}  # rid -> (function index, time, a device idle)
         self.devices = [DeviceTally() for _ in range(profile.devices)]
         self.tallies = [FunctionTally() for _ in functions]
         self._index = {f.name: i for i, f in enumerate(functions)}
@@ -84,7 +125,7 @@ class Simulation:
                     m.nbytes + overhead,
                     slo_ms=f.slo_ms,
                     percentile=f.percentile,
-                    exec_ms=m.exec_ms,
+                    exec_ms=self._exec1(m),
                     batch_exec_ms=m.batch_exec_ms,
                     max_batch_size=min(f.max_batch, m.max_batch) if m.batch_exec_ms else 1,
                     drop_late=f.drop_late,
@@ -100,14 +141,15 @@ class Simulation:
                 self._step()
             self.now = t
             r = next(rid)
-            self._arrival[r] = (fi, t)
+            self._arrival[r] = (fi, t, any(d.idle for d in self.scheduler.devices))
             self._apply(self.scheduler.arrived(r, self.functions[fi].name))
         self.end = self.now
         stop = self.now + horizon_s
         while self._events and self._events[0][0] <= stop:
             self._step()
-        for fi, _ in self._arrival.values():  # still waiting at the horizon: a miss
+        for fi, _, _ in self._arrival.values():  # still waiting at the horizon: a miss
             self.tallies[fi].dropped += 1
+            self.tallies[fi].miss("dropped")
         self._arrival.clear()
         self.end = max(self.end, self.now)
         return self
@@ -120,11 +162,18 @@ class Simulation:
             self._transferring.pop(device, None)
             self._apply(self.scheduler.swap_done(device))
             return
-        run, exec_ms = self._running.pop(device)
-        for r in run.rids:
-            fi, arrived = self._arrival.pop(r)
-            self.tallies[fi].latencies_ms.append((t - arrived) * 1e3)
-        self._apply(self.scheduler.finished(device, exec_ms=exec_ms))
+        started = self._running.pop(device)
+        fn_index = self._index[started.run.function]
+        tally = self.tallies[fn_index]
+        slo = self.functions[fn_index].slo_ms
+        for r in started.run.rids:
+            fi, arrived, idle = self._arrival.pop(r)
+            latency = (t - arrived) * 1e3
+            tally.latencies_ms.append(latency)
+            if latency > slo:
+                tally.miss(late_reason(started, started.wait_ms[r], idle))
+        tally.last_served = t
+        self._apply(self.scheduler.finished(device, exec_ms=started.exec_ms))
 
     def _apply(self, decisions: list) -> None:
         for d in decisions:
@@ -133,44 +182,74 @@ class Simulation:
             elif isinstance(d, Evict):
                 self.devices[d.device].evictions += 1
             elif isinstance(d, Reject):
-                fi, _ = self._arrival.pop(d.rid)
+                fi, _, _ = self._arrival.pop(d.rid)
                 self.tallies[fi].dropped += 1
+                self.tallies[fi].miss("dropped")
+
+    def _exec1(self, m: ModelProfile) -> float:
+        """Batch-1 execution time: the native baseline runs without remoting, at its own speed."""
+        return m.native_exec_ms if self.policy == "native" and m.native_exec_ms else m.exec_ms
 
     def _start(self, run: Run) -> None:
         topo = self.profile.topology
-        fn = self.functions[self._index[run.function]]
+        pairs = bool(self.profile.interference_pairs)
+        fi = self._index[run.function]
+        fn = self.functions[fi]
+        m = fn.model
         tally = self.devices[run.device]
         tally.evictions += len(run.evict)
-        transfer_ms = 0.0
+        transfer_ms, slow = 0.0, 1.0
         if run.load is not None:
             active: dict[int, int] = {}
-            for switches in self._transferring.values():
+            for switches, _ in [] if pairs else self._transferring.values():
                 for s in switches:
                     active[s] = active.get(s, 0) + 1
-            transfer_ms = self.cost.transfer_ms(fn.model.nbytes, run.device, run.load.peer, active)
+            transfer_ms = self.cost.transfer_ms(m.nbytes, run.device, run.load.peer, active)
             kind = "host" if run.load.peer is None else "peer"
             tally.swaps[kind] += 1
-            tally.swap_bytes[kind] += fn.model.nbytes
+            tally.swap_bytes[kind] += m.nbytes
+            self.tallies[fi].swaps[kind] += 1
             through = {topo.switches[run.device]}
             if run.load.peer is not None:
                 if topo.direct(run.device, run.load.peer):
                     through = set()
                 else:
                     through.add(topo.switches[run.load.peer])
-            self._transferring[run.device] = through
-            self._push(self.now + transfer_ms / 1e3, SWAP_DONE, run.device)
-        m = fn.model
-        exec_ms = ExecProfile(m.exec_ms, m.batch_exec_ms, m.max_batch).at(len(run.rids))
+            if pairs and through:
+                for n in topo.neighbours(run.device):
+                    if n in self._transferring and self._transferring[n][0]:
+                        slow = max(slow, self.profile.slowdown(m, self._transferring[n][1]))
+            self._transferring[run.device] = (through, m)
+            self._push(self.now + slow * transfer_ms / 1e3, SWAP_DONE, run.device)
+        m1 = self._exec1(m)
+        exec_ms = ExecProfile(m1, m.batch_exec_ms, m.max_batch).at(len(run.rids))
         swapping_near = any(n in self._transferring for n in topo.neighbours(run.device))
-        if m.heavy and swapping_near:
+        if not pairs and m.heavy and swapping_near:
             exec_ms *= topo.interference
         if self.profile.exec_jitter:
             exec_ms *= math.exp(self._rng.gauss(0, self.profile.exec_jitter))
-        total_ms = pipelined(transfer_ms, exec_ms, topo.pipeline_overlap)
+        alone_ms = self.cost.service_ms(transfer_ms, exec_ms)
+        total_ms = alone_ms * slow
         tally.busy_s += total_ms / 1e3
         tally.runs += 1
-        self._running[run.device] = (run, exec_ms)
+        waits = {r: (self.now - self._arrival[r][1]) * 1e3 for r in run.rids}
+        hot = run.load is not None and self.now - self.tallies[fi].last_served < HOT_S
+        self._running[run.device] = _Started(run, exec_ms, waits, total_ms - exec_ms, total_ms - alone_ms, hot)
         self._push(self.now + total_ms / 1e3, FINISH, run.device)
 
     def _push(self, t: float, kind: int, device: int) -> None:
         heapq.heappush(self._events, (t, next(self._seq), kind, device))
+
+
+def late_reason(started: _Started, wait_ms: float, idle_at_arrival: bool) -> str:
+    """The largest part of a late request's latency beyond its own execution (see LATE_REASONS)."""
+    swap_ms = started.swap_ms - started.interference_ms
+    parts = {"wait": wait_ms, "swap": swap_ms, "swap_interference": started.interference_ms}
+    worst = max(parts, key=lambda k: parts[k])
+    if parts[worst] <= 0:
+        return "exec"
+    if worst == "wait":
+        return "queued_held" if idle_at_arrival else "queued_busy"
+    if worst == "swap" and started.evicted_hot:
+        return "swap_evicted_hot"
+    return worst

@@ -8,20 +8,36 @@
   "pcie_peer_bandwidth_gbps": 10.0,                            # GB/s device <-> device without NVLink
   "links": [{"devices": [0, 1], "gbps": 40.0}],                # direct links (NVLink)
   "pipeline_overlap": 0.8, "interference": 1.3, "exec_jitter": 0.05,
+  "swap_latency_ms": 1.5,                                      # fixed cost per swap-in
+  "interference_pairs": {"resnet152": {"bert-qa": 1.48}},      # per pair, overrides `interference`
   "native_function_overhead": "1.5GiB",   # a dedicated process' CUDA context and workspace
+  "sources": {"host_bandwidth_gbps": "where the figure comes from", ...},
   "models": {"resnet50": {"bytes": 102000000, "exec_ms": 11.0,
-                           "batch_exec_ms": 40.0, "max_batch": 8, "heavy": true}}
+                           "batch_exec_ms": 40.0, "max_batch": 8, "heavy": true,
+                           "native_exec_ms": 11.0, "slo_ms": 80, "interference_as": "resnet152",
+                           "source": "..."}}
 }
 
 Bandwidths are in 10^9 bytes per second. `interference` is the slowdown of a
 heavy model's execution while a device on its PCIe switch swaps; `exec_jitter`
 the spread (log-normal sigma) of execution times in simulation.
+
+`interference_pairs` (as in Torpor's Table 3) replaces that one factor with one per
+pair: pairs[A][B] is how much longer a swap-in of a model that behaves like A takes
+while a device on its PCIe switch swaps in one like B (`interference_as` names which
+measured model a model behaves like; by default itself; a missing pair is 1). With
+pairs, a warm execution is not slowed, and the neighbour's swap is accounted by the
+factor rather than by splitting the switch's bandwidth.
+
+Per model, `native_exec_ms` is the execution time of the native baseline (a dedicated
+process, no remoting) when it differs, and `slo_ms` the model's SLO when a workload
+does not set one. Any `source`/`sources` text says where a figure comes from.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +55,9 @@ class ModelProfile:
     batch_exec_ms: float | None = None
     max_batch: int = 1
     heavy: bool = True
+    native_exec_ms: float | None = None  # the native baseline's execution time, if it differs
+    slo_ms: float | None = None  # the model's SLO, when the workload sets none
+    interference_as: str = ""  # the measured model it behaves like in interference_pairs ("" = itself)
 
 
 @dataclass(frozen=True)
@@ -49,10 +68,16 @@ class HardwareProfile:
     exec_jitter: float = 0.0
     source: str = ""
     native_overhead: int = 0  # device memory a function's own runtime takes when it has a dedicated device
+    interference_pairs: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def devices(self) -> int:
         return self.topology.devices
+
+    def slowdown(self, model: ModelProfile, neighbour: ModelProfile) -> float:
+        """How much longer a swap-in of `model` takes while `neighbour` swaps in on its PCIe switch."""
+        row = self.interference_pairs.get(model.interference_as or model.name, {})
+        return row.get(neighbour.interference_as or neighbour.name, 1.0)
 
 
 def builtin() -> list[str]:
@@ -100,6 +125,7 @@ def parse(data: Any, where: str = "profile") -> HardwareProfile:
         links=links,
         pipeline_overlap=float(data.get("pipeline_overlap", 0.8)),
         interference=float(data.get("interference", 1.0)),
+        swap_latency_ms=float(data.get("swap_latency_ms", 0.0)),
     )
     models = {}
     for name, m in need("models", dict).items():
@@ -111,9 +137,25 @@ def parse(data: Any, where: str = "profile") -> HardwareProfile:
             float(m["batch_exec_ms"]) if "batch_exec_ms" in m else None,
             int(m.get("max_batch", 1)),
             bool(m.get("heavy", True)),
+            _positive(m, "native_exec_ms", where, at),
+            _positive(m, "slo_ms", where, at),
+            str(m.get("interference_as", "")),
         )
     if not models:
         raise ValueError(f"{where}: models is empty")
+    pairs = data.get("interference_pairs", {})
+    if not isinstance(pairs, dict) or not all(isinstance(r, dict) for r in pairs.values()):
+        raise ValueError(f"{where}: interference_pairs must map a model to {{neighbour model: factor}}")
+    for a, row in pairs.items():
+        for b, f in row.items():
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or f < 1:
+                raise ValueError(f"{where}: interference_pairs.{a}.{b}: expected a factor >= 1, got {f!r}")
+    known = set(pairs) | {b for row in pairs.values() for b in row}
+    for m in models.values():
+        if m.interference_as and m.interference_as not in known:
+            raise ValueError(
+                f"{where}: models.{m.name}.interference_as: {m.interference_as!r} is not in interference_pairs"
+            )
     return HardwareProfile(
         str(data.get("name", where)),
         topology,
@@ -121,7 +163,18 @@ def parse(data: Any, where: str = "profile") -> HardwareProfile:
         float(data.get("exec_jitter", 0.0)),
         str(data.get("source", "")),
         parse_size(data.get("native_function_overhead", "0"), f"{where}: native_function_overhead"),
+        {a: {b: float(f) for b, f in row.items()} for a, row in pairs.items()},
     )
+
+
+def _positive(m: dict[str, Any], key: str, where: str, at: str) -> float | None:
+    """An optional positive number of milliseconds."""
+    if key not in m:
+        return None
+    v = m[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+        raise ValueError(f"{where}: {at}{key}: expected a number of milliseconds > 0, got {v!r}")
+    return float(v)
 
 
 def dump(profile: HardwareProfile, device_memory: int, reserve: int = 0) -> dict[str, Any]:
@@ -139,6 +192,7 @@ def dump(profile: HardwareProfile, device_memory: int, reserve: int = 0) -> dict
         "links": [{"devices": list(k), "gbps": round(v / GB, 3)} for k, v in t.links.items()],
         "pipeline_overlap": round(t.pipeline_overlap, 3),
         "interference": round(t.interference, 3),
+        "swap_latency_ms": round(t.swap_latency_ms, 3),
         "exec_jitter": profile.exec_jitter,
         "native_function_overhead": str(profile.native_overhead),
         "models": {

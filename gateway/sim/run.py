@@ -1,10 +1,15 @@
 """Workloads for the simulator, single runs, and the density sweep (functions meeting SLO vs deployed).
 
 A workload is N functions over the profile's models, assigned round-robin (or
-from an explicit list), each with an SLO of `slo_factor` × its model's batch-1
-execution time at `percentile`, and a trace of arrivals: generated (heavy-tailed
-rates across functions, bursty within each; see shared.traces) or read from an
-Azure Functions 2019 per-minute CSV, its rows mapped onto the functions in order.
+from an explicit list), each with an SLO at `percentile`: one `slo_ms` for all, else
+the workload's per-model `slos`, else `slo_factor` × its model's batch-1 execution
+time, else the model's own `slo_ms` in the profile, else 5 × its execution time.
+Its trace of arrivals is generated — shape "lognormal": heavy-tailed rates across
+functions, bursty within each; shape "uniform": Torpor's evaluation workload, each
+function's requests per minute uniform in rpm_low..rpm_high minute by minute, spread
+evenly within the minute (see shared.traces) — or read from an Azure Functions 2019
+per-minute CSV, its rows mapped onto the functions in order. A workload file is a
+JSON object of Workload's fields (`load_workload`).
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ class Workload:
     mean_rate: float = 0.15  # requests/s per function, averaged over functions
     sigma: float = 1.0  # spread (log-normal) of rates across functions
     burstiness: float = 0.5
-    slo_factor: float = 5.0  # SLO = slo_factor × the model's batch-1 execution time
+    slo_factor: float | None = None  # SLO = slo_factor × the model's batch-1 execution time
     slo_ms: float | None = None  # or one SLO for every function
+    slos: tuple[tuple[str, float], ...] = ()  # or per model: ((model, ms), ...)
     percentile: float = 0.98
     models: tuple[str, ...] = ()  # () = every model of the profile, round-robin
     max_batch: int = 1
@@ -44,6 +50,57 @@ class Workload:
     link_gbps: float = 1.25  # cluster: GB/s between nodes, for image fetches (10 Gbit/s)
     kill_node: int | None = None  # cluster: this node is lost at kill_at seconds
     kill_at: float = 0.0
+    shape: str = "lognormal"  # generated trace: "lognormal" or "uniform" (Torpor's §7.3 workload)
+    rpm_low: int = 5  # uniform shape: requests per minute per function, drawn each minute
+    rpm_high: int = 30
+
+    def __post_init__(self) -> None:
+        problems = [
+            ("functions", self.functions >= 1, "an integer >= 1"),
+            ("nodes", self.nodes >= 1, "an integer >= 1"),
+            ("placement", self.placement in ("cluster", "static"), "cluster or static"),
+            ("minutes", self.minutes >= 1, "an integer >= 1"),
+            ("percentile", 0 < self.percentile < 1, "within (0, 1)"),
+            ("shape", self.shape in SHAPES, f"one of {', '.join(SHAPES)}"),
+            ("rpm_low/rpm_high", 0 <= self.rpm_low <= self.rpm_high, "0 <= rpm_low <= rpm_high"),
+            ("slo_ms", self.slo_ms is None or self.slo_ms > 0, "a number of milliseconds > 0"),
+            ("slo_factor", self.slo_factor is None or self.slo_factor > 0, "a number > 0"),
+            ("slos", all(ms > 0 for _, ms in self.slos), "milliseconds > 0 per model"),
+        ]
+        for name, ok, expected in problems:
+            if not ok:
+                raise ValueError(f"workload: {name}: expected {expected}")
+
+
+SHAPES = ("lognormal", "uniform")
+
+
+def load_workload(path: str | Path, **overrides: Any) -> Workload:
+    """A workload from a JSON file of Workload's fields; `overrides` win over the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"workload {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"workload {path}: expected a JSON object of workload fields")
+    data.pop("source", None)
+    known = set(Workload.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"workload {path}: unknown field(s) {unknown}; expected some of {sorted(known)}")
+    slos = data.get("slos", {})
+    if not isinstance(slos, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in slos.values()
+    ):
+        raise ValueError(f"workload {path}: slos must map a model to its SLO in milliseconds")
+    data["slos"] = tuple((str(k), float(v)) for k, v in slos.items())
+    if "models" in data:
+        data["models"] = tuple(data["models"])
+    try:
+        return Workload(**{"functions": 200, **data, **overrides})
+    except TypeError as exc:
+        raise ValueError(f"workload {path}: {exc}") from None
 
 
 def functions_for(profile: HardwareProfile, w: Workload) -> list[SimFunction]:
@@ -51,10 +108,21 @@ def functions_for(profile: HardwareProfile, w: Workload) -> list[SimFunction]:
     unknown = [m for m in names if m not in profile.models]
     if unknown:
         raise ValueError(f"models: {unknown} not in profile {profile.name!r} ({sorted(profile.models)})")
+    slos = dict(w.slos)
+    unknown = sorted(set(slos) - set(profile.models))
+    if unknown:
+        raise ValueError(f"slos: {unknown} not in profile {profile.name!r} ({sorted(profile.models)})")
     out = []
     for i in range(w.functions):
         m = profile.models[names[i % len(names)]]
-        slo = w.slo_ms if w.slo_ms is not None else w.slo_factor * m.exec_ms
+        if w.slo_ms is not None:
+            slo = w.slo_ms
+        elif m.name in slos:
+            slo = slos[m.name]
+        elif w.slo_factor is not None or m.slo_ms is None:
+            slo = (w.slo_factor or 5.0) * m.exec_ms
+        else:
+            slo = m.slo_ms
         out.append(SimFunction(f"f{i:04d}", m, slo, w.percentile, w.max_batch, w.drop_late))
     return out
 
@@ -68,6 +136,8 @@ def trace_for(w: Workload) -> traces.Trace:
     # A sweep draws one population and deploys more and more of it, so every point
     # adds functions to the same traffic instead of drawing new traffic.
     n = max(w.population or 0, w.functions)
+    if w.shape == "uniform":
+        return traces.generate_uniform(n, w.minutes, w.rpm_low, w.rpm_high, w.seed).head(w.functions)
     return traces.generate(n, w.minutes, w.mean_rate, w.sigma, w.burstiness, w.seed).head(w.functions)
 
 
@@ -89,7 +159,8 @@ def simulate(profile: HardwareProfile, w: Workload, policy: str) -> list[Simulat
         rows = list(range(node, len(functions), w.nodes))
         part = traces.Trace([trace.functions[i] for i in rows], trace.counts[rows])
         sim = Simulation(profile, policy, [functions[i] for i in rows], seed=w.seed + node)
-        runs.append(sim.run(part.arrivals(seed=w.seed + node)))
+        even = w.shape == "uniform" and not w.trace
+        runs.append(sim.run(part.arrivals(seed=w.seed + node, even=even)))
     return runs
 
 

@@ -18,6 +18,7 @@ def summarize(sims: Simulation | list[Simulation]) -> dict[str, Any]:
     meeting = requested = 0
     all_latencies: list[float] = []
     dropped = 0
+    reasons: dict[str, dict[str, int]] = {}  # model -> reason -> late requests
     pairs = [(f, t) for s in nodes for f, t in zip(s.functions, s.tallies, strict=True)]
     for f, t in pairs:
         n = len(t.latencies_ms) + t.dropped
@@ -32,6 +33,9 @@ def summarize(sims: Simulation | list[Simulation]) -> dict[str, Any]:
         requested += n > 0
         dropped += t.dropped
         all_latencies.extend(t.latencies_ms)
+        by_model = reasons.setdefault(f.model.name, {})
+        for reason, count in t.late.items():
+            by_model[reason] = by_model.get(reason, 0) + count
         functions.append(
             {
                 "name": f.name,
@@ -42,6 +46,8 @@ def summarize(sims: Simulation | list[Simulation]) -> dict[str, Any]:
                 "attainment": attainment,
                 "p98_ms": p98 if p98 is None or np.isfinite(p98) else None,
                 "meets_slo": ok,
+                "late": dict(sorted(t.late.items())),
+                "swaps": dict(t.swaps),
             }
         )
     lat_all = np.asarray(all_latencies)
@@ -57,6 +63,9 @@ def summarize(sims: Simulation | list[Simulation]) -> dict[str, Any]:
         "served": int(lat_all.size),
         "dropped": dropped,
         "latency_ms": _percentiles(lat_all),
+        "late_by_model": {m: dict(sorted(r.items())) for m, r in sorted(reasons.items()) if r},
+        "missing_by_model": _missing(functions),
+        "swaps_by_model": _swaps(functions),
         "simulated_seconds": round(duration, 3),
         "devices": [
             {
@@ -71,6 +80,25 @@ def summarize(sims: Simulation | list[Simulation]) -> dict[str, Any]:
         ],
         "per_function": functions,
     }
+
+
+def _missing(functions: list[dict[str, Any]]) -> dict[str, int]:
+    """Functions not meeting their SLO, by model."""
+    out: dict[str, int] = {}
+    for f in functions:
+        if f["requests"] and not f["meets_slo"]:
+            out[f["model"]] = out.get(f["model"], 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _swaps(functions: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Swap-ins by model and source (host or peer)."""
+    out: dict[str, dict[str, int]] = {}
+    for f in functions:
+        row = out.setdefault(f["model"], {"host": 0, "peer": 0})
+        for k, v in f["swaps"].items():
+            row[k] += v
+    return dict(sorted(out.items()))
 
 
 def _percentiles(lat: np.ndarray) -> dict[str, float | None]:

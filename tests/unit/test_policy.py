@@ -122,7 +122,7 @@ def test_eviction_only_under_pressure_and_light_or_duplicate_first() -> None:
     assert r.evict == ("light_new@1",), "the light model goes before the least recently used heavy one"
 
 
-def test_a_sole_copy_with_requests_waiting_is_never_evicted() -> None:
+def test_a_sole_copy_with_requests_waiting_is_evicted_last() -> None:
     topo = Topology((200 * MB,), (0,))
     clock = Clock()
     s = Scheduler(topo, clock)
@@ -179,24 +179,33 @@ def test_rrc_formula_and_window() -> None:
     assert w.attainment == pytest.approx(0.8)
 
 
-def test_function_missing_its_slo_is_served_before_an_older_request() -> None:
+def test_function_missing_its_slo_within_reach_goes_first_and_one_far_behind_last() -> None:
     topo = Topology((1000 * MB,), (0,))
     clock = Clock()
     s = Scheduler(topo, clock)
-    s.function_added(fn("ok", 10, slo_ms=1000))
-    s.function_added(fn("failing", 10, slo_ms=1000))
-    s.function_added(fn("blocker", 10, slo_ms=1000))
-    for i in range(5):  # failing: five requests far over its SLO
-        (r,) = runs(s.arrived(100 + i, "failing"))
-        clock.t += 5
+    s.tuner = PriorityTuner(period_s=1e9)  # the threshold stays 0 here; its tuning is tested below
+    for name in ("ok", "failing", "lost", "blocker"):
+        s.function_added(fn(name, 10, slo_ms=1000))
+    rid = iter(range(100, 1000))
+
+    def serve(name: str, late: bool) -> None:
+        runs(s.arrived(next(rid), name))
+        clock.t += 5 if late else 0.01
         s.finished(0)
-    assert s.rrc("failing") > 0 and s.rrc("ok") == 0
+
+    serve("failing", late=True)  # one miss in 21: behind its SLO, but within reach
+    for _ in range(20):
+        serve("failing", late=False)
+    for _ in range(5):  # five misses in five: too far behind to catch up soon
+        serve("lost", late=True)
+    assert 0 < s.rrc("failing") <= s.policy.give_up < s.rrc("lost") and s.rrc("ok") == 0
     runs(s.arrived(1, "blocker"))
-    runs(s.arrived(2, "ok"))  # older request, earlier deadline
+    runs(s.arrived(2, "lost"))  # the oldest request
+    runs(s.arrived(3, "ok"))
     clock.t += 0.01
-    runs(s.arrived(3, "failing"))
-    (nxt,) = runs(s.finished(0))
-    assert nxt.function == "failing", "the function behind its SLO goes first"
+    runs(s.arrived(4, "failing"))
+    order = [runs(s.finished(0))[0].function for _ in range(3)]
+    assert order == ["failing", "ok", "lost"], "within reach first, meeting it next, far behind last"
 
 
 def test_fifo_order_for_simpleswap() -> None:
@@ -245,17 +254,19 @@ def test_late_requests_are_dropped_only_when_the_function_asks() -> None:
     assert r.function == "lenient", "a function without drop_late still runs late"
 
 
-def test_tuner_keeps_direction_while_it_helps_and_turns_when_it_hurts() -> None:
-    t = PriorityTuner(step=1.0, period_s=10)
-    t.tune(0, 5)  # starts the clock
-    t.tune(10, 5)
-    assert t.threshold == 1
-    t.tune(20, 6)
-    assert t.threshold == 2
-    t.tune(30, 4)  # worse: turn around
-    assert t.threshold == 1
-    t.tune(31, 0)  # within the period: nothing changes
-    assert t.threshold == 1
+def test_tuner_doubles_its_step_on_a_rise_and_halves_and_turns_on_a_fall() -> None:
+    t = PriorityTuner(step=1.0, period_s=2)
+    t.tune(0, 50)  # starts the clock
+    t.tune(2, 50)  # no change in score: one step the same way
+    assert (t.threshold, t.step) == (1, 1)
+    t.tune(4, 52)  # +4%: the step doubles, same direction
+    assert (t.threshold, t.step) == (3, 2)
+    t.tune(6, 53)  # +2%: within the band, same step
+    assert (t.threshold, t.step) == (5, 2)
+    t.tune(8, 50)  # -5.7%: halve and turn around
+    assert (t.threshold, t.step) == (4, 1)
+    t.tune(9, 0)  # within the period: nothing changes
+    assert t.threshold == 4
 
 
 # -- batching ----------------------------------------------------------------------------

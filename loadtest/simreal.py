@@ -1,0 +1,186 @@
+"""Does the simulator predict the real server? The same trace, replayed and simulated, side by side.
+
+    python -m loadtest.simreal --profile gateway/sim/profiles/cpu2-measured.json \\
+        --functions 24 --models resnet50 resnet152 bert-base --device-memory 512MiB \\
+        --minutes 10 --rate 0.05 --out simreal/
+
+1. starts a real `torpor serve` (CPU devices) and deploys N functions round-robin over
+   the models, each with SLO = slo_factor × the model's execution time in the profile;
+2. replays a generated trace against it with the locust replay (`loadtest.run`), open loop;
+3. simulates the very same trace (same generator, seed and arrival times) on the profile,
+   with the server's device count and memory;
+4. prints per function the requests, p98 and whether the SLO was met, real and simulated,
+   and the agreement: functions meeting their SLO (difference as a share of the functions
+   deployed; goal within 5%) and the median over functions of simulated ÷ real p98 (goal
+   within 25%). Writes OUT/comparison.json and the load test's report under OUT/real/.
+
+The profile should be measured on this machine (`torpor profile --devices cpu:2`).
+Where the two disagree, the model of the hardware or of the server is what to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.sim.engine import SimFunction, Simulation
+from gateway.sim.profile import HardwareProfile, load
+from gateway.sim.summary import summarize
+from loadtest.server import Server
+from shared import traces
+from shared.config import parse_devices, parse_size
+
+SIGMA, BURSTINESS = 1.0, 0.5  # the replay's defaults (loadtest.replay.ReplayConfig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="cpu2-measured", help="a profile measured on this machine")
+    ap.add_argument("--devices", default="cpu:2")
+    ap.add_argument("--device-memory", default="512MiB", help="per device: less than the functions' models")
+    ap.add_argument("--functions", type=int, default=24)
+    ap.add_argument("--models", nargs="+", default=["resnet50", "resnet152", "bert-base"])
+    ap.add_argument("--minutes", type=float, default=10, help="replay length (fractions allowed for a quick try)")
+    ap.add_argument("--rate", type=float, default=0.05, help="mean requests/s per function")
+    ap.add_argument("--slo-factor", type=float, default=5.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="simreal")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        profile = _server_profile(load(args.profile), args.devices, args.device_memory)
+    except ValueError as exc:
+        raise SystemExit(f"simreal: {exc}") from None
+    unknown = [m for m in args.models if m not in profile.models]
+    if unknown:
+        raise SystemExit(f"simreal: models {unknown} are not in the profile ({sorted(profile.models)})")
+    functions = [
+        SimFunction(f"f{i:03d}", profile.models[m], args.slo_factor * profile.models[m].exec_ms)
+        for i, m in enumerate(args.models[i % len(args.models)] for i in range(args.functions))
+    ]
+    seconds = max(1, round(args.minutes * 60))
+    real = replay(functions, args, seconds, out / "real")
+    trace = traces.generate(args.functions, -(-seconds // 60), args.rate, SIGMA, BURSTINESS, args.seed)
+    arrivals = [(t, fi) for t, fi in trace.arrivals(seed=args.seed) if t < seconds]
+    sim = summarize(Simulation(profile, "torpor", functions, seed=args.seed).run(arrivals))
+    result = compare(real, sim, functions)
+    (out / "comparison.json").write_text(json.dumps(result, indent=1))
+    print(render(result))
+    return 0
+
+
+def _server_profile(profile: HardwareProfile, devices: str, memory: str) -> HardwareProfile:
+    """The profile's figures on the server's devices and memory."""
+    n = len(parse_devices(devices))
+    budget = parse_size(memory, "--device-memory")
+    t = profile.topology
+    topology = replace(
+        t, capacities=(budget,) * n, switches=tuple(range(n)) if t.devices != n else t.switches, links=t.links
+    )
+    return replace(profile, topology=topology)
+
+
+def replay(functions: list[SimFunction], args: argparse.Namespace, seconds: int, out: Path) -> dict[str, list]:
+    """Deploy the functions on a real server, replay the trace, return each one's outcomes."""
+    with tempfile.TemporaryDirectory(prefix="simreal-") as tmp:
+        server = Server(Path(tmp) / "state", devices=args.devices, memory=args.device_memory).start()
+        try:
+            for f in functions:
+                r = server.deploy(f.name, {"model": {"zoo": f.model.name}, "slo_ms": f.slo_ms})
+                if r.status_code not in (200, 201):
+                    raise SystemExit(f"simreal: deploying {f.name}: {r.status_code} {r.text}")
+            cmd = [sys.executable, "-m", "loadtest.run", "--url", server.url, "--duration", str(seconds)]
+            cmd += ["--users", "2", "--functions", str(len(functions)), "--rate", str(args.rate)]
+            cmd += ["--seed", str(args.seed), "--out", str(out)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"simreal: the load test failed:\n{done.stdout}{done.stderr}")
+        finally:
+            server.stop()
+    outcomes: dict[str, list] = {f.name: [] for f in functions}
+    with open(out / "requests.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            ok = row["status"] == "200"
+            outcomes[row["function"]].append(float(row["ms"]) if ok else None)
+    return outcomes
+
+
+def _p98(latencies: list[float | None]) -> float | None:
+    if not latencies:
+        return None
+    full = np.sort([np.inf if v is None else v for v in latencies])
+    v = float(full[max(0, int(np.ceil(0.98 * len(full))) - 1)])
+    return v if np.isfinite(v) else None
+
+
+def compare(real: dict[str, list], sim: dict[str, Any], functions: list[SimFunction]) -> dict[str, Any]:
+    simulated = {f["name"]: f for f in sim["per_function"]}
+    rows, ratios = [], []
+    for f in functions:
+        lat = real[f.name]
+        on_time = sum(v is not None and v <= f.slo_ms for v in lat)
+        s = simulated[f.name]
+        row = {
+            "function": f.name,
+            "model": f.model.name,
+            "slo_ms": round(f.slo_ms, 1),
+            "real_requests": len(lat),
+            "sim_requests": s["requests"],
+            "real_p98_ms": _p98(lat),
+            "sim_p98_ms": s["p98_ms"],
+            "real_meets": bool(lat) and on_time / len(lat) >= f.percentile,
+            "sim_meets": bool(s["meets_slo"]),
+        }
+        rows.append(row)
+        if row["real_p98_ms"] and row["sim_p98_ms"]:
+            ratios.append(row["sim_p98_ms"] / row["real_p98_ms"])
+    real_ok = sum(r["real_meets"] for r in rows)
+    sim_ok = sum(r["sim_meets"] for r in rows)
+    median = float(np.median(ratios)) if ratios else None
+    return {
+        "functions": len(rows),
+        "real_meeting_slo": real_ok,
+        "sim_meeting_slo": sim_ok,
+        "meeting_gap_share": abs(real_ok - sim_ok) / max(1, len(rows)),
+        "median_p98_ratio": median,
+        "agrees": abs(real_ok - sim_ok) <= 0.05 * len(rows) and median is not None and 0.75 <= median <= 1.25,
+        "per_function": rows,
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f}"
+
+    lines = [
+        f"{'function':<9}{'model':<11}{'SLO ms':>7}{'requests real/sim':>19}{'p98 real':>10}{'p98 sim':>9}"
+        f"{'meets real/sim':>16}"
+    ]
+    for r in result["per_function"]:
+        meets = f"{'yes' if r['real_meets'] else 'no'}/{'yes' if r['sim_meets'] else 'no'}"
+        lines.append(
+            f"{r['function']:<9}{r['model']:<11}{r['slo_ms']:>7.0f}{r['real_requests']:>12}/{r['sim_requests']:<6}"
+            f"{ms(r['real_p98_ms']):>10}{ms(r['sim_p98_ms']):>9}{meets:>16}"
+        )
+    n = result["functions"]
+    median = result["median_p98_ratio"]
+    lines.append(
+        f"functions meeting SLO: real {result['real_meeting_slo']}/{n}, simulated {result['sim_meeting_slo']}/{n} "
+        f"(gap {100 * result['meeting_gap_share']:.1f}% of deployed, goal <= 5%); median p98 sim/real "
+        f"{'-' if median is None else f'{median:.2f}'} (goal 0.75-1.25): {'AGREE' if result['agrees'] else 'DISAGREE'}"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
