@@ -103,13 +103,20 @@ def unlink(name: str) -> None:
 
 
 def alive(pid: int) -> bool:
+    """Whether the process still runs. A zombie (killed, not yet reaped by its parent) has
+    released every mapping and will never unlink anything: it counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc: trust the signal check
+    return state not in ("Z", "X")
 
 
 def owned_by(pid: int) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,18 @@ def test_another_state_dirs_images_are_neither_adopted_nor_reclaimed_early(store
     assert other._orphans(MODEL) == []
     assert other.spare(old_image.segment_name) and not new.spare(old_image.segment_name)
     assert not other.spare("torpor-1-arena0")  # only model images are ever spared
+
+
+def test_a_killed_server_not_yet_reaped_counts_as_gone() -> None:
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        assert shm.alive(proc.pid)
+        proc.kill()
+        for _ in range(100):  # the kill lands; nobody has waited for it yet: a zombie
+            with open(f"/proc/{proc.pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.01)
+        assert not shm.alive(proc.pid)
+    finally:
+        proc.wait()
