@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from gateway.cluster.policy import Claim, ClusterPolicy, Forward, Knobs, Local, NoHolder, Release
 from gateway.cluster.records import FunctionDef, Hold, HoldState, NodeRecord, NodeState
+from tests.unit.clock import Clock
 
 MB = 1 << 20
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def fn(name: str = "f", slo_ms: float = 100.0, nbytes: int = 10 * MB) -> FunctionDef:

@@ -7,16 +7,9 @@ import pytest
 from gateway.costmodel import GB, CostModel, ExecProfile, Topology, pipelined
 from gateway.scheduler import Evict, FunctionInfo, Reject, Run, Scheduler
 from gateway.slo import PriorityTuner, SloWindow
+from tests.unit.clock import Clock
 
 MB = 1 << 20
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def runs(decisions: list) -> list[Run]:
