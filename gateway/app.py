@@ -20,12 +20,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.invoke import HotPath, InvokeEndpoint, error_headers
+from gateway.invoke import read_body as hot_read_body
 from gateway.registry import Function
 from gateway.service import Service
 from shared.errors import (
     InvalidInput,
     NotFound,
-    PayloadTooLarge,
     TorporError,
     Unauthorized,
 )
@@ -51,16 +51,8 @@ def _deployer(request: Request) -> Any:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body of {declared} bytes exceeds the {limit}-byte limit")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """The body of a Starlette request, by the hot path's reader (same limits, same errors)."""
+    return await hot_read_body(request.receive, limit, request.headers.get("content-length"))
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -96,7 +88,7 @@ def describe(svc: Service, fn: Function) -> dict[str, Any]:
         **public,
         "stats": stats.summary() if stats is not None else None,
         "resident_on": svc.scheduler.residency(fn.model_id),
-        "tier": svc.tier(fn),
+        "tier": svc.tiers.tier(fn),
         "queue_depth": svc.scheduler.queue_depth(fn.name),
         "schedule": svc.schedule_view(fn),
     }

@@ -80,7 +80,7 @@ class Dispatcher:
         self._waiting: dict[int, Invocation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         # Set by the service when it bounds host memory: readies a disk-tier image's host
-        # segment and returns its image file (see Service.fill_source).
+        # segment and returns its image file (see gateway.tiers.Tiers.fill_source).
         self.fill_source: Callable[[str], Awaitable[str]] = _no_disk_tier
         # Requests in the scheduler's queues: +1 on arrival, -1 when a Run takes, a Reject drops or a
         # cancel removes one; kept here so the admission check is O(1) whatever the number of functions.
@@ -125,8 +125,7 @@ class Dispatcher:
 
     def function_removed(self, name: str, reason: str = "removed") -> None:
         """`reason`: what the requests still waiting for it are told ("removed" 404, "unloaded" 503)."""
-        decisions = self.scheduler.function_removed(name)
-        self.apply([Reject(d.rid, reason) if isinstance(d, Reject) else d for d in decisions])
+        self.apply(self.scheduler.function_removed(name, reason))
 
     def device_lost(self, device: int) -> None:
         self.apply(self.scheduler.device_lost(device))

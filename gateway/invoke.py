@@ -156,9 +156,7 @@ async def _invoke(
     if fn.invoke_token_sha256 is not None:
         check_token(fn, authorization)
     limit = svc.cfg.max_body_bytes
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body of {declared.decode()} bytes exceeds the {limit}-byte limit")
-    body = await read_body(receive, limit)
+    body = await read_body(receive, limit, declared)
     if header_length is not None and not header_length.isdigit():
         raise InvalidInput(
             f"Inference-Header-Content-Length: expected a byte count, got {header_length.decode('latin-1')!r}"
@@ -188,8 +186,14 @@ async def _invoke(
     return headers, payload, out
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
-    """The whole request body, refusing more than `limit` bytes; a single message is not copied."""
+async def read_body(receive: Receive, limit: int, declared: bytes | str | None = None) -> bytes:
+    """The whole request body, refusing more than `limit` bytes; a single message is not copied.
+
+    `declared`: the Content-Length header, so an announced oversized body is refused unread.
+    """
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        shown = declared.decode() if isinstance(declared, bytes) else declared
+        raise PayloadTooLarge(f"body of {shown} bytes exceeds the {limit}-byte limit")
     message = await receive()
     if message["type"] == "http.disconnect":
         raise ClientGone

@@ -94,13 +94,14 @@ class Scheduler:
             self._assign_home(state)
         return []
 
-    def function_removed(self, name: str) -> list[Decision]:
+    def function_removed(self, name: str, reason: str = "removed") -> list[Decision]:
+        """`reason`: what its waiting requests are rejected with ("removed", or "unloaded")."""
         state = self.functions.pop(name, None)
         if state is None:
             return []
         self._pending.discard(name)
         self._by_model.pop(state.info.model_id, None)
-        decisions: list[Decision] = [Reject(w.rid, "removed") for w in state.queue]
+        decisions: list[Decision] = [Reject(w.rid, reason) for w in state.queue]
         model = state.info.model_id
         for d in self.devices:
             r = d.resident.get(model)

@@ -18,13 +18,14 @@ from gateway.hosttier import HostTier, Tier
 from gateway.metrics import Metrics
 from gateway.registry import READY, REGISTRY_FILE, UNAVAILABLE, UNLOADED, Function, Registry, check_name
 from gateway.scheduler import FunctionInfo, Scheduler
+from gateway.tiers import Tiers
 from gateway.workers import WorkerPool
-from shared import imagefile, shm
+from shared import shm
 from shared.config import ServeConfig, format_size
 from shared.errors import DoesNotFit, InvalidInput, TorporError, Unavailable
 from shared.imagestore import ImageStore
 from shared.modelstore import ModelImage
-from shared.protocol import Forget, Prepare, ReleaseHost, Stats, prepare_record
+from shared.protocol import Forget, Prepare, Stats, prepare_record
 
 log = logging.getLogger("torpor.gateway")
 
@@ -49,14 +50,14 @@ class Service:
         self.registry = Registry(cfg.state_dir)
         self.images = ImageStore(cfg.state_dir / "images")
         self.host = HostTier(cfg.host_memory)
-        self._disk_bandwidth: float | None = None  # measured reading images at start
         self.pool = WorkerPool(cfg, self.budget, self._worker_lost)
         # Provisional until the workers report their devices (start): no function is added before.
         self.scheduler = Scheduler(Topology.flat([self.budget or 0] * len(cfg.devices)), time.monotonic)
         self.metrics = Metrics()
         self.dispatcher = Dispatcher(self.scheduler, self.pool, Limits(cfg.max_queue, cfg.max_queued), self.metrics)
         self.metrics.attach(self)
-        self.dispatcher.fill_source = self.fill_source
+        self.tiers = Tiers(self.images, self.host, self.registry, self.pool, self.dispatcher)
+        self.dispatcher.fill_source = self.tiers.fill_source
         self._deploy_lock = asyncio.Lock()
         self._restarting: set[int] = set()
         self._restarts: set[asyncio.Task[None]] = set()
@@ -78,7 +79,7 @@ class Service:
         deploy.start_builders()
         # Host images come back (adopted from shared memory, or read from the state dir)
         # while the workers start: one is I/O, the other mostly importing torch.
-        bring_in = asyncio.ensure_future(asyncio.to_thread(self._bring_in, saved))
+        bring_in = asyncio.ensure_future(asyncio.to_thread(self.tiers.bring_back, saved))
         try:
             await self.pool.start_all()
         except (TorporError, OSError) as exc:
@@ -88,12 +89,12 @@ class Service:
                 f"{memory} fits in this machine's memory"
             ) from exc
         finally:
-            images = await bring_in  # never raises: an unusable image is rebuilt instead
+            images, disk_bandwidth = await bring_in  # never raises: an unusable image is rebuilt instead
         for name in shm.reclaim_stale(spare=self.images.spare):
             log.warning("reclaimed shared memory %s left by a crashed run", name)
         self._adopt_devices()
-        if self._disk_bandwidth is not None:
-            self.scheduler.cost.disk_bandwidth = self._disk_bandwidth
+        if disk_bandwidth is not None:
+            self.scheduler.cost.disk_bandwidth = disk_bandwidth
         with progress.Steps("restoring function", len(saved), log) as steps:
             for fn in saved:
                 steps.step(fn.name)
@@ -149,51 +150,6 @@ class Service:
             except TorporError as exc:
                 raise StartupError(f"demo function {name} could not be deployed ({exc.message})") from exc
 
-    def _bring_in(self, saved: list[Function]) -> dict[str, tuple[ModelImage, str]]:
-        """Each saved function's host image from the state dir, without building its model.
-
-        Within --host-memory, in registry order; the rest stay on the disk tier until invoked.
-        """
-        images: dict[str, tuple[ModelImage, str]] = {}
-        counts = {"adopted": 0, "read": 0, "disk": 0}
-        used, read_bytes, read_s = 0, 0, 0.0
-        for fn in saved:
-            if fn.reason == UNLOADED or not self.images.has(fn.model_id):
-                continue  # unloaded by the user; or saved before images were kept on disk (rebuilt)
-            try:
-                if self.host.budget is not None and used + fn.model_bytes > self.host.budget:
-                    info = imagefile.read_info(self.images.path(fn.model_id))
-                    name = self.images.segment(fn.model_id)
-                    got_image, how = ModelImage(name, info.table), "disk"
-                else:
-                    started = time.perf_counter()
-                    got = self.images.bring_in(fn.model_id)
-                    got_image, how = got.image, got.how
-                    if how == "read":
-                        read_bytes += got_image.nbytes
-                        read_s += time.perf_counter() - started
-            except (TorporError, OSError) as exc:
-                log.error("image of %s unusable (%s); rebuilding it", fn.name, _message(exc))
-                continue
-            if got_image.table.nbytes != fn.model_bytes:
-                log.error("image of %s does not match its registry entry; rebuilding it", fn.name)
-                if how != "disk":
-                    got_image.unlink()
-                continue
-            images[fn.name] = (got_image, Tier.DISK if how == "disk" else Tier.HOST)
-            used += 0 if how == "disk" else fn.model_bytes
-            counts[how] += 1
-        if read_s > 0 and read_bytes >= 64 << 20:  # enough bytes for a bandwidth worth using
-            self._disk_bandwidth = read_bytes / read_s
-        if images:
-            log.info(
-                "host images: %d adopted from shared memory, %d read from disk, %d left on disk (--host-memory)",
-                counts["adopted"],
-                counts["read"],
-                counts["disk"],
-            )
-        return images
-
     async def _serve_image(self, fn: Function, image: ModelImage, tier: str) -> None:
         """Serve a function from its image (host memory or disk tier): specs and timing from the registry."""
         fn.image = image
@@ -208,47 +164,6 @@ class Service:
         self.host.add(fn.name, fn.model_bytes, time.monotonic())
         if tier == Tier.DISK:
             self.dispatcher.apply(self.scheduler.host_tier(fn.name, Tier.DISK))
-
-    # -- the disk tier ---------------------------------------------------------------
-    async def _make_room(self, nbytes: int, keep: str) -> None:
-        """Push least recently used host images to disk until `nbytes` more fit in --host-memory."""
-        victims = self.host.victims(nbytes, self.scheduler.host_tiers(), keep, self.scheduler.host_pinned())
-        if victims is None:
-            raise Unavailable(
-                f"host memory: {format_size(nbytes)} more do not fit within --host-memory "
-                f"{format_size(self.host.budget or 0)} while the other images are in use; retry later"
-            )
-        for name in victims:
-            await self._to_disk(self.registry.functions[name])
-
-    async def _to_disk(self, fn: Function) -> None:
-        assert fn.image is not None
-        self.dispatcher.apply(self.scheduler.host_tier(fn.name, Tier.DISK))
-        # Unlink first, with no await between: a fill started from now on re-creates the name.
-        fn.image.unlink()
-        # Sent now, in order, ahead of any later LOAD on the same sockets: each worker drops its
-        # mapping of the old pages before it could be asked to map the re-created segment.
-        replies = [c.request(ReleaseHost(model_id=fn.model_id)) for c in self.pool.live_clients()]
-        await asyncio.gather(*replies, return_exceptions=True)
-        log.info("%s: image moved to the disk tier (host memory)", fn.name)
-
-    async def fill_source(self, function: str) -> str:
-        """Before a swap-in that reads a function's image from disk: host room and an empty segment."""
-        fn = self.registry.get(function)
-        assert fn.image is not None
-        await self._make_room(0, keep=function)  # the filling image already counts as host memory
-        name = fn.image.segment_name
-        await asyncio.to_thread(lambda: (shm.unlink(name), shm.create(name, fn.model_bytes).close()))
-        return str(self.images.path(fn.model_id))
-
-    def tier(self, fn: Function) -> str:
-        """Where a function's weights are: device (resident somewhere), host or disk (none: unloaded, no image)."""
-        if not fn.ready:
-            return Tier.DISK if self.images.has(fn.model_id) else "none"
-        if self.scheduler.residency(fn.model_id):
-            return "device"
-        state = self.scheduler.functions.get(fn.name)
-        return Tier.DISK if state is not None and state.host_tier != Tier.HOST else Tier.HOST
 
     async def stop(self) -> None:
         self.stopping = True
@@ -363,7 +278,7 @@ class Service:
         self.dispatcher.function_added(function_info(fn))
         self.host.add(fn.name, fn.model_bytes, time.monotonic())
         try:
-            await self._make_room(0, keep=fn.name)  # the new image is in host memory already
+            await self.tiers.make_room(0, keep=fn.name)  # the new image is in host memory already
         except Unavailable as exc:
             log.warning("%s; host memory is over its bound until images are free", exc.message)
         self.metrics.function_deployed(fn.name, fn.slo_ms, time.perf_counter() - started)
@@ -469,7 +384,7 @@ class Service:
             await self._retire(fn, keep_image=True)
             raise Unavailable(f"could not persist the registry: {exc}") from exc
         try:
-            await self._make_room(0, keep=fn.name)
+            await self.tiers.make_room(0, keep=fn.name)
         except Unavailable as exc:
             log.warning("%s; host memory is over its bound until images are free", exc.message)
 

@@ -81,7 +81,8 @@ async def _route(node: ClusterNode, name: str, version: str | None, scope: Any, 
             raise Unavailable(route.reason)
         assert isinstance(route, Forward)
         if body is None:
-            body = await hot.read_body(receive, node.service.cfg.max_body_bytes)
+            limit = node.service.cfg.max_body_bytes
+            body = await hot.read_body(receive, limit, request.headers.get("content-length"))
         timeout_s = _timeout_s(node.policy.functions.get(name)) - (time.monotonic() - started)
         if timeout_s <= 0:
             raise DeadlineExceeded(f"function {name!r}: the deadline passed while finding a node for it")

@@ -1,0 +1,132 @@
+"""Moving function images between the tiers: host shared memory and the state dir's files.
+
+`Tiers` brings saved images back at start (adopted or read, within --host-memory), makes
+room by pushing least recently used images to disk, and readies a disk-tier image's host
+segment before a swap-in fills it. Where each image is lives in the scheduler (it decides
+fills); `HostTier` accounts bytes and recency. The scheduler is reached through the
+dispatcher, since the service replaces it once the workers report their devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from gateway.hosttier import HostTier, Tier
+from gateway.registry import UNLOADED, Function, Registry
+from shared import imagefile, shm
+from shared.config import format_size
+from shared.errors import TorporError, Unavailable
+from shared.imagestore import ImageStore
+from shared.modelstore import ModelImage
+from shared.protocol import ReleaseHost
+
+if TYPE_CHECKING:
+    from gateway.dispatcher import Dispatcher
+    from gateway.workers import WorkerPool
+
+log = logging.getLogger("torpor.gateway")
+
+
+class Tiers:
+    def __init__(
+        self, images: ImageStore, host: HostTier, registry: Registry, pool: WorkerPool, dispatcher: Dispatcher
+    ) -> None:
+        self.images = images
+        self.host = host
+        self.registry = registry
+        self.pool = pool
+        self.dispatcher = dispatcher
+
+    def __repr__(self) -> str:
+        return f"<Tiers {self.images!r} {self.host!r}>"
+
+    def bring_back(self, saved: list[Function]) -> tuple[dict[str, tuple[ModelImage, str]], float | None]:
+        """Each saved function's host image from the state dir, without building its model.
+
+        Within --host-memory, in registry order; the rest stay on the disk tier until invoked.
+        Returns {function: (image, tier)} and the disk bandwidth measured reading them (or None).
+        A function missing here is rebuilt by the caller.
+        """
+        images: dict[str, tuple[ModelImage, str]] = {}
+        counts = {"adopted": 0, "read": 0, "disk": 0}
+        used, read_bytes, read_s = 0, 0, 0.0
+        for fn in saved:
+            if fn.reason == UNLOADED or not self.images.has(fn.model_id):
+                continue  # unloaded by the user; or saved before images were kept on disk (rebuilt)
+            try:
+                if self.host.budget is not None and used + fn.model_bytes > self.host.budget:
+                    info = imagefile.read_info(self.images.path(fn.model_id))
+                    image, how = ModelImage(self.images.segment(fn.model_id), info.table), "disk"
+                else:
+                    started = time.perf_counter()
+                    got = self.images.bring_in(fn.model_id)
+                    image, how = got.image, got.how
+                    if how == "read":
+                        read_bytes += image.nbytes
+                        read_s += time.perf_counter() - started
+            except (TorporError, OSError) as exc:
+                reason = exc.message if isinstance(exc, TorporError) else str(exc)
+                log.error("image of %s unusable (%s); rebuilding it", fn.name, reason)
+                continue
+            if image.table.nbytes != fn.model_bytes:
+                log.error("image of %s does not match its registry entry; rebuilding it", fn.name)
+                if how != "disk":
+                    image.unlink()
+                continue
+            images[fn.name] = (image, Tier.DISK if how == "disk" else Tier.HOST)
+            used += 0 if how == "disk" else fn.model_bytes
+            counts[how] += 1
+        if images:
+            log.info(
+                "host images: %d adopted from shared memory, %d read from disk, %d left on disk (--host-memory)",
+                counts["adopted"],
+                counts["read"],
+                counts["disk"],
+            )
+        # Enough bytes for a bandwidth worth using in the cost model.
+        return images, read_bytes / read_s if read_s > 0 and read_bytes >= 64 << 20 else None
+
+    async def make_room(self, nbytes: int, keep: str) -> None:
+        """Push least recently used host images to disk until `nbytes` more fit in --host-memory."""
+        scheduler = self.dispatcher.scheduler
+        victims = self.host.victims(nbytes, scheduler.host_tiers(), keep, scheduler.host_pinned())
+        if victims is None:
+            raise Unavailable(
+                f"host memory: {format_size(nbytes)} more do not fit within --host-memory "
+                f"{format_size(self.host.budget or 0)} while the other images are in use; retry later"
+            )
+        for name in victims:
+            await self._to_disk(self.registry.functions[name])
+
+    async def _to_disk(self, fn: Function) -> None:
+        assert fn.image is not None
+        self.dispatcher.apply(self.dispatcher.scheduler.host_tier(fn.name, Tier.DISK))
+        # Unlink first, with no await between: a fill started from now on re-creates the name.
+        fn.image.unlink()
+        # Sent now, in order, ahead of any later LOAD on the same sockets: each worker drops its
+        # mapping of the old pages before it could be asked to map the re-created segment.
+        replies = [c.request(ReleaseHost(model_id=fn.model_id)) for c in self.pool.live_clients()]
+        await asyncio.gather(*replies, return_exceptions=True)
+        log.info("%s: image moved to the disk tier (host memory)", fn.name)
+
+    async def fill_source(self, function: str) -> str:
+        """Before a swap-in that reads a function's image from disk: host room and an empty segment."""
+        fn = self.registry.get(function)
+        assert fn.image is not None
+        await self.make_room(0, keep=function)  # the filling image already counts as host memory
+        name = fn.image.segment_name
+        await asyncio.to_thread(lambda: (shm.unlink(name), shm.create(name, fn.model_bytes).close()))
+        return str(self.images.path(fn.model_id))
+
+    def tier(self, fn: Function) -> str:
+        """Where a function's weights are: device (resident somewhere), host or disk (none: unloaded, no image)."""
+        if not fn.ready:
+            return Tier.DISK if self.images.has(fn.model_id) else "none"
+        scheduler = self.dispatcher.scheduler
+        if scheduler.residency(fn.model_id):
+            return "device"
+        state = scheduler.functions.get(fn.name)
+        return Tier.DISK if state is not None and state.host_tier != Tier.HOST else Tier.HOST
