@@ -102,12 +102,12 @@ def test_deploy_on_a_invoke_on_b_and_c_bitwise_equal(cluster: Cluster) -> None:
 
 
 def test_nodes_listing_and_cli(cluster: Cluster) -> None:
-    def a_holds_mlp() -> bool:  # as of a's next heartbeat (every 0.5 s)
-        return any(
-            n["node"] == "a" and n["holds"] == ["mlp"] for n in cluster["c"].client.get("/v1/nodes").json()["nodes"]
-        )
+    def a_holds_mlp(seen_from: str) -> bool:  # as of a's next heartbeat (every 0.5 s), in that node's view
+        nodes = cluster[seen_from].client.get("/v1/nodes").json()["nodes"]
+        return any(n["node"] == "a" and n["holds"] == ["mlp"] for n in nodes)
 
-    wait_for(a_holds_mlp, timeout=3)
+    # Each node keeps its own view: wait for both nodes asked below.
+    wait_for(lambda: a_holds_mlp("c") and a_holds_mlp("b"), timeout=3)
     body = cluster["c"].client.get("/v1/nodes").json()
     assert body["node"] == "c"
     by_name = {n["node"]: n for n in body["nodes"]}
@@ -124,7 +124,8 @@ def test_nodes_listing_and_cli(cluster: Cluster) -> None:
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split()[:3] == ["NODE", "URL", "STATE"]
-    assert any(line.startswith("b *") for line in lines) and any("mlp" in line for line in lines if line[0] == "a")
+    assert any(line.startswith("b *") for line in lines), out.stdout
+    assert any("mlp" in line for line in lines if line[0] == "a"), out.stdout
 
 
 def test_wrong_cluster_token_refused(cluster: Cluster) -> None:
