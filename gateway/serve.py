@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import uvicorn
@@ -83,12 +83,15 @@ def serve(cfg: ServeConfig, cluster_cfg: ClusterConfig | None = None) -> int:
         port=cfg.port,
         log_level=cfg.log_level,
         access_log=False,  # per-request logging would cost more than the hop itself
+        proxy_headers=False,  # nothing reads the client address, so no layer rewrites it per request
+        server_header=False,  # one header less per response, and no software version advertised
         lifespan="off",  # the service starts and stops in _run, around uvicorn
         timeout_graceful_shutdown=30,
     )
     server = _Server(config)
     try:
-        return asyncio.run(_run(service, server, sock, cluster))
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            return runner.run(_run(service, server, sock, cluster))
     except StartupError as exc:
         return _fail(str(exc))
     except (asyncio.CancelledError, KeyboardInterrupt):
@@ -122,6 +125,20 @@ async def _run(service: Service, server: _Server, sock: socket.socket, cluster: 
             await cluster.stop()  # hands this node's images over before the workers go
         await service.stop()
     return 0 if server.started else 1
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop where it is installed (a dependency), else asyncio's.
+
+    `uvicorn.run` would choose it by itself, but start-up runs first on our own loop,
+    so the choice is made here: on the inference hot path uvloop's C transports
+    cost about half of what asyncio's selector transports cost per request.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def bind(host: str, port: int) -> socket.socket:

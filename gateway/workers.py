@@ -22,12 +22,12 @@ from typing import Any
 
 from gateway import devicefacts
 from gateway.devicefacts import DeviceFacts
+from gateway.framereader import FrameReader
 from gpuworker.config import WorkerConfig
 from shared import shm
 from shared.config import DeviceSpec, ServeConfig
 from shared.errors import ProtocolError, TorporError, WorkerLost, from_wire
 from shared.protocol import (
-    HEADER,
     KIND_OF,
     REPLY,
     Buffer,
@@ -39,9 +39,7 @@ from shared.protocol import (
     Record,
     Shutdown,
     Stats,
-    decode_payload,
     encode_parts,
-    frame_length,
 )
 
 log = logging.getLogger("torpor.gateway")
@@ -51,27 +49,33 @@ STOP_GRACE_S = 10.0
 
 
 class WorkerClient:
-    def __init__(self, device: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, device: int) -> None:
         self.device = device
-        self._reader = reader
-        self._writer = writer
+        self.reader = FrameReader(self._on_frame, self._on_close)
         self._next = 1
         self._pending: dict[int, tuple[asyncio.Future[Frame], Kind]] = {}  # rid -> (future, reply kind)
         self.ready: Ready | None = None
         self.facts: DeviceFacts | None = None  # what the worker measured, checked (from READY)
-        self.closed = asyncio.get_running_loop().create_future()
-        self._task: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+        self.closed = loop.create_future()
+        self._first: asyncio.Future[Frame | None] = loop.create_future()  # READY, or None if it never came
+
+    @property
+    def _transport(self) -> asyncio.Transport:
+        assert self.reader.transport is not None
+        return self.reader.transport
 
     async def start(self) -> None:
-        frame = await self._read_frame()
+        frame = await self._first
         if frame is None or not isinstance(frame.body, Ready):
+            self._fail_all(WorkerLost(f"worker {self.device} did not report READY"))
             raise WorkerLost(f"worker {self.device} did not report READY")
         self.ready = frame.body
         try:
             self.facts = devicefacts.from_ready(frame.body)
         except ProtocolError as exc:
+            self._fail_all(WorkerLost(f"worker {self.device} sent a malformed READY"))
             raise WorkerLost(f"worker {self.device} sent a malformed READY: {exc.message}") from exc
-        self._task = asyncio.create_task(self._read_loop(), name=f"worker{self.device}-reader")
 
     def request(self, body: Record, buffers: Sequence[Buffer] = ()) -> asyncio.Future[Frame]:
         """Send a frame now; the returned future resolves with the reply frame (typed body, buffers)."""
@@ -86,10 +90,9 @@ class WorkerClient:
             return fut
         rid, self._next = self._next, self._next + 1
         self._pending[rid] = (fut, REPLY[KIND_OF[type(body)]])
-        # One write per piece, not writelines (which the stdlib loop implements as a join): a
-        # tensor the socket takes at once is sent from where it lies; only a remainder is buffered.
-        for part in parts:
-            self._writer.write(part)
+        # One gathered write (uvloop's writelines is a writev): the worker wakes once per frame,
+        # and a tensor the socket takes at once is sent from where it lies, not joined first.
+        self._transport.writelines(parts)
         return fut
 
     async def call(self, body: Record, timeout: float | None = None) -> Any:
@@ -97,35 +100,30 @@ class WorkerClient:
         frame = await asyncio.wait_for(self.request(body), timeout)
         return frame.body
 
-    async def _read_frame(self) -> Frame | None:
-        try:
-            header = await self._reader.readexactly(HEADER.size)
-            payload = await self._reader.readexactly(frame_length(header))
-        except asyncio.IncompleteReadError:
-            return None
-        except (ConnectionError, OSError):
-            return None
-        return decode_payload(payload)
+    def _on_frame(self, frame: Frame) -> None:
+        if not self._first.done():
+            self._first.set_result(frame)
+            return
+        fut, expected = self._pending.pop(frame.rid, (None, None))
+        if fut is None or fut.done():
+            if isinstance(frame.body, Error):
+                log.warning("worker %d: %s", self.device, frame.body.message)
+            return
+        if isinstance(frame.body, Error):
+            fut.set_exception(from_wire({"kind": frame.body.kind, "message": frame.body.message}))
+        elif frame.kind is expected:
+            fut.set_result(frame)
+        else:
+            fut.set_exception(ProtocolError(f"unexpected {frame.kind.name} reply, expected {expected}"))
 
-    async def _read_loop(self) -> None:
-        reason = f"worker {self.device} closed its connection"
-        try:
-            while (frame := await self._read_frame()) is not None:
-                fut, expected = self._pending.pop(frame.rid, (None, None))
-                if fut is None or fut.done():
-                    if isinstance(frame.body, Error):
-                        log.warning("worker %d: %s", self.device, frame.body.message)
-                    continue
-                if isinstance(frame.body, Error):
-                    fut.set_exception(from_wire({"kind": frame.body.kind, "message": frame.body.message}))
-                elif frame.kind is expected:
-                    fut.set_result(frame)
-                else:
-                    fut.set_exception(ProtocolError(f"unexpected {frame.kind.name} reply, expected {expected}"))
-        except ProtocolError as exc:
-            reason = f"worker {self.device} sent a malformed frame: {exc.message}"
-        finally:
-            self._fail_all(WorkerLost(reason))
+    def _on_close(self, malformed: str | None) -> None:
+        if not self._first.done():
+            self._first.set_result(None)
+        if malformed is None:
+            reason = f"worker {self.device} closed its connection"
+        else:
+            reason = f"worker {self.device} sent a malformed frame: {malformed}"
+        self._fail_all(WorkerLost(reason))
 
     def _fail_all(self, exc: TorporError) -> None:
         pending, self._pending = self._pending, {}
@@ -134,15 +132,11 @@ class WorkerClient:
                 fut.set_exception(exc)
         if not self.closed.done():
             self.closed.set_result(exc.message)
-        with contextlib.suppress(Exception):
-            self._writer.close()
+        if self.reader.transport is not None:
+            self.reader.transport.close()
 
     async def close(self) -> None:
         self._fail_all(WorkerLost(f"worker {self.device} is shutting down"))
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
 
 
 @dataclass
@@ -241,13 +235,19 @@ class WorkerPool:
             if not handle.process.is_alive():
                 handle.process.join(0)  # reap it
                 raise WorkerLost(f"worker {handle.config.device} exited during start (code {handle.process.exitcode})")
+            client = WorkerClient(handle.config.device)
             try:
-                reader, writer = await asyncio.open_unix_connection(handle.config.socket_path, limit=1 << 20)
+                await asyncio.get_running_loop().create_unix_connection(
+                    lambda c=client: c.reader, handle.config.socket_path
+                )
             except (FileNotFoundError, ConnectionRefusedError):
                 await asyncio.sleep(0.05)
                 continue
-            client = WorkerClient(handle.config.device, reader, writer)
-            await client.start()
+            try:
+                await asyncio.wait_for(client.start(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                client._fail_all(WorkerLost(f"worker {handle.config.device} did not report READY"))
+                break
             return client
         raise WorkerLost(f"worker {handle.config.device} did not start within {START_TIMEOUT_S:.0f} s")
 

@@ -9,7 +9,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -44,18 +44,27 @@ from shared.protocol import (
 
 
 @dataclass
-class Program:
-    """A prepared model: weight-less graph (plain and gated) and its swap plan."""
+class Shared:
+    """One architecture's lifted graphs (plain and gated), shared by every function that runs it."""
 
-    model_id: str
-    image: ModelImage
     plain: torch.fx.GraphModule
     gated: torch.fx.GraphModule
     gate: SwapGate
+    users: int = 0
+
+
+@dataclass
+class Program:
+    """A prepared function: its host image, swap plan and shared graphs; weights are views bound at load."""
+
+    model_id: str
+    image: ModelImage
+    graphs: Shared
+    key: tuple[str, tuple[int, ...]]  # the graphs' entry in Executor.shared
     plan: SwapPlan
-    names: list[str]
-    gated_own: list[str]  # tensors the gated graph holds itself (not through shared submodules)
-    bound_offset: int | None = None  # arena offset the program's tensors currently view
+    names: tuple[str, ...]  # state tensors, in the graphs' argument order
+    state: list[torch.Tensor] = field(default_factory=list)  # views of the arena at bound_offset
+    bound_offset: int | None = None  # arena offset `state` views
 
 
 @dataclass
@@ -72,6 +81,8 @@ class Executor:
         self.backend = backend
         self.group_bytes = group_bytes
         self.programs: dict[str, Program] = {}
+        # Lifted graphs by (architecture key, swap groups): 50 functions of one model share one.
+        self.shared: dict[tuple[str, tuple[int, ...]], Shared] = {}
         self.resident: dict[str, Residency] = {}
         self.engine = SwapEngine(backend)
         self._reply = send_reply
@@ -83,15 +94,21 @@ class Executor:
         model_id = body.model_id
         table = TensorTable.from_wire({"nbytes": body.image.table.nbytes, "entries": body.image.table.entries})
         image = ModelImage(body.image.segment, table)
-        gm = program.build(body.source, meta=True)
-        names = list(program.state_tensors(gm))
-        missing = sorted(set(names) - {e.name for e in image.table.entries})
+        lifted = program.lift(program.build(body.source, meta=True))
+        missing = sorted(set(lifted.names) - {e.name for e in image.table.entries})
         if missing:
             raise InvalidInput(f"model {model_id}: image lacks tensors {missing[:5]}")
         plan = plan_groups(image.table, self.group_bytes)
-        gated_gm, gate = gated(gm, plan.group_of, self.backend)
-        own = [n for n in names if program.owner(gm, n)[0] is not program.owner(gated_gm, n)[0]]
-        self.programs[model_id] = Program(model_id, image, gm, gated_gm, gate, plan, names, own)
+        key = (lifted.key, tuple(plan.group_of[n] for n in lifted.names))
+        graphs = self.shared.get(key)
+        if graphs is None:
+            gated_gm, gate = gated(lifted, plan.group_of, self.backend)
+            graphs = self.shared[key] = Shared(lifted.gm, gated_gm, gate)
+        graphs.users += 1
+        old = self.programs.get(model_id)
+        self.programs[model_id] = Program(model_id, image, graphs, key, plan, lifted.names)
+        if old is not None:  # prepared again (e.g. a redeploy): the old one lets go of its graphs
+            self._release(old)
         return Prepared(groups=plan.groups)
 
     def load(self, rid: int, body: Load) -> None:
@@ -136,8 +153,7 @@ class Executor:
         # Bind while the copy runs; nothing reads these views before the gate lets it.
         if prog.bound_offset != offset:
             tensors = views(self.backend.arena, offset, prog.image.table)
-            program.bind(prog.plain, tensors)
-            program.bind(prog.gated, {n: tensors[n] for n in prog.gated_own})
+            prog.state = [tensors[n] for n in prog.names]
             prog.bound_offset = offset
 
     def _fill_host(self, prog: Program, path: str) -> HostFill:
@@ -186,20 +202,21 @@ class Executor:
         swap = res.swap if res.swap is not None and not res.swap.done.is_set() else None
         if res.swap is not None and res.swap.error is not None:
             raise RequestFailed(f"swap-in of {model_id} failed: {res.swap.error}")
-        module = prog.plain
+        graphs = prog.graphs
+        module, gate = graphs.plain, graphs.gate
         if swap is not None:
-            module, prog.gate.swap, prog.gate.waited_s = prog.gated, swap, 0.0
+            module, gate.swap, gate.waited_s = graphs.gated, swap, 0.0
         t0 = time.perf_counter()
         try:
             with torch.inference_mode():
-                out = module(*inputs)
+                out = module(*prog.state, *inputs)
             outputs = self.backend.finish_outputs(_flatten(out))
         except RequestFailed:
             raise
         except Exception as exc:
             raise RequestFailed(f"model {model_id} failed: {type(exc).__name__}: {exc}") from exc
         finally:
-            prog.gate.swap = None
+            gate.swap = None
         exec_s = time.perf_counter() - t0
         self.counters["infers"] += 1
         self.counters["busy_s"] += exec_s
@@ -208,7 +225,7 @@ class Executor:
             TensorMeta(name=names[i] if i < len(names) else f"output{i}", datatype=_kserve(t), shape=list(t.shape))
             for i, t in enumerate(outputs)
         ]
-        inferred = Inferred(outputs=metas, exec_ms=exec_s * 1e3, wait_ms=prog.gate.waited_s * 1e3 if swap else 0.0)
+        inferred = Inferred(outputs=metas, exec_ms=exec_s * 1e3, wait_ms=gate.waited_s * 1e3 if swap else 0.0)
         return inferred, [_raw(t) for t in outputs]
 
     def forget(self, body: Forget) -> Forgotten:
@@ -217,6 +234,7 @@ class Executor:
             self.evict(Evict(model_id=model_id))
         prog = self.programs.pop(model_id, None)
         if prog is not None:
+            self._release(prog)
             self.backend.release_host_buffer(prog.image.segment_name)
         return Forgotten(forgotten=prog is not None)
 
@@ -267,6 +285,11 @@ class Executor:
         for r in self.resident.values():
             if offset < r.offset + r.nbytes and r.offset < offset + nbytes:
                 raise InvalidInput(f"slice [{offset}, {offset + nbytes}) overlaps resident model {r.model_id}")
+
+    def _release(self, prog: Program) -> None:
+        prog.graphs.users -= 1
+        if prog.graphs.users == 0:
+            del self.shared[prog.key]
 
     def _drop(self, model_id: str) -> None:
         # The program keeps viewing the slice (rebinding costs ~10-40 ms for a large

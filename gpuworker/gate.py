@@ -1,9 +1,9 @@
 """The FX pass that makes execution wait for each swap group just before its first reader.
 
-Run once per model: the result is a second GraphModule sharing the program's
-submodules, with a call to the gate inserted before the first node that reads a
-tensor of a group not yet waited for. The plain graph serves warm requests, so
-they pay nothing for the gate.
+Run once per lifted program and swap plan: the result is a second GraphModule sharing
+the program's submodules, with a call to the gate inserted before the first node that
+takes a state tensor of a group not yet waited for. The plain graph serves warm
+requests, so they pay nothing for the gate.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch.fx
 
 from gpuworker.backends import Backend
 from gpuworker.swap import Swap
-from shared.program import node_reads, state_tensors
+from shared.program import Lifted, owner
 
 GATE = "_torpor_gate"
 
@@ -37,21 +37,23 @@ class SwapGate(torch.nn.Module):
             self.waited_s += time.perf_counter() - t0
 
 
-def gated(
-    gm: torch.fx.GraphModule, group_of: dict[str, int], backend: Backend
-) -> tuple[torch.fx.GraphModule, SwapGate]:
-    names = list(state_tensors(gm))
+def gated(program: Lifted, group_of: dict[str, int], backend: Backend) -> tuple[torch.fx.GraphModule, SwapGate]:
     graph = torch.fx.Graph()
     env: dict[torch.fx.Node, torch.fx.Node] = {}
     waited = -1
-    for node in gm.graph.nodes:
-        need = max((group_of.get(n, 0) for n in node_reads(gm, node, names)), default=-1)
+    for node in program.gm.graph.nodes:
+        need = max((group_of[n] for n in program.reads(node)), default=-1)
         if need > waited:
             # Copies land in order, so waiting for group `need` covers all before it.
             graph.call_module(GATE, (need,))
             waited = need
         env[node] = graph.node_copy(node, lambda n: env[n])
     gate = SwapGate(backend)
-    gm.add_module(GATE, gate)
-    out = torch.fx.GraphModule(gm, graph)
-    return out, gate
+    # The lifted program's own modules and constants, shared, not copied; and the gate.
+    attrs: dict[str, object] = {
+        n.target: getattr(*owner(program.gm, n.target))
+        for n in program.gm.graph.nodes
+        if n.op in ("call_module", "get_attr") and isinstance(n.target, str)
+    }
+    attrs[GATE] = gate
+    return torch.fx.GraphModule(attrs, graph), gate

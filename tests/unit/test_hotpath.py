@@ -200,3 +200,16 @@ def test_flat_float_lists_pack_as_numpy_casts_them(datatype: str, dtype: str) ->
     bools = orjson.dumps({"inputs": [{"name": "x", "datatype": datatype, "shape": [2], "data": [True, False]}]})
     with pytest.raises(InvalidInput, match="'b'-kind values"):
         oip.parse_request(bools, "f", spec)
+
+
+def test_binary_tensors_are_views_of_the_body_not_copies() -> None:
+    x = np.arange(64, dtype=np.float32).tobytes()
+    header = orjson.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "parameters": {"binary_data_size": 256}}]}
+    )
+    body = header + x
+    spec = (TensorSpec("input", "FP32", (-1, 64)),)
+    req = oip.parse_request(body, "mlp", spec, len(header))
+    data = req.inputs[0]["data"]
+    assert isinstance(data, memoryview) and data.obj is body, "sliced out of the body, not copied"
+    assert bytes(data) == x

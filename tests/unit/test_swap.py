@@ -17,7 +17,7 @@ from gpuworker.swap import plan_groups
 from shared import program, shm, zoo
 from shared.errors import RequestFailed
 from shared.modelstore import ModelImage, pack
-from shared.protocol import Evict, Evicted, Infer, Load, prepare_record, tensor_meta, tensor_to_wire
+from shared.protocol import Evict, Evicted, Forget, Infer, Load, prepare_record, tensor_meta, tensor_to_wire
 
 BUDGET = 128 << 20
 
@@ -94,10 +94,9 @@ def test_groups_cover_the_image_in_whole_tensors(resnet18: ModelImage) -> None:
 def test_gate_waits_before_the_first_reader_of_each_group(resnet18: ModelImage) -> None:
     from gpuworker.gate import gated
 
-    gm = program.build({"zoo": "resnet18"}, meta=True)
+    lifted = program.lift(program.build({"zoo": "resnet18"}, meta=True))
     plan = plan_groups(resnet18.table, 2 << 20)
-    g, _ = gated(gm, plan.group_of, None)  # type: ignore[arg-type]
-    names = list(program.state_tensors(gm))
+    g, _ = gated(lifted, plan.group_of, None)  # type: ignore[arg-type]
     waited = -1
     waits = []
     for node in g.graph.nodes:
@@ -105,7 +104,7 @@ def test_gate_waits_before_the_first_reader_of_each_group(resnet18: ModelImage) 
             waited = node.args[0]
             waits.append(waited)
             continue
-        for n in program.node_reads(g, node, names):
+        for n in lifted.reads(node):
             assert plan.group_of[n] <= waited, f"{node} reads group {plan.group_of[n]} before waiting for it"
     assert waits == sorted(waits) and waits[-1] == plan.groups - 1
 
@@ -218,3 +217,20 @@ def test_a_damaged_image_file_fails_the_swap_and_leaves_nothing_resident(devices
         assert "r18" not in dev.executor.resident
     finally:
         empty.unlink()
+
+
+def test_functions_of_one_architecture_share_one_graph(devices: list[Device], resnet18: ModelImage) -> None:
+    ex = devices[0].executor
+    for model_id in ("a", "b"):
+        ex.prepare(prepare_record(model_id, {"zoo": "resnet18"}, resnet18))
+    assert len(ex.shared) == 1 and ex.programs["a"].graphs is ex.programs["b"].graphs
+    wire, x = _input()
+    for model_id, offset in (("a", 0), ("b", 64 << 20)):  # both resident at once, each on its own views
+        ex.load(1, msgspec.convert({"model_id": model_id, "offset": offset}, Load))
+        ex.resident[model_id].swap.done.wait()
+        _, out = ex.infer(Infer(model_id=model_id, inputs=[tensor_meta(wire)]), [bytearray(wire["data"])])
+        assert bytes(out[0]) == _native(x)
+    ex.forget(msgspec.convert({"model_id": "a"}, Forget))
+    assert len(ex.shared) == 1
+    ex.forget(msgspec.convert({"model_id": "b"}, Forget))
+    assert ex.shared == {}, "the last function to go takes the graphs with it"
