@@ -120,20 +120,24 @@ class Executor:
         if offset < 0 or offset + nbytes > self.backend.arena.numel():
             raise InvalidInput(f"slice [{offset}, {offset + nbytes}) is outside the arena")
         self._check_overlap(offset, nbytes)
-        peer, fill = body.peer, None
+        peer, fill, in_place = body.peer, None, False
+        dst = self.backend.arena[offset : offset + nbytes]
         if peer is None:
             src = self.backend.host_buffer(prog.image.segment_name)[:nbytes]
             source = "host"
             if body.fill_from is not None:
-                # The host image is still on disk: read it in while the copy follows.
-                fill = self._fill_host(prog, body.fill_from)
+                # The host image is still on disk: read it in while the copy follows. A CPU
+                # arena is host memory, so the file is read straight into it and execution
+                # starts on each verified chunk; the host image is copied from the arena
+                # afterwards, on the reader's thread, off the request's path.
+                in_place = self.backend.arena.device.type == "cpu"
+                fill = self._fill_host(prog, body.fill_from, dst if in_place else None)
                 source = "disk"
         else:
             src = self.backend.peer_arena(peer.device)[peer.offset : peer.offset + nbytes]
             if src.numel() != nbytes:
                 raise InvalidInput(f"peer slice at {peer.offset} of device {peer.device} is outside its arena")
             source = f"peer:{peer.device}"
-        dst = self.backend.arena[offset : offset + nbytes]
 
         def done(swap: Swap) -> None:
             if swap.error is None:
@@ -146,7 +150,7 @@ class Executor:
                     self._drop(prog.model_id)
                 self._reply(rid, RequestFailed(f"swap-in of {prog.model_id} failed: {swap.error}"))
 
-        swap = Swap(prog.model_id, prog.plan, dst, src, done, fill)
+        swap = Swap(prog.model_id, prog.plan, dst, src, done, fill, in_place=in_place)
         res = Residency(prog.model_id, offset, nbytes, swap, source)
         self.resident[prog.model_id] = res
         self.engine.submit(swap)
@@ -156,24 +160,40 @@ class Executor:
             prog.state = [tensors[n] for n in prog.names]
             prog.bound_offset = offset
 
-    def _fill_host(self, prog: Program, path: str) -> HostFill:
+    def _fill_host(self, prog: Program, path: str, arena: torch.Tensor | None) -> HostFill:
         """Read a model's image file into its (gateway-created) host segment on a thread of its own.
 
         Every chunk is checksum-verified before the copy thread may take it, so a damaged
-        file fails the swap (and the request) instead of running on wrong weights.
+        file fails the swap (and the request) instead of running on wrong weights. With
+        `arena` (a CPU device's slice), the file is read into the slice and then copied to
+        the host segment; the reader stops at a chunk boundary once the swap is cancelled,
+        and `finished` tells an eviction that nothing writes into the slice any more.
         """
         fill = HostFill()
+
+        def progress(upto: int) -> None:
+            if fill.cancelled:
+                raise RequestFailed("cancelled by an eviction")
+            fill.advance(upto)
 
         def read() -> None:
             seg = shm.attach(prog.image.segment_name, writable=True)
             try:
-                imagefile.read_into(path, seg.buf, on_chunk=fill.advance, expect_model=prog.model_id)
+                if arena is None:
+                    imagefile.read_into(path, seg.buf, on_chunk=fill.advance, expect_model=prog.model_id)
+                else:
+                    # One thread, read then check each chunk: the other core is the model's.
+                    target = arena.numpy()
+                    imagefile.read_into(path, target, progress, expect_model=prog.model_id, overlap=False)
+                    torch.frombuffer(seg.buf, dtype=torch.uint8)[: arena.numel()].copy_(arena)
+                fill.done()
             except TorporError as exc:
                 fill.fail(exc.message)
             except Exception as exc:  # the reader must always release the copy thread
                 fill.fail(f"{type(exc).__name__}: {exc}")
             finally:
                 seg.close()
+                fill.finished.set()
 
         threading.Thread(target=read, name="disk-fill", daemon=True).start()
         return fill
@@ -185,6 +205,8 @@ class Executor:
         if res.swap is not None and not res.swap.done.is_set():
             res.swap.cancel()
             res.swap.done.wait()
+        if res.swap is not None and res.swap.fill is not None and res.swap.in_place:
+            res.swap.fill.finished.wait()  # the slice is reused only once no reader writes into it
         self._drop(body.model_id)
         return Evicted(evicted=True)
 

@@ -59,7 +59,21 @@ class HostFill:
     def __init__(self) -> None:
         self.ready = 0
         self.error: str | None = None
+        self.complete = False  # the whole host image is in place (a swap's reply means it is)
+        self.cancelled = False  # the swap was cancelled: the filler stops at its next chunk
+        self.finished = threading.Event()  # the filler no longer writes anywhere
         self._cond = threading.Condition()
+
+    def done(self) -> None:
+        with self._cond:
+            self.complete = True
+            self._cond.notify_all()
+
+    def wait_complete(self) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.complete or self.error is not None)
+            if not self.complete:
+                raise RequestFailed(f"host image unavailable: {self.error}")
 
     def advance(self, upto: int) -> None:
         with self._cond:
@@ -88,6 +102,7 @@ class Swap:
     src: torch.Tensor
     on_done: Callable[[Swap], None]
     fill: HostFill | None = None  # the source is still arriving (disk tier): wait per group
+    in_place: bool = False  # the fill writes dst itself (CPU arena): nothing to copy, only to wait for
     events: list[threading.Event] = field(init=False)  # set once group k is copied (CPU) or enqueued (CUDA)
     handles: list[Any] = field(init=False)  # the backend's completion marker per group (CUDA: an event)
     error: str | None = None
@@ -113,6 +128,8 @@ class Swap:
 
     def cancel(self) -> None:
         self.cancelled = True
+        if self.fill is not None:
+            self.fill.cancelled = True
 
 
 class SwapEngine:
@@ -145,9 +162,12 @@ class SwapEngine:
                     raise RequestFailed("cancelled by an eviction")
                 if swap.fill is not None:
                     swap.fill.wait_for(b[k + 1])
-                swap.handles[k] = self._backend.copy(swap.dst[b[k] : b[k + 1]], swap.src[b[k] : b[k + 1]])
+                if not swap.in_place:
+                    swap.handles[k] = self._backend.copy(swap.dst[b[k] : b[k + 1]], swap.src[b[k] : b[k + 1]])
                 swap.events[k].set()
             self._backend.wait_host(swap.handles[-1])  # timing and the reply mean "all bytes landed"
+            if swap.fill is not None:
+                swap.fill.wait_complete()  # ... in host memory too: the gateway then counts it on the host tier
         except Exception as exc:  # the copy must never kill the thread
             swap.error = exc.message if isinstance(exc, RequestFailed) else f"{type(exc).__name__}: {exc}"
             for ev in swap.events:

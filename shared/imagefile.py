@@ -140,13 +140,16 @@ def read_into(
     dest: Any,
     on_chunk: Callable[[int], None] | None = None,
     expect_model: str | None = None,
+    overlap: bool = True,
 ) -> ImageFileInfo:
     """Read an image file straight into `dest` (a writable buffer of at least its size).
 
     Each chunk is verified as soon as it is read; `on_chunk(bytes_ready)` is called after
     every verified chunk, so a consumer may start on the first bytes while the rest
-    arrives. A damaged chunk raises DamagedImage naming it; the bytes already
-    reported stay valid, the rest of `dest` is undefined.
+    arrives (it may raise to stop the read). A damaged chunk raises DamagedImage naming
+    it; the bytes already reported stay valid, the rest of `dest` is undefined.
+    `overlap=False` reads and checks on this thread alone: slower, but one core's work,
+    for a reader that shares the cores with a model's execution.
     """
     info = read_info(path)
     if expect_model is not None and info.model_id != expect_model:
@@ -154,6 +157,16 @@ def read_into(
     view = memoryview(dest).cast("B")
     if len(view) < info.nbytes:
         raise ValueError(f"destination of {len(view)} bytes for an image of {info.nbytes}")
+    if not overlap:
+        with open(info.path, "rb", buffering=0) as f:
+            f.seek(info.data_offset)
+            for index, start in enumerate(range(0, info.nbytes, info.chunk_bytes)):
+                end = min(start + info.chunk_bytes, info.nbytes)
+                _readinto_exact(f, view[start:end], info.path)
+                _check_chunk(info, view, index, start, end)
+                if on_chunk is not None:
+                    on_chunk(end)
+        return info
     # A reader thread stays one chunk or more ahead while this thread checks: the read
     # and the hash each release the GIL, so on two cores checking hides behind reading.
     arrived: queue.SimpleQueue[int | BaseException] = queue.SimpleQueue()
@@ -161,19 +174,22 @@ def read_into(
     reader = threading.Thread(target=_read_chunks, args=(info, view, arrived, stop), daemon=True)
     reader.start()
     try:
-        for index, expected in enumerate(info.checksums):
+        for index in range(len(info.checksums)):
             end = arrived.get()
             if isinstance(end, BaseException):
                 raise end
-            start = index * info.chunk_bytes
-            if xxhash.xxh3_64_intdigest(view[start:end]) != expected:
-                raise DamagedImage(f"{info.path}: damaged: chunk {index} (bytes {start}..{end}) fails its checksum")
+            _check_chunk(info, view, index, index * info.chunk_bytes, end)
             if on_chunk is not None:
                 on_chunk(end)
     finally:
         stop.set()
         reader.join()
     return info
+
+
+def _check_chunk(info: ImageFileInfo, view: memoryview, index: int, start: int, end: int) -> None:
+    if xxhash.xxh3_64_intdigest(view[start:end]) != info.checksums[index]:
+        raise DamagedImage(f"{info.path}: damaged: chunk {index} (bytes {start}..{end}) fails its checksum")
 
 
 def _read_chunks(

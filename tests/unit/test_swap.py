@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -215,6 +216,25 @@ def test_a_damaged_image_file_fails_the_swap_and_leaves_nothing_resident(devices
         assert swap.done.wait(10)
         assert isinstance(dev.replies[1], RequestFailed) and "fails its checksum" in dev.replies[1].message
         assert "r18" not in dev.executor.resident
+    finally:
+        empty.unlink()
+
+
+def test_an_eviction_during_a_fill_from_disk_stops_all_writes_into_the_slice(devices, resnet18, tmp_path) -> None:
+    """A CPU device reads the file straight into its arena: once evicted, the slice must be left alone."""
+    path, empty = _disk_image(tmp_path, resnet18)
+    try:
+        dev = devices[0]
+        _prepare(dev, empty)
+        dev.executor.load(1, msgspec.convert({"model_id": "r18", "offset": 0, "fill_from": str(path)}, Load))
+        swap = dev.executor.resident["r18"].swap
+        assert dev.executor.evict(Evict(model_id="r18")) == Evicted(evicted=True)
+        assert swap.fill is not None and swap.fill.finished.is_set()
+        arena = dev.backend.arena[: resnet18.nbytes]
+        arena.zero_()  # the next model's bytes, say
+        time.sleep(0.2)
+        assert not arena.any(), "the reader wrote into the slice after the eviction"
+        assert swap.done.is_set() and "r18" not in dev.executor.resident
     finally:
         empty.unlink()
 
