@@ -116,9 +116,12 @@ def ready_body(cfg: WorkerConfig, backend: Any) -> Ready:
 
 def _read(conn: Connection, executor: Any, work: queue.SimpleQueue[Frame | None]) -> None:
     """Reads frames; answers STATS at once (so a busy device still reports), queues the rest."""
+    # Buffered: a small frame's length, header and tensors come from one recv, not four;
+    # a large tensor is still received straight into its own buffer.
+    source = conn.sock.makefile("rb", buffering=64 << 10)
     while True:
         try:
-            frame = recv_frame(conn.sock)
+            frame = recv_frame(source)
         except FramingError as exc:
             conn.reply(0, exc)  # framing is lost: no way to resync, so close
             frame = None

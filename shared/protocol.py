@@ -19,6 +19,7 @@ with ERROR; only broken framing (`FramingError`) ends a connection.
 from __future__ import annotations
 
 import enum
+import io
 import socket
 import struct
 from collections.abc import Sequence
@@ -343,12 +344,16 @@ def frame_length(header: bytes) -> int:
     return length
 
 
-def _recv_into(sock: socket.socket, buf: bytearray | memoryview, first: bool = False) -> bool:
-    """Fill `buf` from the socket; False on a clean EOF before the first byte when `first`."""
+Source = socket.socket | io.BufferedReader  # a worker reads through a buffer: one recv for a small frame
+
+
+def _recv_into(src: Source, buf: bytearray | memoryview, first: bool = False) -> bool:
+    """Fill `buf` from the socket (or its buffered reader); False on a clean EOF before the first byte when `first`."""
     view = memoryview(buf)
     got, n = 0, view.nbytes
+    read = src.recv_into if isinstance(src, socket.socket) else src.readinto
     while got < n:
-        k = sock.recv_into(view[got:], n - got)
+        k = read(view[got:])
         if k == 0:
             if got == 0 and first:
                 return False
@@ -357,13 +362,13 @@ def _recv_into(sock: socket.socket, buf: bytearray | memoryview, first: bool = F
     return True
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes | None:
+def recv_exact(sock: Source, n: int) -> bytes | None:
     """Read exactly n bytes; None on a clean EOF before the first byte."""
     buf = bytearray(n)
     return bytes(buf) if _recv_into(sock, buf, first=True) else None
 
 
-def recv_frame(sock: socket.socket) -> Frame | None:
+def recv_frame(sock: Source) -> Frame | None:
     """Blocking read of one frame (worker side); None when the peer closed.
 
     Each buffer is received into its own bytearray: writable, so torch views it as a
@@ -397,7 +402,7 @@ def recv_frame(sock: socket.socket) -> Frame | None:
     return Frame(kind, rid, decode_body(kind, rid, raw), buffers)
 
 
-def _discard(sock: socket.socket, n: int) -> None:
+def _discard(sock: Source, n: int) -> None:
     chunk = bytearray(min(n, 1 << 20))
     while n > 0:
         step = min(n, len(chunk))

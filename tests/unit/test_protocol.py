@@ -157,3 +157,19 @@ def test_errors_cross_the_wire_as_data() -> None:
     assert isinstance(err, InvalidInput) and err.message == "bad shape" and err.status == 400
     assert isinstance(from_wire(WorkerLost("gone").to_wire()), WorkerLost)
     assert isinstance(from_wire("nonsense"), ProtocolError)
+
+
+def test_frames_read_through_a_buffer_as_the_worker_does() -> None:
+    a, b = _pair()
+    with a, b:
+        big = bytes(range(256)) * 1024  # larger than the buffer: received in place
+        data = encode(Stats(), 1) + encode(Stats(), 2, [big]) + encode(Stats(), 3, [b"xy"])
+        # More than a socket buffer holds: send from another thread.
+        sender = threading.Thread(target=lambda: (a.sendall(data), a.shutdown(socket.SHUT_WR)))
+        sender.start()
+        source = b.makefile("rb", buffering=64 << 10)
+        frames = [recv_frame(source) for _ in range(4)]
+        sender.join()
+    assert [f.rid for f in frames if f is not None] == [1, 2, 3] and frames[3] is None
+    assert frames[1] is not None and frames[1].buffers == [bytearray(big)]
+    assert frames[2] is not None and frames[2].buffers == [bytearray(b"xy")]
