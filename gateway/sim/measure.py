@@ -41,7 +41,7 @@ def _measure_cpu(
 ) -> HardwareProfile:
     from gpuworker.bench_swap import Bench
 
-    bench = Bench(max(512 << 20, memory // 4), threads, 2 << 20)
+    bench = Bench.cpu(max(512 << 20, memory // 4), threads, 2 << 20)
     measured: dict[str, ModelProfile] = {}
     bandwidths, overlaps, slowdowns = [], [], []
     try:
