@@ -126,18 +126,6 @@ def packing_order(gm: torch.fx.GraphModule) -> list[tuple[str, torch.Tensor]]:
     return [(n, tensors[n]) for n in first_use_order(gm)]
 
 
-def bind(gm: torch.fx.GraphModule, tensors: dict[str, torch.Tensor]) -> None:
-    """Point the program's state at `tensors` (views into an arena, or meta tensors)."""
-    for name, value in tensors.items():
-        mod, leaf = owner(gm, name)
-        if leaf in mod._parameters:
-            mod._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
-        elif leaf in mod._buffers:
-            mod._buffers[leaf] = value
-        else:
-            setattr(mod, leaf, value)
-
-
 def _spec_from_value(name: str, value: Any) -> TensorSpec:
     if not isinstance(value, torch.Tensor):
         raise InvalidInput(f"tensor {name!r} of the program is not a tensor ({type(value).__name__})")
