@@ -27,7 +27,7 @@ class FunctionInfo:
 @dataclass(frozen=True)
 class Policy:
     name: str
-    slo_order: bool = True  # RRC classes + earliest deadline; else FIFO by arrival
+    slo_order: bool = True  # by urgency (see `order`); else FIFO by arrival
     peer_copy: bool = True
     neighbour_aware: bool = True
     smart_eviction: bool = True  # light and duplicate first; else plain LRU
@@ -38,6 +38,16 @@ class Policy:
     wait_for_warm: bool = True  # rather wait for a busy device holding the model when that is sooner
     defer_late: bool = True  # requests that can no longer meet their deadline go after those that can
     give_up: float = 50.0  # RRC above which a function is served after all others
+    # "budget": earliest deadline first, a function with misses to spare in its SLO window
+    # yielding `spare_ms`; "rrc": Torpor's two classes split at a tuned RRC threshold.
+    order: str = "budget"
+    spare_ms: float = 40.0
+    prefetch: bool = True  # a busy device's idle copy engine loads a waiting request's model ahead
+    # What a duplicate replica may evict: "light" models and other duplicates only, or "never"
+    # another model's only copy (Torpor §5.4's one replica per model when memory is full).
+    duplicates: str = "light"
+    warm_first: bool = True  # a freeing device serves what only it holds warm if the head can wait
+    segregate: bool = True  # large models from the top of the arena, small ones from the bottom
 
 
 POLICIES = {
@@ -53,6 +63,9 @@ POLICIES = {
         drop_late=False,
         wait_for_warm=False,
         defer_late=False,
+        prefetch=False,
+        warm_first=False,
+        segregate=False,
     ),
     "native": Policy(
         "native",
@@ -65,6 +78,9 @@ POLICIES = {
         static=True,
         wait_for_warm=False,
         defer_late=False,
+        prefetch=False,
+        warm_first=False,
+        segregate=False,
     ),
 }
 
@@ -97,6 +113,19 @@ class Run:
 
 
 @dataclass(frozen=True)
+class Prefetch:
+    """Copy a waiting request's model onto a busy device while it executes another (its copy engine
+    is idle), after evicting `evict`; the request itself is placed later, wherever is best then."""
+
+    device: int
+    function: str
+    model_id: str
+    evict: tuple[str, ...]
+    load: Load
+    predicted_ms: float = 0.0  # transfer time the cost model expects
+
+
+@dataclass(frozen=True)
 class Evict:
     device: int
     model_id: str
@@ -108,4 +137,4 @@ class Reject:
     reason: str  # "removed", "late" or "no device"
 
 
-Decision = Run | Evict | Reject
+Decision = Run | Prefetch | Evict | Reject

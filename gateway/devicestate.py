@@ -21,6 +21,21 @@ class Resident:
 
 
 @dataclass
+class Transfer:
+    """A prefetch: a model copied onto a device by its copy engine while the device runs something else."""
+
+    function: str
+    model_id: str
+    peer: int | None
+    started: float
+    predicted_ms: float
+
+    @property
+    def ends(self) -> float:
+        return self.started + self.predicted_ms / 1e3
+
+
+@dataclass
 class DeviceState:
     index: int
     layout: ArenaLayout
@@ -28,6 +43,7 @@ class DeviceState:
     running: Run | None = None
     started: float = 0.0
     online: bool = True
+    prefetch: Transfer | None = None  # the copy engine's own transfer, if any
 
     @property
     def idle(self) -> bool:
@@ -35,8 +51,23 @@ class DeviceState:
 
     @property
     def swapping(self) -> bool:
+        """Its copy engine is busy: a swap-in for the running request, or a prefetch."""
+        if self.prefetch is not None:
+            return True
         run = self.running
         return run is not None and run.load is not None and self.resident[run.model_id].loading
+
+    def transfer_function(self) -> str | None:
+        """The function whose model the copy engine is bringing in, if any."""
+        if self.prefetch is not None:
+            return self.prefetch.function
+        return self.running.function if self.swapping and self.running is not None else None
+
+    def transfer_peer(self) -> int | None:
+        if self.prefetch is not None:
+            return self.prefetch.peer
+        run = self.running
+        return run.load.peer if run is not None and run.load is not None else None
 
     def in_use(self) -> set[str]:
         """Models that must not be evicted: executing, loading, or a peer is copying them."""

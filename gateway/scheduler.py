@@ -39,16 +39,18 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from gateway import urgency
 from gateway.costmodel import CostModel, ExecProfile, Topology
-from gateway.decisions import POLICIES, Decision, Evict, FunctionInfo, Load, Policy, Reject, Run
-from gateway.devicestate import DeviceState, FunctionState, Plan, Resident, Waiting
+from gateway.decisions import POLICIES, Decision, Evict, FunctionInfo, Load, Policy, Prefetch, Reject, Run
+from gateway.devicestate import DeviceState, FunctionState, Plan, Resident, Transfer, Waiting
 from gateway.eviction import cheapest_window
 from gateway.slo import PriorityTuner, SloWindow
-from shared.arena import ArenaLayout
+from shared.arena import ArenaLayout, align_up
 
+LARGE_SHARE = 32  # a model of at least 1/32 of a device's memory is "large": placed from the arena's top
 WAITING_PRICE = 1e6  # eviction price of the only copy of a model with requests waiting: last resort
 
-__all__ = ["POLICIES", "Decision", "Evict", "FunctionInfo", "Load", "Policy", "Reject", "Run", "Scheduler"]
+__all__ = ["POLICIES", "Decision", "Evict", "FunctionInfo", "Load", "Policy", "Prefetch", "Reject", "Run", "Scheduler"]
 
 
 class Scheduler:
@@ -58,7 +60,8 @@ class Scheduler:
         clock: Callable[[], float],
         policy: str | Policy = "torpor",
         seed: int = 0,
-        window_s: float = 60.0,
+        window_s: float = 600.0,
+        preload: bool = True,
     ) -> None:
         self.topology = topology if isinstance(topology, Topology) else Topology.flat(topology)
         self.cost = CostModel(self.topology)
@@ -73,6 +76,17 @@ class Scheduler:
         self._rng = random.Random(seed)
         self._inflight: dict[int, list[Waiting]] = {}  # per device, for latencies at finish
         self._pinned: set[int] = set()  # devices whose running copy pins its peer source
+        self._copies: dict[str, int] = {}  # model -> devices holding it (loaded or loading)
+        # Victims per (device, bytes) within one dispatch pass: many functions share a model size,
+        # and nothing on a device changes between two of its plans until a decision is committed.
+        self._victim_cache: dict[tuple[int, int], list[str] | None] = {}
+        self._transfer_cache: dict[tuple[int, int], float] = {}  # (bytes, device) -> unshared host copy ms
+        self._reswap_cache: dict[tuple[str, int], float] = {}  # (model, device) -> _reswap_ms, until re-profiled
+        # Functions whose model no device holds, in deploy order, and whether some device may
+        # have room for one: free device memory is filled with them ahead of their requests.
+        self._unplaced: dict[str, None] = {}
+        self._room = False
+        self.preload = preload and self.policy.prefetch
 
     def __repr__(self) -> str:
         busy = sum(d.running is not None for d in self.devices)
@@ -92,7 +106,14 @@ class Scheduler:
         self._by_model[info.model_id] = state
         if self.policy.static:
             self._assign_home(state)
+            return []
+        self._unplaced[info.name] = None
+        self._room = True  # filled at the next dispatch (settle() asks for one), once its tier is known
         return []
+
+    def settle(self) -> list[Decision]:
+        """What to do with no event to answer: fill free device memory with deployed models."""
+        return self._dispatch()
 
     def function_removed(self, name: str, reason: str = "removed") -> list[Decision]:
         """`reason`: what its waiting requests are rejected with ("removed", or "unloaded")."""
@@ -100,6 +121,8 @@ class Scheduler:
         if state is None:
             return []
         self._pending.discard(name)
+        self._unplaced.pop(name, None)
+        self._room = True
         self._by_model.pop(state.info.model_id, None)
         decisions: list[Decision] = [Reject(w.rid, reason) for w in state.queue]
         model = state.info.model_id
@@ -154,9 +177,7 @@ class Scheduler:
     def host_pinned(self) -> set[str]:
         """Functions whose host image a device is copying from (or filling) right now."""
         return {
-            d.running.function
-            for d in self.devices
-            if d.running is not None and d.running.load is not None and d.running.load.peer is None and d.swapping
+            f for d in self.devices if (f := d.transfer_function()) is not None and d.transfer_peer() is None
         }
 
     def swap_done(self, device: int, ok: bool = True) -> list[Decision]:
@@ -171,6 +192,29 @@ class Scheduler:
         if run is not None and run.load is not None and run.load.fill:
             decisions = self._filled(run.function, ok)
         return decisions
+
+    def prefetched(self, device: int, ok: bool = True) -> list[Decision]:
+        """The device's prefetch ended: the model is wholly on it (or, failed, not at all)."""
+        d = self.devices[device]
+        t, d.prefetch = d.prefetch, None
+        if t is None:
+            return self._dispatch()
+        decisions: list[Decision] = []
+        self._release_source(t.peer, t.model_id)
+        r = d.resident.get(t.model_id)
+        running = d.running is not None and d.running.model_id == t.model_id
+        state = self.functions.get(t.function)
+        if r is None:
+            pass
+        elif not ok:
+            self._drop(d, t.model_id)  # the worker has let go of the slice; a run on it fails with the swap
+            self._room = True
+        elif state is not None and state.info.model_id == t.model_id:
+            r.loading = False
+        elif not running:  # removed while it was copied in (if it runs, finished() evicts it)
+            self._drop(d, t.model_id)
+            decisions.append(Evict(device, t.model_id))
+        return decisions + self._dispatch()
 
     def _filled(self, function: str, ok: bool) -> list[Decision]:
         """A fill from disk ended: the image is in host memory now, or (failed) still only on disk."""
@@ -195,6 +239,7 @@ class Scheduler:
             decisions += self._filled(run.function, loaded_ok)  # if swap_done never came
         if not loaded_ok:
             self._drop(d, run.model_id)
+            self._room = True
         elif run.model_id in d.resident:
             d.resident[run.model_id].loading = False
             d.resident[run.model_id].last_used = now
@@ -212,11 +257,16 @@ class Scheduler:
                 state.slo.record(now, latency)
             if exec_ms is not None and not failed:
                 state.exec.observe(len(run.rids), exec_ms)
+                for e in self.devices:
+                    self._reswap_cache.pop((run.model_id, e.index), None)
         return decisions + self._dispatch()
 
     def device_lost(self, device: int) -> list[Decision]:
         d = self.devices[device]
         run, d.online, d.running = d.running, False, None
+        if d.prefetch is not None:
+            self._release_source(d.prefetch.peer, d.prefetch.model_id)
+            d.prefetch = None
         if run is not None:
             self._unpin(run)
             if run.load is not None and run.load.fill:
@@ -231,6 +281,7 @@ class Scheduler:
 
     def device_added(self, device: int) -> list[Decision]:
         self.devices[device].online = True
+        self._room = True
         if self.policy.static:
             for state in self.functions.values():
                 if state.home is None:
@@ -255,6 +306,7 @@ class Scheduler:
         """What a request arriving now would cost (ms), by the cost model: for reports."""
         state = self.functions[function]
         now = self.clock()
+        self._victim_cache.clear()
         plan = self._plan(state, dry=True)
         if plan is not None:
             wait = 0.0
@@ -278,53 +330,138 @@ class Scheduler:
     # -- policy ----------------------------------------------------------------
     def _dispatch(self) -> list[Decision]:
         decisions: list[Decision] = []
-        if self.policy.slo_order:
+        if self.policy.slo_order and self.policy.order == "rrc":
             now = self.clock()
             if self.tuner.due(now):
                 self.tuner.tune(now, sum(s.slo.meeting(now) for s in self.functions.values()))
+        self._victim_cache.clear()
         while self._pending and any(d.idle for d in self.devices):
             placed = False
-            for name in self._order():
-                out = self._serve(self.functions[name])
+            order = self._order()
+            for i, name in enumerate(order):
+                state = self.functions[name]
+                plan = self._plan(state)
+                if plan is None:
+                    continue
+                if self.policy.warm_first:
+                    other = urgency.warm_elsewhere(self, state, plan, order[i + 1 :])
+                    if other is not None:
+                        state = self.functions[other]
+                        plan = self._plan(state)
+                        assert plan is not None
+                out = self._serve(state, plan)
                 decisions.extend(out)
                 if out and isinstance(out[-1], Run):
                     placed = True
                     break
             if not placed:
                 break
+        if self.policy.prefetch and self._pending:
+            decisions.extend(self._prefetch())
+        elif self.preload and self._room:
+            decisions.extend(self._preload())
         return decisions
 
-    def _order(self) -> list[str]:
-        """Functions with requests waiting, the most urgent first."""
-        if not self.policy.slo_order:
-            return sorted(self._pending, key=lambda n: (self.functions[n].queue[0].arrived, n))
-        now, threshold = self.clock(), self.tuner.threshold
+    def _preload(self) -> list[Decision]:
+        """Nothing waits: fill free device memory with models no device holds, in deploy order.
 
-        def urgency(name: str) -> tuple[bool, int, float, str]:
+        Only room that is free now is used (nothing is evicted for a model nobody asked for),
+        one copy per idle copy engine; a function deployed while there is room is then warm
+        from its first request.
+        """
+        holes = {d.index: d.layout.largest_hole() for d in self.devices if d.online}
+        engines = {d.index for d in self.devices if d.online and not d.swapping}
+        decisions: list[Decision] = []
+        later = False  # a model fits a device whose copy engine is busy now
+        for name in list(self._unplaced):
+            if not engines:
+                later = True
+                break
             state = self.functions[name]
-            # Under overload, a function whose next request can no longer make its deadline
-            # goes after every one whose next request still can: served first, it would make
-            # those late too.
-            hopeless = self.policy.defer_late and now + state.exec.at(1) / 1e3 > state.queue[0].deadline
-            rrc = state.slo.rrc(now)
-            # Behind its SLO but within reach first; then those meeting it; a function too far
-            # behind to catch up (RRC above give_up) last, so misses gather on few functions.
-            tier = 2 if rrc > self.policy.give_up else 0 if rrc > threshold else 1
-            return (hopeless, tier, state.queue[0].deadline, name)
+            need = align_up(state.info.nbytes)
+            fits = [i for i, hole in holes.items() if hole >= need and state.host_tier == "host"]
+            now = [i for i in fits if i in engines]
+            if now:
+                i = max(now, key=lambda i: (holes[i], -i))
+                decisions.append(self._start_prefetch(self.devices[i], state, []))
+                engines.discard(i)
+                holes[i] = self.devices[i].layout.largest_hole()
+            later = later or len(fits) > len(now)
+        self._room = bool(decisions) or later  # else nothing fits: look again once memory is freed
+        return decisions
 
-        return sorted(self._pending, key=urgency)
+    def _prefetch(self) -> list[Decision]:
+        """Give busy devices' idle copy engines the models of the most urgent waiting requests.
 
-    def _serve(self, state: FunctionState) -> list[Decision]:
-        """Place the function's next request(s), or drop the ones that can no longer make it."""
-        plan = self._plan(state)
-        if plan is None:
+        Only a model held by no device is fetched (a resident one is waited for or copied
+        from its holder), onto the busy device expected to finish first; the request is not
+        bound to it: when a device frees, it is placed as usual, and this device is then a
+        warm one (or one whose copy is under way).
+        """
+        engines = [d for d in self.devices if d.online and d.running is not None and not d.swapping]
+        if not engines:
             return []
+        decisions: list[Decision] = []
+        engines.sort(key=lambda d: (self._remaining_ms(d), d.index))
+        now = self.clock()
+        for name in self._order():
+            state = self.functions[name]
+            model = state.info.model_id
+            if self._copies.get(model) or state.host_tier != "host":
+                continue  # resident somewhere already; disk-tier images take the request's own path
+            if self.policy.defer_late and now + state.exec.at(1) / 1e3 > state.queue[0].deadline:
+                break  # the rest of the order cannot make their deadlines either: keep the memory
+            for d in engines:
+                victims = self._victims(d, state)
+                if victims is None or any(self._waited_for(v) for v in victims):
+                    continue  # never evict ahead of time a model whose requests wait for it
+                decisions.append(self._start_prefetch(d, state, victims))
+                engines.remove(d)
+                break
+            if not engines:
+                break
+        return decisions
+
+    def _costly(self, model_id: str) -> bool:
+        """Whether evicting this (only) copy is too costly for a duplicate of another model."""
+        if self.policy.duplicates == "never":
+            return True
+        owner = self._by_model.get(model_id)
+        return owner is not None and owner.info.heavy
+
+    def _large(self, d: DeviceState, nbytes: int) -> bool:
+        """Placed from the top of the arena (see ArenaLayout.allocate)."""
+        return self.policy.segregate and nbytes >= d.layout.capacity // LARGE_SHARE
+
+    def _waited_for(self, model_id: str) -> bool:
+        """The only copy of a model whose function has requests waiting."""
+        owner = self._by_model.get(model_id)
+        return owner is not None and bool(owner.queue) and self._copies.get(model_id, 0) <= 1
+
+    def _start_prefetch(self, d: DeviceState, state: FunctionState, victims: list[str]) -> Prefetch:
+        info, now = state.info, self.clock()
+        for v in victims:
+            self._drop(d, v)
+        s = d.layout.allocate(info.nbytes, self._large(d, info.nbytes))
+        assert s is not None, "victims were chosen to make room"
+        self._add(d, Resident(info.model_id, s, now, loading=True))
+        ms = self._host_ms(state, d.index)
+        d.prefetch = Transfer(info.name, info.model_id, None, now, ms)
+        self._victim_cache.clear()
+        return Prefetch(d.index, info.name, info.model_id, tuple(victims), Load(s), ms)
+
+    def _order(self) -> list[str]:
+        return urgency.order(self)
+
+    def _serve(self, state: FunctionState, plan: Plan) -> list[Decision]:
+        """Place the function's next request(s), or drop the ones that can no longer make it."""
         now = self.clock()
         decisions: list[Decision] = []
         queue = state.queue
         if self.policy.drop_late and state.info.drop_late:
             service1 = self._service_ms(state, plan, 1)
             while queue and now + service1 / 1e3 > queue[0].deadline:
+                self._victim_cache.clear()  # an emptied queue changes its model's eviction price
                 w = queue.popleft()
                 state.slo.record(now, None)
                 decisions.append(Reject(w.rid, "late"))
@@ -361,6 +498,11 @@ class Scheduler:
         warm = [d for d in idle if model in d.resident and not d.resident[model].loading]
         if warm:
             return Plan(min(warm, key=lambda d: (self._interfered(d), d.index)), [], 0.0, None, False)
+        fetched = next((d for d in idle if d.prefetch is not None and d.prefetch.model_id == model), None)
+        if fetched is not None:  # its copy engine is bringing the model in: run as the groups land
+            remaining = max(0.0, (fetched.prefetch.ends - self.clock()) * 1e3)  # type: ignore[union-attr]
+            return Plan(fetched, [], remaining, None, False)
+        idle = [d for d in idle if d.prefetch is None]  # a copy engine busy with another model
         sources = [
             d for d in self.devices if d.online and model in d.resident and not d.resident[model].loading
         ] * self.policy.peer_copy
@@ -392,15 +534,22 @@ class Scheduler:
         if self.policy.wait_for_warm and not dry:
             # A busy device that holds the model may finish sooner than a copy would: then
             # the request waits for it, and no other model is evicted for a duplicate.
-            wait = min((self._remaining_ms(d) for d in sources if not d.idle), default=None)
+            waits = [self._remaining_ms(d) for d in sources if not d.idle]
+            waits += [
+                max(self._remaining_ms(d), (d.prefetch.ends - self.clock()) * 1e3)
+                for d in self.devices
+                if d.prefetch is not None and d.prefetch.model_id == model and not d.idle
+            ]
+            wait = min(waits, default=None)
             if wait is not None:
                 exec_ms = state.exec.at(1)
                 moved = self.cost.service_ms(plan.transfer_ms, exec_ms)
                 if wait + exec_ms <= moved:
                     return None
-                # At most one replica of a model when memory is full (Torpor §5.4): a duplicate
-                # that evicts another model's only copy costs that model a swap later.
-                if any(len(self.residency(v)) <= 1 for v in plan.victims):
+                # A duplicate that evicts another model's only copy costs that model a swap later:
+                # only a light one's (its swap hides behind its execution), or none at all ("never",
+                # Torpor §5.4's one replica per model when memory is full).
+                if any(self._copies.get(v, 0) <= 1 and self._costly(v) for v in plan.victims):
                     return None
         return plan
 
@@ -416,9 +565,9 @@ class Scheduler:
             return 0
         rank = 0
         for n in self.topology.neighbours(d.index):
-            other = self.devices[n]
-            if other.swapping and other.running is not None:
-                state = self.functions.get(other.running.function)
+            function = self.devices[n].transfer_function()
+            if function is not None:
+                state = self.functions.get(function)
                 rank = max(rank, 2 if state is None or state.info.heavy else 1)
         return rank
 
@@ -428,10 +577,11 @@ class Scheduler:
     def _active_transfers(self) -> dict[int, int]:
         active: dict[int, int] = {}
         for d in self.devices:
-            if d.swapping and d.running is not None and d.running.load is not None:
+            if d.swapping:
                 switches = {self.topology.switches[d.index]}
-                if d.running.load.peer is not None:
-                    switches.add(self.topology.switches[d.running.load.peer])
+                peer = d.transfer_peer()
+                if peer is not None:
+                    switches.add(self.topology.switches[peer])
                 for s in switches:
                     active[s] = active.get(s, 0) + 1
         return active
@@ -461,28 +611,40 @@ class Scheduler:
         copy of a model with requests waiting. Ties go to the least recently used; under
         plain LRU every model is free and only recency counts.
         """
+        key = (d.index, state.info.nbytes)
+        if key in self._victim_cache:
+            return self._victim_cache[key]
         smart = self.policy.smart_eviction
+        by_model, copies, reswap = self._by_model, self._copies, self._reswap_cache
 
         def price(r: Resident) -> tuple[float, float]:
-            owner = self._by_model.get(r.model_id)
-            replicas = len(self.residency(r.model_id))
+            model = r.model_id
+            owner = by_model.get(model)
+            replicas = copies.get(model, 0)
             cheap = replicas > 1 or (owner is not None and not owner.info.heavy) or not smart
-            p = 0.0 if cheap else self._reswap_ms(owner, d)
+            p = 0.0 if cheap else reswap.get((model, d.index)) or self._reswap_ms(owner, d)
             if owner is not None and owner.queue and replicas <= 1:
                 # Its waiting requests would be served here: evicted last, but evictable, or
                 # under overload every resident model has requests waiting and nothing can move.
                 p += WAITING_PRICE
             return (p, r.last_used)
 
-        return cheapest_window(d, state.info.nbytes, price, recency_of_all=not smart)
+        victims = self._victim_cache[key] = cheapest_window(d, state.info.nbytes, price, recency_of_all=not smart)
+        return victims
 
     def _reswap_ms(self, owner: FunctionState | None, d: DeviceState) -> float:
         """What swapping a heavy sole copy back in later costs its requests beyond execution (ms)."""
         if owner is None:
             return 0.0
         exec_ms = owner.exec.at(1)
-        transfer = self.cost.transfer_ms(owner.info.nbytes, d.index, None, {})
-        return max(1e-3, self.cost.service_ms(transfer, exec_ms) - exec_ms)
+        key = (owner.info.nbytes, d.index)
+        transfer = self._transfer_cache.get(key)
+        if transfer is None:
+            transfer = self._transfer_cache[key] = self.cost.transfer_ms(owner.info.nbytes, d.index, None, {})
+        ms = self._reswap_cache[(owner.info.model_id, d.index)] = max(
+            1e-3, self.cost.service_ms(transfer, exec_ms) - exec_ms
+        )
+        return ms
 
     def _commit(self, state: FunctionState, plan: Plan, batch: list[Waiting]) -> Run:
         d, info = plan.device, state.info
@@ -494,9 +656,9 @@ class Scheduler:
         elif plan.cold:
             for v in plan.victims:
                 self._drop(d, v)
-            s = d.layout.allocate(info.nbytes)
+            s = d.layout.allocate(info.nbytes, self._large(d, info.nbytes))
             assert s is not None, "victims were chosen to make room"
-            d.resident[info.model_id] = Resident(info.model_id, s, now, loading=True)
+            self._add(d, Resident(info.model_id, s, now, loading=True))
             load = Load(s, fill=plan.source is None and state.host_tier == "disk")
             if plan.source is not None:
                 src = self.devices[plan.source].resident[info.model_id]
@@ -516,6 +678,7 @@ class Scheduler:
         )
         d.running, d.started = run, now
         self._inflight[d.index] = batch
+        self._victim_cache.clear()
         return run
 
     def _assign_home(self, state: FunctionState) -> None:
@@ -526,7 +689,7 @@ class Scheduler:
         d = max(fits, key=lambda d: (d.layout.largest_hole(), -d.index))
         s = d.layout.allocate(state.info.nbytes)
         assert s is not None
-        d.resident[state.info.model_id] = Resident(state.info.model_id, s, self.clock(), loading=True)
+        self._add(d, Resident(state.info.model_id, s, self.clock(), loading=True))
         state.home = d.index
 
     def _reserved_only(self, d: DeviceState, model_id: str) -> bool:
@@ -541,7 +704,28 @@ class Scheduler:
             if src is not None:
                 src.pins -= 1
 
+    def _release_source(self, peer: int | None, model_id: str) -> None:
+        if peer is not None:
+            src = self.devices[peer].resident.get(model_id)
+            if src is not None:
+                src.pins -= 1
+
+    def _add(self, d: DeviceState, r: Resident) -> None:
+        d.resident[r.model_id] = r
+        self._copies[r.model_id] = self._copies.get(r.model_id, 0) + 1
+        owner = self._by_model.get(r.model_id)
+        if owner is not None:
+            self._unplaced.pop(owner.info.name, None)
+
     def _drop(self, d: DeviceState, model_id: str) -> None:
         r = d.resident.pop(model_id, None)
         if r is not None:
             d.layout.release(r.slice)
+            left = self._copies[model_id] - 1
+            if left:
+                self._copies[model_id] = left
+            else:
+                del self._copies[model_id]
+                owner = self._by_model.get(model_id)
+                if owner is not None:
+                    self._unplaced[owner.info.name] = None

@@ -50,6 +50,11 @@ class SloWindow:
         p = self.percentile
         return (p * len(self.outcomes) - self.on_time) / (1 - p)
 
+    def spare(self, now: float) -> float:
+        """How many more misses the window could take and still meet the percentile (negative: behind)."""
+        self._expire(now)
+        return self.on_time / self.percentile - len(self.outcomes)
+
     def meeting(self, now: float) -> bool:
         """Within its SLO over the window (a function with no traffic is)."""
         return self.rrc(now) <= 0

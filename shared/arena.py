@@ -61,11 +61,15 @@ class ArenaLayout:
     def fits(self, nbytes: int) -> bool:
         return self.largest_hole() >= align_up(nbytes)
 
-    def allocate(self, nbytes: int) -> Slice | None:
+    def allocate(self, nbytes: int, high: bool = False) -> Slice | None:
+        """First fit from the bottom, or with `high` from the top (the end of the highest hole that
+        fits): large models kept at one end and small ones at the other do not interleave, so
+        making room for a large one rarely means evicting another large one."""
         size = align_up(nbytes)
-        for hole in self.holes():
+        holes = self.holes()
+        for hole in reversed(holes) if high else holes:
             if hole.size >= size:
-                s = Slice(hole.offset, size)
+                s = Slice(hole.end - size if high else hole.offset, size)
                 bisect.insort(self._taken, s, key=lambda x: x.offset)
                 return s
         return None

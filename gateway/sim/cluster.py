@@ -80,7 +80,9 @@ class ClusterSimulation:
         self.profile, self.policy, self.functions, self.knobs = profile, policy, functions, knobs
         self.now = 0.0
         self.names = [f"n{k}" for k in range(nodes)]
-        self.nodes = [NodeSimulation(profile, policy, functions, seed=seed + k) for k in range(nodes)]
+        # Placement across nodes is the cluster policy's: a node does not fill its devices with
+        # functions it was not given.
+        self.nodes = [NodeSimulation(profile, policy, functions, seed=seed + k, preload=False) for k in range(nodes)]
         pk = Knobs(
             hop_ms=knobs.hop_ms,
             host_to_device_bytes_per_s=profile.topology.host_bandwidth,

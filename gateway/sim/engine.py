@@ -31,11 +31,11 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from gateway.costmodel import CostModel, ExecProfile
-from gateway.scheduler import Evict, FunctionInfo, Reject, Run, Scheduler
+from gateway.costmodel import CostModel, ExecProfile, pipelined
+from gateway.scheduler import Evict, FunctionInfo, Prefetch, Reject, Run, Scheduler
 from gateway.sim.profile import HardwareProfile, ModelProfile
 
-ARRIVE, SWAP_DONE, FINISH = 0, 1, 2
+ARRIVE, SWAP_DONE, FINISH, PREFETCH_DONE = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -96,18 +96,22 @@ class _Started:
 
 
 class Simulation:
-    def __init__(self, profile: HardwareProfile, policy: str, functions: list[SimFunction], seed: int = 0) -> None:
+    def __init__(
+        self, profile: HardwareProfile, policy: str, functions: list[SimFunction], seed: int = 0, preload: bool = True
+    ) -> None:
         self.profile = profile
         self.policy = policy
         self.functions = functions
         self.now = 0.0
-        self.scheduler = Scheduler(profile.topology, lambda: self.now, policy, seed=seed)
+        self.offset = 0.0  # when the trace began: after the deploy phase
+        self.scheduler = Scheduler(profile.topology, lambda: self.now, policy, seed=seed, preload=preload)
         self.cost = CostModel(profile.topology)
         self._rng = random.Random(seed + 1)
         self._events: list[tuple[float, int, int, int]] = []  # (time, seq, kind, device)
         self._seq = itertools.count()
         self._running: dict[int, _Started] = {}
         self._transferring: dict[int, tuple[set[int], ModelProfile]] = {}  # device -> (switches, model)
+        self._prefetching: dict[int, tuple[str, float]] = {}  # device -> (model id, when its copy ends)
         self._arrival: dict[int, tuple[int, float, bool]] = {}  # rid -> (function index, time, a device idle)
         self.devices = [DeviceTally() for _ in range(profile.devices)]
         self.tallies = [FunctionTally() for _ in functions]
@@ -118,7 +122,7 @@ class Simulation:
         overhead = profile.native_overhead if policy == "native" else 0
         for f in functions:
             m = f.model
-            self.scheduler.function_added(
+            deployed = self.scheduler.function_added(
                 FunctionInfo(
                     f.name,
                     f"{f.name}@1",
@@ -132,18 +136,29 @@ class Simulation:
                     heavy=m.heavy,
                 )
             )
+            self._apply(deployed)
+        self._apply(self.scheduler.settle())
 
     def run(self, arrivals: Iterable[tuple[float, int]], horizon_s: float = 300.0) -> Simulation:
-        """Feed (time s, function index) arrivals in time order; run until all is served."""
+        """Feed (time s, function index) arrivals in time order; run until all is served.
+
+        The functions were deployed before the trace starts, as on a live server: the models
+        the devices had room for are copied in first (the deploy phase), then the trace's
+        time 0 begins.
+        """
         rid = itertools.count(1)
+        while self._events:
+            self._step()
+        self.offset = start = self.now
         for t, fi in arrivals:
+            t += start
             while self._events and self._events[0][0] <= t:
                 self._step()
             self.now = t
             r = next(rid)
             self._arrival[r] = (fi, t, any(d.idle for d in self.scheduler.devices))
             self._apply(self.scheduler.arrived(r, self.functions[fi].name))
-        self.end = self.now
+        self.end = self.now - start
         stop = self.now + horizon_s
         while self._events and self._events[0][0] <= stop:
             self._step()
@@ -151,7 +166,7 @@ class Simulation:
             self.tallies[fi].dropped += 1
             self.tallies[fi].miss("dropped")
         self._arrival.clear()
-        self.end = max(self.end, self.now)
+        self.end = max(self.end, self.now - start)
         return self
 
     # -- internals ---------------------------------------------------------------
@@ -161,6 +176,11 @@ class Simulation:
         if kind == SWAP_DONE:
             self._transferring.pop(device, None)
             self._apply(self.scheduler.swap_done(device))
+            return
+        if kind == PREFETCH_DONE:
+            self._transferring.pop(device, None)
+            self._prefetching.pop(device, None)
+            self._apply(self.scheduler.prefetched(device))
             return
         started = self._running.pop(device)
         fn_index = self._index[started.run.function]
@@ -179,6 +199,8 @@ class Simulation:
         for d in decisions:
             if isinstance(d, Run):
                 self._start(d)
+            elif isinstance(d, Prefetch):
+                self._start_prefetch(d)
             elif isinstance(d, Evict):
                 self.devices[d.device].evictions += 1
             elif isinstance(d, Reject):
@@ -199,28 +221,12 @@ class Simulation:
         tally = self.devices[run.device]
         tally.evictions += len(run.evict)
         transfer_ms, slow = 0.0, 1.0
+        ahead_ms = 0.0  # the part of a prefetch still under way when the run starts
         if run.load is not None:
-            active: dict[int, int] = {}
-            for switches, _ in [] if pairs else self._transferring.values():
-                for s in switches:
-                    active[s] = active.get(s, 0) + 1
-            transfer_ms = self.cost.transfer_ms(m.nbytes, run.device, run.load.peer, active)
-            kind = "host" if run.load.peer is None else "peer"
-            tally.swaps[kind] += 1
-            tally.swap_bytes[kind] += m.nbytes
-            self.tallies[fi].swaps[kind] += 1
-            through = {topo.switches[run.device]}
-            if run.load.peer is not None:
-                if topo.direct(run.device, run.load.peer):
-                    through = set()
-                else:
-                    through.add(topo.switches[run.load.peer])
-            if pairs and through:
-                for n in topo.neighbours(run.device):
-                    if n in self._transferring and self._transferring[n][0]:
-                        slow = max(slow, self.profile.slowdown(m, self._transferring[n][1]))
-            self._transferring[run.device] = (through, m)
+            transfer_ms, slow = self._transfer(run.device, run.load.peer, fi)
             self._push(self.now + slow * transfer_ms / 1e3, SWAP_DONE, run.device)
+        elif run.device in self._prefetching and self._prefetching[run.device][0] == run.model_id:
+            ahead_ms = max(0.0, (self._prefetching[run.device][1] - self.now) * 1e3)
         m1 = self._exec1(m)
         exec_ms = ExecProfile(m1, m.batch_exec_ms, m.max_batch).at(len(run.rids))
         swapping_near = any(n in self._transferring for n in topo.neighbours(run.device))
@@ -229,6 +235,8 @@ class Simulation:
         if self.profile.exec_jitter:
             exec_ms *= math.exp(self._rng.gauss(0, self.profile.exec_jitter))
         alone_ms = self.cost.service_ms(transfer_ms, exec_ms)
+        if ahead_ms:  # execution waits for the groups the prefetch has not brought in yet
+            alone_ms = pipelined(ahead_ms, exec_ms, topo.pipeline_overlap)
         total_ms = alone_ms * slow
         tally.busy_s += total_ms / 1e3
         tally.runs += 1
@@ -236,6 +244,43 @@ class Simulation:
         hot = run.load is not None and self.now - self.tallies[fi].last_served < HOT_S
         self._running[run.device] = _Started(run, exec_ms, waits, total_ms - exec_ms, total_ms - alone_ms, hot)
         self._push(self.now + total_ms / 1e3, FINISH, run.device)
+
+    def _start_prefetch(self, p: Prefetch) -> None:
+        fi = self._index[p.function]
+        self.devices[p.device].evictions += len(p.evict)
+        transfer_ms, slow = self._transfer(p.device, p.load.peer, fi)
+        end = self.now + (slow * transfer_ms + self.profile.topology.swap_latency_ms) / 1e3
+        self._prefetching[p.device] = (p.model_id, end)
+        self._push(end, PREFETCH_DONE, p.device)
+
+    def _transfer(self, device: int, peer: int | None, fi: int) -> tuple[float, float]:
+        """Start a copy of function `fi`'s model onto `device`: (its time alone in ms, its slowdown)."""
+        topo = self.profile.topology
+        pairs = bool(self.profile.interference_pairs)
+        m = self.functions[fi].model
+        active: dict[int, int] = {}
+        for switches, _ in [] if pairs else self._transferring.values():
+            for s in switches:
+                active[s] = active.get(s, 0) + 1
+        transfer_ms = self.cost.transfer_ms(m.nbytes, device, peer, active)
+        kind = "host" if peer is None else "peer"
+        tally = self.devices[device]
+        tally.swaps[kind] += 1
+        tally.swap_bytes[kind] += m.nbytes
+        self.tallies[fi].swaps[kind] += 1
+        through = {topo.switches[device]}
+        if peer is not None:
+            if topo.direct(device, peer):
+                through = set()
+            else:
+                through.add(topo.switches[peer])
+        slow = 1.0
+        if pairs and through:
+            for n in topo.neighbours(device):
+                if n in self._transferring and self._transferring[n][0]:
+                    slow = max(slow, self.profile.slowdown(m, self._transferring[n][1]))
+        self._transferring[device] = (through, m)
+        return transfer_ms, slow
 
     def _push(self, t: float, kind: int, device: int) -> None:
         heapq.heappush(self._events, (t, next(self._seq), kind, device))

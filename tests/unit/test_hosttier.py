@@ -13,7 +13,7 @@ def runs(decisions: list) -> list[Run]:
 
 
 def _scheduler(exec_ms: float = 5.0) -> Scheduler:
-    s = Scheduler([10 * MB] * 2, Clock())
+    s = Scheduler([10 * MB] * 2, Clock(), preload=False)
     s.function_added(FunctionInfo("a", "a@1", 4 * MB, exec_ms=exec_ms))
     s.host_tier("a", Tier.DISK)
     return s

@@ -24,7 +24,7 @@ def cold_latency_ms(model: str, peer: bool, neighbour: str | None = None) -> flo
     profile = parse({**PAPER, "devices": 2, "switches": [0, 0], "links": PAPER["links"][:1], "exec_jitter": 0})
     names = [model] + ([neighbour] if neighbour else [])
     fns = [SimFunction(f"f{i}", profile.models[m], 10_000) for i, m in enumerate(names)]
-    sim = Simulation(profile, "torpor", fns)
+    sim = Simulation(profile, "torpor", fns, preload=False)  # the model starts in host memory only
     arrivals: list[tuple[float, int]] = []
     if peer:  # make device 1 hold it (one run), then keep device 1 busy so the copy goes to 0
         arrivals = [(0.0, 0), (1.0, 0), (1.0, 0)]
@@ -121,7 +121,7 @@ def test_bad_interference_pairs_are_refused() -> None:
 def test_a_late_request_says_why() -> None:
     profile = load("paper-v100x4")
     f = SimFunction("f", profile.models["bert-qa"], slo_ms=100)  # a cold bert-qa takes ~140 ms
-    sim = Simulation(profile, "torpor", [f]).run([(0.0, 0)])
+    sim = Simulation(profile, "torpor", [f], preload=False).run([(0.0, 0)])  # starts in host memory
     assert sim.tallies[0].late == {"swap": 1}
     s = summarize(sim)
     assert s["late_by_model"] == {"bert-qa": {"swap": 1}} and s["missing_by_model"] == {"bert-qa": 1}

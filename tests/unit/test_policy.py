@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.costmodel import GB, CostModel, ExecProfile, Topology, pipelined
-from gateway.scheduler import Evict, FunctionInfo, Reject, Run, Scheduler
+from gateway.scheduler import Evict, FunctionInfo, Policy, Reject, Run, Scheduler
 from gateway.slo import PriorityTuner, SloWindow
 from tests.unit.clock import Clock
 
@@ -24,7 +24,7 @@ def node(capacity_mb: int = 1000, links: dict | None = None, policy: str = "torp
     """Four devices, two per PCIe switch, like the paper's V100 node."""
     topo = Topology((capacity_mb * MB,) * 4, (0, 0, 1, 1), links=links or {}, interference=1.5)
     clock = Clock()
-    return Scheduler(topo, clock, policy), clock
+    return Scheduler(topo, clock, policy, preload=False), clock
 
 
 def warm(s: Scheduler, name: str, device: int, rid: int) -> None:
@@ -83,7 +83,7 @@ def test_peer_copy_from_a_busy_holder_over_the_fastest_link() -> None:
 
 def test_host_swap_is_used_when_no_peer_link_beats_it() -> None:
     topo = Topology((1000 * MB,) * 2, (0, 1), host_bandwidth=12 * GB, pcie_peer_bandwidth=6 * GB)
-    s = Scheduler(topo, Clock())
+    s = Scheduler(topo, Clock(), preload=False)
     s.function_added(fn("a", 200))
     (r1,) = runs(s.arrived(1, "a"))
     s.swap_done(r1.device)
@@ -102,7 +102,7 @@ def test_idle_device_holding_the_model_wins_over_any_copy() -> None:
 # -- eviction ------------------------------------------------------------------------
 def test_eviction_only_under_pressure_and_light_or_duplicate_first() -> None:
     topo = Topology((300 * MB,), (0,))
-    s = Scheduler(topo, Clock())
+    s = Scheduler(topo, Clock(), preload=False)
     s.function_added(fn("heavy_old", 100, heavy=True))
     s.function_added(fn("light_new", 100, heavy=False))
     s.function_added(fn("c", 100))
@@ -118,16 +118,18 @@ def test_eviction_only_under_pressure_and_light_or_duplicate_first() -> None:
 def test_a_sole_copy_with_requests_waiting_is_evicted_last() -> None:
     topo = Topology((200 * MB,), (0,))
     clock = Clock()
-    s = Scheduler(topo, clock)
-    for name in ("a", "b", "e"):
+    s = Scheduler(topo, clock, preload=False)
+    for name in ("a", "e"):
         s.function_added(fn(name, 100))
+    s.function_added(fn("b", 100, slo_ms=5000))
     for rid, name in enumerate(["b", "a"], 1):  # b is the least recently used
         (r,) = runs(s.arrived(rid, name))
         s.finished(0)
     runs(s.arrived(3, "a"))  # the device runs a
-    s.arrived(4, "e")  # e first: earlier deadline
+    s.arrived(4, "b")  # b waits, its model is here
     clock.t += 0.001
-    s.arrived(5, "b")  # b waits, its model is here
+    s.arrived(5, "e")  # e goes first (earlier deadline); not prefetched: only b's model could make room
+    assert s.devices[0].prefetch is None
     (r,) = runs(s.finished(0))
     assert r.function == "e" and r.evict == ("a@1",), "b is older but has a request waiting"
     s.swap_done(0)
@@ -137,7 +139,7 @@ def test_a_sole_copy_with_requests_waiting_is_evicted_last() -> None:
 
 def test_a_peer_source_is_not_evicted_while_copied_from() -> None:
     topo = Topology((100 * MB, 100 * MB), (0, 1))
-    s = Scheduler(topo, Clock())
+    s = Scheduler(topo, Clock(), preload=False)
     s.function_added(fn("a", 100, exec_ms=1000))  # long runs: copying beats waiting
     s.function_added(fn("b", 100))
     warm(s, "a", 0, 1)
@@ -172,10 +174,38 @@ def test_rrc_formula_and_window() -> None:
     assert w.attainment == pytest.approx(0.8)
 
 
-def test_function_missing_its_slo_within_reach_goes_first_and_one_far_behind_last() -> None:
+def test_budget_order_spares_the_function_that_can_afford_a_miss_and_serves_one_far_behind_last() -> None:
     topo = Topology((1000 * MB,), (0,))
     clock = Clock()
-    s = Scheduler(topo, clock)
+    s = Scheduler(topo, clock, preload=False)
+    for name in ("spare", "tight", "lost", "blocker"):
+        s.function_added(fn(name, 10, slo_ms=1000))
+    rid = iter(range(100, 1000))
+
+    def serve(name: str, late: bool) -> None:
+        runs(s.arrived(next(rid), name))
+        clock.t += 5 if late else 0.01
+        s.finished(0)
+
+    for _ in range(100):  # a hundred on time: two misses to spare at p98
+        serve("spare", late=False)
+    for _ in range(5):
+        serve("lost", late=True)
+    assert s.functions["spare"].slo.spare(clock.t) >= 1 > s.functions["tight"].slo.spare(clock.t)
+    assert s.rrc("lost") > s.policy.give_up
+    runs(s.arrived(1, "blocker"))
+    runs(s.arrived(2, "lost"))  # the oldest request
+    runs(s.arrived(3, "spare"))
+    clock.t += 0.01  # tight's deadline is 10 ms later than spare's: within what spare yields
+    runs(s.arrived(4, "tight"))
+    order = [runs(s.finished(0))[0].function for _ in range(3)]
+    assert order == ["tight", "spare", "lost"], "no misses to spare first, then by deadline, far behind last"
+
+
+def test_rrc_order_serves_a_function_missing_its_slo_within_reach_first_and_one_far_behind_last() -> None:
+    topo = Topology((1000 * MB,), (0,))
+    clock = Clock()
+    s = Scheduler(topo, clock, Policy("torpor-rrc", order="rrc"), window_s=60, preload=False)
     s.tuner = PriorityTuner(period_s=1e9)  # the threshold stays 0 here; its tuning is tested below
     for name in ("ok", "failing", "lost", "blocker"):
         s.function_added(fn(name, 10, slo_ms=1000))
@@ -204,7 +234,7 @@ def test_function_missing_its_slo_within_reach_goes_first_and_one_far_behind_las
 def test_fifo_order_for_simpleswap() -> None:
     topo = Topology((1000 * MB,), (0,))
     clock = Clock()
-    s = Scheduler(topo, clock, "simpleswap")
+    s = Scheduler(topo, clock, "simpleswap", preload=False)
     for name in ("a", "b", "c"):
         s.function_added(fn(name, 10, slo_ms=10_000 if name == "a" else 10))
     runs(s.arrived(1, "c"))
@@ -218,7 +248,7 @@ def test_fifo_order_for_simpleswap() -> None:
 def test_earliest_deadline_first_within_a_class() -> None:
     topo = Topology((1000 * MB,), (0,))
     clock = Clock()
-    s = Scheduler(topo, clock)
+    s = Scheduler(topo, clock, preload=False)
     for name in ("a", "b", "c"):
         s.function_added(fn(name, 10, slo_ms=10_000 if name == "a" else 100))
     runs(s.arrived(1, "c"))
@@ -232,7 +262,7 @@ def test_earliest_deadline_first_within_a_class() -> None:
 def test_late_requests_are_dropped_only_when_the_function_asks() -> None:
     topo = Topology((1000 * MB,), (0,))
     clock = Clock()
-    s = Scheduler(topo, clock)
+    s = Scheduler(topo, clock, preload=False)
     s.function_added(fn("blocker", 10))
     s.function_added(fn("strict", 10, slo_ms=50, exec_ms=20, drop_late=True))
     s.function_added(fn("lenient", 10, slo_ms=50, exec_ms=20))
@@ -265,7 +295,7 @@ def test_tuner_doubles_its_step_on_a_rise_and_halves_and_turns_on_a_fall() -> No
 # -- batching ----------------------------------------------------------------------------
 def test_batches_up_to_max_batch_size() -> None:
     topo = Topology((1000 * MB,), (0,))
-    s = Scheduler(topo, Clock())
+    s = Scheduler(topo, Clock(), preload=False)
     s.function_added(fn("blocker", 10))
     s.function_added(fn("b", 10, exec_ms=10, batch_exec_ms=16, max_batch_size=4, slo_ms=1000))
     runs(s.arrived(1, "blocker"))
@@ -280,7 +310,7 @@ def test_batches_up_to_max_batch_size() -> None:
 def test_batch_stops_where_the_slo_would_be_missed() -> None:
     topo = Topology((1000 * MB,), (0,))
     clock = Clock()
-    s = Scheduler(topo, clock)
+    s = Scheduler(topo, clock, preload=False)
     s.function_added(fn("blocker", 10))
     # batch 1: 10 ms, batch 8: 80 ms (10 ms a request); SLO 40 ms
     s.function_added(fn("b", 1, exec_ms=10, batch_exec_ms=80, max_batch_size=8, slo_ms=40))
@@ -295,7 +325,7 @@ def test_batch_stops_where_the_slo_would_be_missed() -> None:
 
 def test_no_batching_in_simpleswap() -> None:
     topo = Topology((1000 * MB,), (0,))
-    s = Scheduler(topo, Clock(), "simpleswap")
+    s = Scheduler(topo, Clock(), "simpleswap", preload=False)
     s.function_added(fn("blocker", 10))
     s.function_added(fn("b", 10, max_batch_size=8))
     runs(s.arrived(1, "blocker"))
@@ -308,7 +338,7 @@ def test_no_batching_in_simpleswap() -> None:
 # -- baselines ------------------------------------------------------------------------------
 def test_native_gives_each_function_a_device_while_memory_lasts() -> None:
     topo = Topology((250 * MB, 250 * MB), (0, 1))
-    s = Scheduler(topo, Clock(), "native")
+    s = Scheduler(topo, Clock(), "native", preload=False)
     for name in "abcde":
         s.function_added(fn(name, 100))
     homes = {n: s.functions[n].home for n in "abcde"}
@@ -325,7 +355,7 @@ def test_native_gives_each_function_a_device_while_memory_lasts() -> None:
 
 def test_native_never_evicts_and_queues_on_the_home_device() -> None:
     topo = Topology((250 * MB, 250 * MB), (0, 1))
-    s = Scheduler(topo, Clock(), "native")
+    s = Scheduler(topo, Clock(), "native", preload=False)
     s.function_added(fn("a", 100))
     s.function_added(fn("b", 100))
     home = s.functions["a"].home
@@ -358,7 +388,7 @@ def test_pipelined_service_and_exec_profile() -> None:
 
 def test_predict_reports_the_parts() -> None:
     topo = Topology((1000 * MB,), (0,), host_bandwidth=1 * GB, pipeline_overlap=0)
-    s = Scheduler(topo, Clock())
+    s = Scheduler(topo, Clock(), preload=False)
     s.function_added(fn("a", 100, exec_ms=20))
     p = s.predict("a")
     assert p["wait_ms"] == 0 and p["transfer_ms"] == pytest.approx(100 * MB / 1e6)

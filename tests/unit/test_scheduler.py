@@ -16,7 +16,7 @@ class Clock:
 
 
 def make(devices: int = 2, capacity: int = 10 * MB) -> Scheduler:
-    return Scheduler([capacity] * devices, Clock())
+    return Scheduler([capacity] * devices, Clock(), preload=False)
 
 
 def runs(decisions: list) -> list[Run]:
@@ -126,7 +126,8 @@ def test_busy_device_holding_the_model_serves_it_as_a_peer_and_is_pinned() -> No
     (r2,) = runs(s.arrived(2, "a"))  # device 0 now busy with a, warm
     (r3,) = runs(s.arrived(3, "a"))  # device 1 idle: copy a from busy device 0
     assert r3.device == 1 and r3.load is not None
-    assert r3.load.peer == 0 and r3.load.peer_offset == 0 and r3.load.source == "peer:0"
+    held = s.devices[0].resident["a@1"].slice.offset  # a large model: at the top of the arena
+    assert r3.load.peer == 0 and r3.load.peer_offset == held and r3.load.source == "peer:0"
     s.finished(r2.device)  # device 0 idle again, but a is pinned while device 1 copies it
     assert runs(s.arrived(4, "b")) == []  # b could only go where a must be evicted
     assert s.residency("a@1") == [0, 1]
