@@ -25,6 +25,7 @@ from shared.protocol import (
     Buffer,
     Evict,
     Evicted,
+    Fill,
     Forget,
     Forgotten,
     HostReleased,
@@ -83,10 +84,15 @@ class Executor:
         self.programs: dict[str, Program] = {}
         # Lifted graphs by (architecture key, swap groups): 50 functions of one model share one.
         self.shared: dict[tuple[str, tuple[int, ...]], Shared] = {}
+        self._zoo_programs: dict[str, program.Lifted] = {}  # zoo model name -> its lifted program
         self.resident: dict[str, Residency] = {}
         self.engine = SwapEngine(backend)
         self._reply = send_reply
         self.counters = {"swaps": 0, "swap_bytes": 0, "infers": 0, "busy_s": 0.0}
+        # Host images arriving from another node, by feed id (Load.follow): made by the reader
+        # thread when it reads the LOAD, so FILL frames read after it always find theirs.
+        self._feeds: dict[int, HostFill] = {}
+        self._feeds_lock = threading.Lock()
         self.busy_since: float | None = None  # monotonic start of the frame being handled
 
     # -- operations ---------------------------------------------------------
@@ -94,7 +100,7 @@ class Executor:
         model_id = body.model_id
         table = TensorTable.from_wire({"nbytes": body.image.table.nbytes, "entries": body.image.table.entries})
         image = ModelImage(body.image.segment, table)
-        lifted = program.lift(program.build(body.source, meta=True))
+        lifted = self._lifted_program(body.source)
         missing = sorted(set(lifted.names) - {e.name for e in image.table.entries})
         if missing:
             raise InvalidInput(f"model {model_id}: image lacks tensors {missing[:5]}")
@@ -111,8 +117,30 @@ class Executor:
             self._release(old)
         return Prepared(groups=plan.groups)
 
+    def _lifted_program(self, source: dict[str, Any]) -> program.Lifted:
+        """The lifted program of a model source; a zoo architecture is built and traced once per worker.
+
+        A zoo model's seed changes its weights, never its graph: a further function of a known
+        architecture (a new node's cold start, say) skips the ~0.3 s of building and tracing it.
+        """
+        if "zoo" not in source:
+            return program.lift(program.build(source, meta=True))
+        lifted = self._zoo_programs.get(source["zoo"])
+        if lifted is None:
+            lifted = self._zoo_programs[source["zoo"]] = program.lift(program.build(source, meta=True))
+        return lifted
+
     def load(self, rid: int, body: Load) -> None:
         """Start a swap-in; the reply is sent by the copy thread when the copy ends."""
+        try:
+            self._load(rid, body)
+        except Exception:
+            if body.follow is not None:  # refused: no swap will ever take its feed
+                with self._feeds_lock:
+                    self._feeds.pop(body.follow, None)
+            raise
+
+    def _load(self, rid: int, body: Load) -> None:
         prog = self._program(body.model_id)
         offset, nbytes = body.offset, prog.image.nbytes
         if body.model_id in self.resident:
@@ -125,7 +153,11 @@ class Executor:
         if peer is None:
             src = self.backend.host_buffer(prog.image.segment_name)[:nbytes]
             source = "host"
-            if body.fill_from is not None:
+            if body.follow is not None:
+                # The gateway writes the host image as it arrives from other nodes: copy each
+                # group once its bytes are verified (FILL frames advance the feed).
+                fill, source = self.expect_feed(body), "node"
+            elif body.fill_from is not None:
                 # The host image is still on disk: read it in while the copy follows. A CPU
                 # arena is host memory, so the file is read straight into it and execution
                 # starts on each verified chunk; the host image is copied from the arena
@@ -140,6 +172,9 @@ class Executor:
             source = f"peer:{peer.device}"
 
         def done(swap: Swap) -> None:
+            if body.follow is not None:
+                with self._feeds_lock:
+                    self._feeds.pop(body.follow, None)
             if swap.error is None:
                 self.counters["swaps"] += 1
                 self.counters["swap_bytes"] += nbytes
@@ -159,6 +194,29 @@ class Executor:
             tensors = views(self.backend.arena, offset, prog.image.table)
             prog.state = [tensors[n] for n in prog.names]
             prog.bound_offset = offset
+
+    def expect_feed(self, body: Load) -> HostFill:
+        """The HostFill a followed image's FILL frames advance (reader thread first, then `load`)."""
+        assert body.follow is not None
+        with self._feeds_lock:
+            fill = self._feeds.get(body.follow)
+            if fill is None:
+                fill = self._feeds[body.follow] = HostFill()
+                fill.advance(body.ready)
+        return fill
+
+    def feed(self, body: Fill) -> None:
+        """More of a followed host image is verified (reader thread: the copy thread may be waiting for it)."""
+        with self._feeds_lock:
+            fill = self._feeds.get(body.follow)
+        if fill is None:
+            return  # its swap ended already (failed, or cancelled by an eviction)
+        if body.error is not None:
+            fill.fail(body.error)
+            return
+        fill.advance(body.ready)
+        if body.complete:
+            fill.done()
 
     def _fill_host(self, prog: Program, path: str, arena: torch.Tensor | None) -> HostFill:
         """Read a model's image file into its (gateway-created) host segment on a thread of its own.
