@@ -43,6 +43,8 @@ class Tiers:
         # Images arriving from other nodes into their host segment (gateway/cluster/imagefetch.py):
         # a swap-in follows the feed, and the image is neither pushed to disk nor served onwards.
         self.feeds: dict[str, HostFeed] = {}
+        # Fetched images whose file is still being written: kept in host memory until it is.
+        self.unsaved: dict[str, imagefile.ImageFileInfo] = {}
 
     def __repr__(self) -> str:
         return f"<Tiers {self.images!r} {self.host!r}>"
@@ -98,7 +100,8 @@ class Tiers:
         scheduler = self.dispatcher.scheduler
         # An arriving image holds its whole segment, whatever the scheduler counts it as.
         tiers = {**scheduler.host_tiers(), **{f: Tier.FILLING for f in self.feeds}}
-        victims = self.host.victims(nbytes, tiers, keep, scheduler.host_pinned() | set(self.feeds))
+        pinned = scheduler.host_pinned() | set(self.feeds) | set(self.unsaved)
+        victims = self.host.victims(nbytes, tiers, keep, pinned)
         if victims is None:
             raise Unavailable(
                 f"host memory: {format_size(nbytes)} more do not fit within --host-memory "

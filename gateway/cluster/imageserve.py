@@ -39,9 +39,12 @@ async def _held(request: Request) -> tuple[Function, imagefile.ImageFileInfo]:
     model_id = request.path_params["model_id"]
     svc = node.service
     fn = svc.registry.functions.get(model_id.partition("@")[0])
-    # A node still fetching the image is no holder yet: its file is written once the image is whole.
+    # A node still fetching the image is no holder yet.
     if fn is None or fn.model_id != model_id or not fn.ready or fn.name in svc.tiers.feeds:
         raise NotFound(f"node {node.name} holds no image of {model_id}")
+    unsaved = svc.tiers.unsaved.get(fn.name)
+    if unsaved is not None:
+        return fn, unsaved  # fetched, its file not written yet: served from host memory (pinned there)
     try:
         info = await _info(svc.images.path(model_id))
     except DamagedImage as exc:

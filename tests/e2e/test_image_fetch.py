@@ -21,6 +21,7 @@ import pytest
 
 from loadtest.cluster import REDIS_BINARY, TOKEN, RedisServer, node, wait_for
 from loadtest.server import Server, free_port
+from shared import imagefile
 from tests.e2e.helpers import native_output, output_array, sample_input
 
 pytestmark = [
@@ -127,8 +128,11 @@ def test_a_node_fetches_the_image_from_both_holders_and_runs_it_bitwise_equal(cl
     assert sorted(both["from"]) == ["a", "b"] and not both["failures"], both
     assert all(both["bytes_from"][n] > 0 for n in "ab") and sum(both["bytes_from"].values()) == both["bytes"]
     _runs_bitwise_on(cluster, "c")
-    # The fetched copy serves others in turn: its file is in c's state dir, checked.
-    assert (cluster["c"].state_dir / "images").is_dir() and any((cluster["c"].state_dir / "images").iterdir())
+    # Its file is written in the background (a restart reads it), in the image file format.
+    images = cluster["c"].state_dir / "images"
+    wait_for(lambda: any(images.glob("*.img")), timeout=30)
+    (path,) = images.glob("*.img")
+    assert imagefile.read_info(path).model_id == f"{FN}@1"
 
 
 def test_a_holder_serving_damaged_ranges_is_dropped_and_the_output_is_still_bitwise_equal(cluster: Cluster) -> None:
