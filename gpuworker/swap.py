@@ -110,6 +110,10 @@ class Swap:
     on_done: Callable[[Swap], None]
     fill: HostFill | None = None  # the source is still arriving (disk tier): wait per group
     in_place: bool = False  # the fill writes dst itself (CPU arena): nothing to copy, only to wait for
+    # The plan's groups are the model's groups first, first+1, ...: a pipeline stage's share, or
+    # the rest of a model consolidated after its first stage (`before`, which brought the others).
+    first: int = 0
+    before: Swap | None = None
     events: list[threading.Event] = field(init=False)  # set once group k is copied (CPU) or enqueued (CUDA)
     handles: list[Any] = field(init=False)  # the backend's completion marker per group (CUDA: an event)
     error: str | None = None
@@ -123,7 +127,12 @@ class Swap:
         self.handles = [None] * self.plan.groups
 
     def wait_group(self, k: int, backend: Backend) -> None:
-        """Return when execution may read group k (on CUDA: once the compute stream waits for it)."""
+        """Return when execution may read the model's group k (on CUDA: once the compute stream waits for it)."""
+        if k < self.first:
+            if self.before is not None:
+                self.before.wait_group(k, backend)
+            return
+        k -= self.first
         self.events[k].wait()
         if self.error is not None:
             raise RequestFailed(f"swap-in of model {self.model_id} failed: {self.error}")

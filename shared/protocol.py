@@ -103,6 +103,19 @@ class Peer(Record):
     offset: Size
 
 
+class Part(Record):
+    """One stage of a model split across devices at these swap-group cuts (pipeline-parallel cold start).
+
+    On LOAD: copy only that stage's share of the image; `whole` says the slice is the whole
+    model's size (the device the model is consolidated onto), else only the share's. On INFER:
+    run only that stage; inputs and outputs are the values crossing its cuts.
+    """
+
+    cuts: list[Size]
+    stage: Size
+    whole: bool = False
+
+
 # -- gateway -> worker ------------------------------------------------------------------
 class Prepare(Record):
     model_id: str
@@ -121,6 +134,9 @@ class Load(Record):
     # gateway: `ready` bytes are verified now, FILL frames with this id say when more are.
     follow: int | None = None
     ready: Size = 0
+    # Copy only one pipeline stage's share. A LOAD without a part of a model whose first stage
+    # is resident in a whole slice at this offset consolidates it: the rest of the image is copied.
+    part: Part | None = None
 
 
 class Evict(Record):
@@ -131,6 +147,7 @@ class Infer(Record):
     model_id: str
     inputs: list[TensorMeta]  # one frame buffer each, in order
     output_names: list[str] = []
+    part: Part | None = None  # run only this pipeline stage
 
 
 class Stats(Record):

@@ -299,7 +299,7 @@ def test_a_swap_following_an_image_from_other_nodes_runs_bitwise_equal(devices, 
         feeder = _feed(dev, resnet18, empty, 9)
         assert _infer(dev, wire) == _native(x)  # started before any byte had arrived
         feeder.join()
-        assert _reply(dev, 1).source == "node" and dev.executor._feeds == {}
+        assert _reply(dev, 1).source == "node" and dev.executor.fills.pending == {}
     finally:
         empty.unlink()
 
@@ -320,6 +320,6 @@ def test_a_failed_transfer_fails_the_following_swap_and_an_eviction_never_hangs(
         # A swap waiting for bytes that never come is released by an eviction.
         dev.executor.load(2, msgspec.convert({"model_id": "r18", "offset": 0, "follow": 5}, Load))
         assert dev.executor.evict(Evict(model_id="r18")) == Evicted(evicted=True)
-        assert "cancelled" in _reply(dev, 2).message and dev.executor._feeds == {}
+        assert "cancelled" in _reply(dev, 2).message and dev.executor.fills.pending == {}
     finally:
         empty.unlink()
