@@ -33,7 +33,9 @@ import xxhash
 
 from shared.errors import Unavailable
 
-RANGE_CHUNKS = 4  # chunks per range request (16 MiB): a round trip per ~30 ms of transfer here, the first groups still soon in
+# Chunks per range request (16 MiB): one round trip per ~30 ms of transfer here, and the first
+# groups are still in soon.
+RANGE_CHUNKS = 4
 TIMEOUT_S = 10.0  # per socket operation: a holder silent this long is unreachable
 MAX_HEADER_BYTES = 64 << 20
 
