@@ -225,6 +225,8 @@ async def repository_load(request: Request) -> Response:
         await _deployer(request).deploy(name, config)  # in a cluster: seen by every node
     elif name in svc.registry.functions:
         await svc.load(name)
+    elif (cluster := getattr(request.app.state, "cluster", None)) is not None and name in cluster.policy.functions:
+        await cluster.place_here(name)  # held by other nodes: a replica here, its image fetched from them
     else:
         raise NotFound(f"function {name!r} is not deployed; give its deploy config in parameters.config")
     return JSON({})

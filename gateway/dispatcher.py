@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import batching
+from gateway.hostfeed import HostFeed
 from gateway.metrics import Metrics
 from gateway.scheduler import Decision, Evict, FunctionInfo, Reject, Run, Scheduler
 from gateway.workers import WorkerPool
@@ -79,9 +80,10 @@ class Dispatcher:
         self._ids = itertools.count(1)
         self._waiting: dict[int, Invocation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        # Set by the service when it bounds host memory: readies a disk-tier image's host
-        # segment and returns its image file (see gateway.tiers.Tiers.fill_source).
-        self.fill_source: Callable[[str], Awaitable[str]] = _no_disk_tier
+        # Set by the service: for a swap-in of an image not whole in host memory, the disk-tier
+        # file to read (its segment readied), the feed of an image arriving from another node,
+        # or None once it is whole after all (see gateway.tiers.Tiers.fill_source).
+        self.fill_source: Callable[[str], Awaitable[str | HostFeed | None]] = _no_disk_tier
         # Requests in the scheduler's queues: +1 on arrival, -1 when a Run takes, a Reject drops or a
         # cancel removes one; kept here so the admission check is O(1) whatever the number of functions.
         self._queued = 0
@@ -175,15 +177,20 @@ class Dispatcher:
             load = None
             if run.load is not None:
                 peer = None if run.load.peer is None else Peer(device=run.load.peer, offset=run.load.peer_offset)
-                fill_from = None
-                if run.load.fill:  # the image is on the disk tier: host room first, then read it in
+                fill: str | HostFeed | None = None
+                if run.load.fill:  # not whole in host memory: on disk, or arriving from another node
                     try:
-                        fill_from = await self.fill_source(run.function)
+                        fill = await self.fill_source(run.function)
                     except TorporError:
                         loaded_ok = False
                         raise
-                body = Load(model_id=run.model_id, offset=run.load.slice.offset, peer=peer, fill_from=fill_from)
-                load = client.request(body)
+                if isinstance(fill, HostFeed):
+                    body = Load(model_id=run.model_id, offset=run.load.slice.offset, follow=fill.id, ready=fill.ready)
+                    load = client.request(body)
+                    fill.follow(client)  # no await since `ready` was read: no advance falls in between
+                else:
+                    body = Load(model_id=run.model_id, offset=run.load.slice.offset, peer=peer, fill_from=fill)
+                    load = client.request(body)
             # Sent right behind the load: the worker starts executing while the copy runs.
             joined = batching.join([inv.inputs for inv in invs]) if len(invs) > 1 else None
             if joined is not None:
@@ -271,7 +278,7 @@ class Dispatcher:
         _fail(inv, exc)
 
 
-async def _no_disk_tier(function: str) -> str:
+async def _no_disk_tier(function: str) -> str | HostFeed | None:
     raise Unavailable(f"function {function!r} is on the disk tier but this server has none")
 
 

@@ -130,7 +130,7 @@ class Service:
         fn.state, fn.reason = READY, ""  # it may have failed to restore last time: try again
         try:
             if image is not None:
-                await self._serve_image(fn, *image)
+                await self.serve_image(fn, *image)
             else:
                 await self._install(fn, fn.source, persist=False, input_spec=fn.inputs or None)
         except TorporError as exc:
@@ -150,8 +150,9 @@ class Service:
             except TorporError as exc:
                 raise StartupError(f"demo function {name} could not be deployed ({exc.message})") from exc
 
-    async def _serve_image(self, fn: Function, image: ModelImage, tier: str) -> None:
-        """Serve a function from its image (host memory or disk tier): specs and timing from the registry."""
+    async def serve_image(self, fn: Function, image: ModelImage, tier: str) -> None:
+        """Serve a function from its image (host memory, disk tier, or arriving from other nodes: a
+        feed in `tiers.feeds`, disk to the scheduler so its first swap follows it); specs and timing given."""
         fn.image = image
         try:
             await self._prepare_everywhere(fn)
@@ -297,15 +298,16 @@ class Service:
             err = errors[0]
             raise err if isinstance(err, InvalidInput) else InvalidInput(f"model: workers could not load it: {err}")
 
-    async def remove(self, name: str) -> Function:
+    async def remove(self, name: str, reason: str = "removed") -> Function:
+        """`reason`: what requests still waiting for it are told (see Dispatcher.function_removed)."""
         self.registry.get(name)  # 404 before anything changes
         self.transitions[name] = "UNLOADING"
         try:
-            return await self._remove(name)
+            return await self._remove(name, reason)
         finally:
             self.transitions.pop(name, None)
 
-    async def _remove(self, name: str) -> Function:
+    async def _remove(self, name: str, reason: str) -> Function:
         async with self._deploy_lock:
             fn = self.registry.get(name)
             del self.registry.functions[name]
@@ -314,7 +316,7 @@ class Service:
             except OSError as exc:  # nothing changed: it stays deployed
                 self.registry.functions[name] = fn
                 raise Unavailable(f"could not persist the registry: {exc}") from exc
-            await self._retire(fn)
+            await self._retire(fn, reason=reason)
             self.metrics.function_removed(name)
             return fn
 
@@ -377,7 +379,7 @@ class Service:
         if got is None:
             await self._install(fn, fn.source, persist=True, input_spec=fn.inputs or None)
             return
-        await self._serve_image(fn, got.image, Tier.HOST)
+        await self.serve_image(fn, got.image, Tier.HOST)
         try:
             self.registry.save()
         except OSError as exc:
@@ -388,8 +390,10 @@ class Service:
         except Unavailable as exc:
             log.warning("%s; host memory is over its bound until images are free", exc.message)
 
-    async def _retire(self, fn: Function, keep_image: bool = False, unloaded: bool = False) -> None:
-        self.dispatcher.function_removed(fn.name, "unloaded" if unloaded else "removed")
+    async def _retire(
+        self, fn: Function, keep_image: bool = False, unloaded: bool = False, reason: str = "removed"
+    ) -> None:
+        self.dispatcher.function_removed(fn.name, "unloaded" if unloaded else reason)
         await self.pool.broadcast(Forget(model_id=fn.model_id))
         if fn.image is not None:
             fn.image.unlink()  # workers that still map it keep their mapping until they forget it

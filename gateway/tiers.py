@@ -14,6 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from gateway.hostfeed import HostFeed
 from gateway.hosttier import HostTier, Tier
 from gateway.registry import UNLOADED, Function, Registry
 from shared import imagefile, shm
@@ -39,6 +40,11 @@ class Tiers:
         self.registry = registry
         self.pool = pool
         self.dispatcher = dispatcher
+        # Images arriving from other nodes into their host segment (gateway/cluster/imagefetch.py):
+        # a swap-in follows the feed, and the image is neither pushed to disk nor served onwards.
+        self.feeds: dict[str, HostFeed] = {}
+        # Fetched images whose file is still being written: kept in host memory until it is.
+        self.unsaved: dict[str, imagefile.ImageFileInfo] = {}
 
     def __repr__(self) -> str:
         return f"<Tiers {self.images!r} {self.host!r}>"
@@ -92,7 +98,10 @@ class Tiers:
     async def make_room(self, nbytes: int, keep: str) -> None:
         """Push least recently used host images to disk until `nbytes` more fit in --host-memory."""
         scheduler = self.dispatcher.scheduler
-        victims = self.host.victims(nbytes, scheduler.host_tiers(), keep, scheduler.host_pinned())
+        # An arriving image holds its whole segment, whatever the scheduler counts it as.
+        tiers = {**scheduler.host_tiers(), **{f: Tier.FILLING for f in self.feeds}}
+        pinned = scheduler.host_pinned() | set(self.feeds) | set(self.unsaved)
+        victims = self.host.victims(nbytes, tiers, keep, pinned)
         if victims is None:
             raise Unavailable(
                 f"host memory: {format_size(nbytes)} more do not fit within --host-memory "
@@ -112,8 +121,17 @@ class Tiers:
         await asyncio.gather(*replies, return_exceptions=True)
         log.info("%s: image moved to the disk tier (host memory)", fn.name)
 
-    async def fill_source(self, function: str) -> str:
-        """Before a swap-in that reads a function's image from disk: host room and an empty segment."""
+    async def fill_source(self, function: str) -> str | HostFeed | None:
+        """Before a swap-in of an image not whole in host memory: what the worker fills it from.
+
+        The feed of an image arriving from another node (None once it is whole after all), or
+        the image file, with host room made and an empty segment readied for the worker to read into.
+        """
+        feed = self.feeds.get(function)
+        if feed is not None:
+            if feed.error is not None:
+                raise Unavailable(f"function {function!r}: its image could not be fetched ({feed.error})")
+            return None if feed.complete else feed
         fn = self.registry.get(function)
         assert fn.image is not None
         await self.make_room(0, keep=function)  # the filling image already counts as host memory
@@ -122,7 +140,10 @@ class Tiers:
         return str(self.images.path(fn.model_id))
 
     def tier(self, fn: Function) -> str:
-        """Where a function's weights are: device (resident somewhere), host or disk (none: unloaded, no image)."""
+        """Where a function's weights are: device (resident somewhere), host, disk, or fetching (from
+        other nodes; none: unloaded, no image)."""
+        if fn.name in self.feeds:
+            return "fetching"
         if not fn.ready:
             return Tier.DISK if self.images.has(fn.model_id) else "none"
         scheduler = self.dispatcher.scheduler

@@ -95,6 +95,11 @@ class WorkerClient:
         self._transport.writelines(parts)
         return fut
 
+    def send(self, body: Record) -> None:
+        """A one-way frame (FILL): nothing waits for a reply; dropped if the worker is gone."""
+        if not self.closed.done():
+            self._transport.writelines(encode_parts(body, 0))
+
     async def call(self, body: Record, timeout: float | None = None) -> Any:
         """Send a request and wait for its reply's body."""
         frame = await asyncio.wait_for(self.request(body), timeout)

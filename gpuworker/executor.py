@@ -6,7 +6,6 @@ All of it runs on the worker's main thread except the copy itself (SwapEngine).
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,15 +15,18 @@ import torch
 import torch.fx
 
 from gpuworker.backends import Backend
+from gpuworker.fills import HostFills, read_image
 from gpuworker.gate import SwapGate, gated
+from gpuworker.pipeline import Staging
 from gpuworker.swap import HostFill, Swap, SwapEngine, SwapPlan, plan_groups
-from shared import imagefile, program, shm
-from shared.errors import InvalidInput, RequestFailed, TorporError
+from shared import program
+from shared.errors import InvalidInput, RequestFailed
 from shared.modelstore import ModelImage, TensorTable, views
 from shared.protocol import (
     Buffer,
     Evict,
     Evicted,
+    Fill,
     Forget,
     Forgotten,
     HostReleased,
@@ -32,6 +34,7 @@ from shared.protocol import (
     Inferred,
     Load,
     Loaded,
+    Part,
     Peers,
     PeersOpened,
     Prepare,
@@ -74,6 +77,9 @@ class Residency:
     nbytes: int
     swap: Swap | None  # the swap that brought it in; done once .swap.done is set
     source: str
+    part: Part | None = None  # only this pipeline stage's share is here (gpuworker/pipeline.py)
+    base: int = 0  # the image byte at the slice's first byte (a share in a slice of its own size)
+    state: list[torch.Tensor] | None = None  # that share's views, when not the program's own
 
 
 class Executor:
@@ -83,10 +89,13 @@ class Executor:
         self.programs: dict[str, Program] = {}
         # Lifted graphs by (architecture key, swap groups): 50 functions of one model share one.
         self.shared: dict[tuple[str, tuple[int, ...]], Shared] = {}
+        self._zoo_programs: dict[str, program.Lifted] = {}  # zoo model name -> its lifted program
         self.resident: dict[str, Residency] = {}
         self.engine = SwapEngine(backend)
+        self.staging = Staging(self)
         self._reply = send_reply
         self.counters = {"swaps": 0, "swap_bytes": 0, "infers": 0, "busy_s": 0.0}
+        self.fills = HostFills()  # host images still on disk or arriving from another node
         self.busy_since: float | None = None  # monotonic start of the frame being handled
 
     # -- operations ---------------------------------------------------------
@@ -94,7 +103,7 @@ class Executor:
         model_id = body.model_id
         table = TensorTable.from_wire({"nbytes": body.image.table.nbytes, "entries": body.image.table.entries})
         image = ModelImage(body.image.segment, table)
-        lifted = program.lift(program.build(body.source, meta=True))
+        lifted = self._lifted_program(body.source)
         missing = sorted(set(lifted.names) - {e.name for e in image.table.entries})
         if missing:
             raise InvalidInput(f"model {model_id}: image lacks tensors {missing[:5]}")
@@ -111,92 +120,129 @@ class Executor:
             self._release(old)
         return Prepared(groups=plan.groups)
 
+    def _lifted_program(self, source: dict[str, Any]) -> program.Lifted:
+        """The lifted program of a model source; a zoo architecture is built and traced once per worker.
+
+        A zoo model's seed changes its weights, never its graph: a further function of a known
+        architecture (a new node's cold start, say) skips the ~0.3 s of building and tracing it.
+        """
+        if "zoo" not in source:
+            return program.lift(program.build(source, meta=True))
+        lifted = self._zoo_programs.get(source["zoo"])
+        if lifted is None:
+            lifted = self._zoo_programs[source["zoo"]] = program.lift(program.build(source, meta=True))
+        return lifted
+
     def load(self, rid: int, body: Load) -> None:
         """Start a swap-in; the reply is sent by the copy thread when the copy ends."""
+        try:
+            self._load(rid, body)
+        except Exception:
+            if body.follow is not None:  # refused: no swap will ever take its feed
+                self.fills.drop(body.follow)
+            raise
+
+    def _load(self, rid: int, body: Load) -> None:
         prog = self._program(body.model_id)
+        if body.part is not None:
+            self.staging.load(rid, prog, body)  # one pipeline stage's share (gpuworker/pipeline.py)
+            return
+        res = self.resident.get(body.model_id)
+        if res is not None and res.part is not None and res.offset == body.offset and body.peer is None:
+            self.staging.consolidate(rid, prog, res)
+            return
         offset, nbytes = body.offset, prog.image.nbytes
-        if body.model_id in self.resident:
-            raise InvalidInput(f"model {body.model_id} is already resident")
-        if offset < 0 or offset + nbytes > self.backend.arena.numel():
-            raise InvalidInput(f"slice [{offset}, {offset + nbytes}) is outside the arena")
-        self._check_overlap(offset, nbytes)
+        dst = self.reserve(body.model_id, offset, nbytes)
         peer, fill, in_place = body.peer, None, False
-        dst = self.backend.arena[offset : offset + nbytes]
         if peer is None:
             src = self.backend.host_buffer(prog.image.segment_name)[:nbytes]
             source = "host"
-            if body.fill_from is not None:
+            if body.follow is not None:
+                # The gateway writes the host image as it arrives from other nodes: copy each
+                # group once its bytes are verified (FILL frames advance the feed).
+                fill, source = self.expect_feed(body), "node"
+            elif body.fill_from is not None:
                 # The host image is still on disk: read it in while the copy follows. A CPU
                 # arena is host memory, so the file is read straight into it and execution
                 # starts on each verified chunk; the host image is copied from the arena
                 # afterwards, on the reader's thread, off the request's path.
                 in_place = self.backend.arena.device.type == "cpu"
-                fill = self._fill_host(prog, body.fill_from, dst if in_place else None)
+                fill = read_image(prog.model_id, prog.image.segment_name, body.fill_from, dst if in_place else None)
                 source = "disk"
         else:
             src = self.backend.peer_arena(peer.device)[peer.offset : peer.offset + nbytes]
             if src.numel() != nbytes:
                 raise InvalidInput(f"peer slice at {peer.offset} of device {peer.device} is outside its arena")
             source = f"peer:{peer.device}"
+        swap = Swap(prog.model_id, prog.plan, dst, src, lambda s: None, fill, in_place=in_place)
+        self.start(rid, prog, swap, offset, nbytes, source, nbytes, follow=body.follow)
+        self.bind(prog, offset)
+
+    def reserve(self, model_id: str, offset: int, nbytes: int) -> torch.Tensor:
+        """The arena slice a swap-in may write, checked: not resident yet, inside the arena, overlapping nothing."""
+        if model_id in self.resident:
+            raise InvalidInput(f"model {model_id} is already resident")
+        if offset < 0 or offset + nbytes > self.backend.arena.numel():
+            raise InvalidInput(f"slice [{offset}, {offset + nbytes}) is outside the arena")
+        self._check_overlap(offset, nbytes)
+        return self.backend.arena[offset : offset + nbytes]
+
+    def start(
+        self,
+        rid: int,
+        prog: Program,
+        swap: Swap,
+        offset: int,
+        nbytes: int,
+        source: str,
+        copied: int,
+        follow: int | None = None,
+    ) -> Residency:
+        """Make the model resident at [offset, offset+nbytes) and start the copy; the copy thread replies."""
 
         def done(swap: Swap) -> None:
+            if follow is not None:
+                self.fills.drop(follow)
             if swap.error is None:
                 self.counters["swaps"] += 1
-                self.counters["swap_bytes"] += nbytes
-                self._reply(rid, Loaded(swap_ms=swap.seconds * 1e3, bytes=nbytes, source=source))
+                self.counters["swap_bytes"] += copied
+                self._reply(rid, Loaded(swap_ms=swap.seconds * 1e3, bytes=copied, source=source))
             else:
                 # A failed or cancelled swap leaves nothing resident and the slice free.
                 if self.resident.get(prog.model_id) is res:
                     self._drop(prog.model_id)
                 self._reply(rid, RequestFailed(f"swap-in of {prog.model_id} failed: {swap.error}"))
 
-        swap = Swap(prog.model_id, prog.plan, dst, src, done, fill, in_place=in_place)
+        swap.on_done = done
         res = Residency(prog.model_id, offset, nbytes, swap, source)
         self.resident[prog.model_id] = res
         self.engine.submit(swap)
-        # Bind while the copy runs; nothing reads these views before the gate lets it.
+        return res
+
+    def bind(self, prog: Program, offset: int) -> None:
+        """The program's views of a whole model at `offset`; bound while the copy runs (the gate guards reads)."""
         if prog.bound_offset != offset:
-            tensors = views(self.backend.arena, offset, prog.image.table)
-            prog.state = [tensors[n] for n in prog.names]
+            prog.state = self.views_at(prog, offset, range(len(prog.names)))
             prog.bound_offset = offset
 
-    def _fill_host(self, prog: Program, path: str, arena: torch.Tensor | None) -> HostFill:
-        """Read a model's image file into its (gateway-created) host segment on a thread of its own.
+    def views_at(self, prog: Program, base: int, indices: Any) -> list[torch.Tensor]:
+        """Views of the state tensors at `indices` (argument positions) for an image starting at arena byte `base`."""
+        entries = {e.name: e for e in prog.image.table.entries}
+        table = TensorTable(tuple(entries[prog.names[i]] for i in indices), prog.image.table.nbytes)
+        tensors = views(self.backend.arena, base, table)
+        return [tensors[prog.names[i]] for i in indices]
 
-        Every chunk is checksum-verified before the copy thread may take it, so a damaged
-        file fails the swap (and the request) instead of running on wrong weights. With
-        `arena` (a CPU device's slice), the file is read into the slice and then copied to
-        the host segment; the reader stops at a chunk boundary once the swap is cancelled,
-        and `finished` tells an eviction that nothing writes into the slice any more.
-        """
-        fill = HostFill()
+    def reply(self, rid: int, result: Any) -> None:
+        self._reply(rid, result)
 
-        def progress(upto: int) -> None:
-            if fill.cancelled:
-                raise RequestFailed("cancelled by an eviction")
-            fill.advance(upto)
+    def lifted_of(self, prog: Program) -> program.Lifted:
+        return program.Lifted(prog.graphs.plain, prog.names, prog.key[0])
 
-        def read() -> None:
-            seg = shm.attach(prog.image.segment_name, writable=True)
-            try:
-                if arena is None:
-                    imagefile.read_into(path, seg.buf, on_chunk=fill.advance, expect_model=prog.model_id)
-                else:
-                    # One thread, read then check each chunk: the other core is the model's.
-                    target = arena.numpy()
-                    imagefile.read_into(path, target, progress, expect_model=prog.model_id, overlap=False)
-                    torch.frombuffer(seg.buf, dtype=torch.uint8)[: arena.numel()].copy_(arena)
-                fill.done()
-            except TorporError as exc:
-                fill.fail(exc.message)
-            except Exception as exc:  # the reader must always release the copy thread
-                fill.fail(f"{type(exc).__name__}: {exc}")
-            finally:
-                seg.close()
-                fill.finished.set()
+    def expect_feed(self, body: Load) -> HostFill:
+        return self.fills.expect(body)
 
-        threading.Thread(target=read, name="disk-fill", daemon=True).start()
-        return fill
+    def feed(self, body: Fill) -> None:
+        self.fills.advance(body)
 
     def evict(self, body: Evict) -> Evicted:
         res = self.resident.get(body.model_id)
@@ -221,9 +267,33 @@ class Executor:
             raise InvalidInput(f"{len(body.inputs)} inputs described, {len(buffers)} buffers sent")
         inputs = [_to_tensor(m, b) for m, b in zip(body.inputs, buffers, strict=True)]
         inputs = self.backend.prepare_inputs(inputs)
-        swap = res.swap if res.swap is not None and not res.swap.done.is_set() else None
         if res.swap is not None and res.swap.error is not None:
             raise RequestFailed(f"swap-in of {model_id} failed: {res.swap.error}")
+        if res.part is not None and body.part is None:
+            raise RequestFailed(f"model {model_id}: only pipeline stage {res.part.stage} is resident on this device")
+        try:
+            if body.part is not None:
+                out, exec_s, waited_s = self.staging.infer(prog, res, body.part, inputs)
+            else:
+                out, exec_s, waited_s = self._run(prog, res, inputs)
+            outputs = self.backend.finish_outputs(_flatten(out))
+        except (RequestFailed, InvalidInput):
+            raise
+        except Exception as exc:
+            raise RequestFailed(f"model {model_id} failed: {type(exc).__name__}: {exc}") from exc
+        self.counters["infers"] += 1
+        self.counters["busy_s"] += exec_s
+        names = body.output_names
+        metas = [
+            TensorMeta(name=names[i] if i < len(names) else f"output{i}", datatype=_kserve(t), shape=list(t.shape))
+            for i, t in enumerate(outputs)
+        ]
+        inferred = Inferred(outputs=metas, exec_ms=exec_s * 1e3, wait_ms=waited_s * 1e3)
+        return inferred, [_raw(t) for t in outputs]
+
+    def _run(self, prog: Program, res: Residency, inputs: list[torch.Tensor]) -> tuple[Any, float, float]:
+        """The whole model: (its output, exec seconds, seconds waited for groups still arriving)."""
+        swap = res.swap if res.swap is not None and not res.swap.done.is_set() else None
         graphs = prog.graphs
         module, gate = graphs.plain, graphs.gate
         if swap is not None:
@@ -232,23 +302,9 @@ class Executor:
         try:
             with torch.inference_mode():
                 out = module(*prog.state, *inputs)
-            outputs = self.backend.finish_outputs(_flatten(out))
-        except RequestFailed:
-            raise
-        except Exception as exc:
-            raise RequestFailed(f"model {model_id} failed: {type(exc).__name__}: {exc}") from exc
         finally:
             gate.swap = None
-        exec_s = time.perf_counter() - t0
-        self.counters["infers"] += 1
-        self.counters["busy_s"] += exec_s
-        names = body.output_names
-        metas = [
-            TensorMeta(name=names[i] if i < len(names) else f"output{i}", datatype=_kserve(t), shape=list(t.shape))
-            for i, t in enumerate(outputs)
-        ]
-        inferred = Inferred(outputs=metas, exec_ms=exec_s * 1e3, wait_ms=gate.waited_s * 1e3 if swap else 0.0)
-        return inferred, [_raw(t) for t in outputs]
+        return out, time.perf_counter() - t0, gate.waited_s if swap is not None else 0.0
 
     def forget(self, body: Forget) -> Forgotten:
         model_id = body.model_id

@@ -115,7 +115,7 @@ def ready_body(cfg: WorkerConfig, backend: Any) -> Ready:
 
 
 def _read(conn: Connection, executor: Any, work: queue.SimpleQueue[Frame | None]) -> None:
-    """Reads frames; answers STATS at once (so a busy device still reports), queues the rest."""
+    """Reads frames; answers STATS at once (so a busy device still reports), applies FILL, queues the rest."""
     # Buffered: a small frame's length, header and tensors come from one recv, not four;
     # a large tensor is still received straight into its own buffer.
     source = conn.sock.makefile("rb", buffering=64 << 10)
@@ -135,7 +135,11 @@ def _read(conn: Connection, executor: Any, work: queue.SimpleQueue[Frame | None]
             return
         if frame.kind is Kind.STATS:
             conn.reply(frame.rid, executor.stats())
+        elif frame.kind is Kind.FILL:
+            executor.feed(frame.body)  # here, not queued: the main thread may be waiting for these bytes
         else:
+            if isinstance(frame.body, Load) and frame.body.follow is not None:
+                executor.expect_feed(frame.body)  # before any FILL frame for it is read
             work.put(frame)
 
 

@@ -51,9 +51,10 @@ def plan_groups(table: TensorTable, group_bytes: int) -> SwapPlan:
 class HostFill:
     """How much of a host image has arrived so far, while it is still being filled.
 
-    A model on the disk tier (or on another node) reaches host memory chunk by chunk;
+    A model on the disk tier (read by the worker) or on another node (fetched by the
+    gateway, which reports progress in FILL frames) reaches host memory chunk by chunk;
     the copy thread waits here for each group's bytes instead of for the whole image,
-    so disk read, host-to-device copy and execution overlap group by group.
+    so read or fetch, host-to-device copy and execution overlap group by group.
     """
 
     def __init__(self) -> None:
@@ -69,11 +70,17 @@ class HostFill:
             self.complete = True
             self._cond.notify_all()
 
+    def cancel(self) -> None:
+        """The swap is cancelled: a copy thread waiting here gives up (a reader stops at its next chunk)."""
+        with self._cond:
+            self.cancelled = True
+            self._cond.notify_all()
+
     def wait_complete(self) -> None:
         with self._cond:
-            self._cond.wait_for(lambda: self.complete or self.error is not None)
+            self._cond.wait_for(lambda: self.complete or self.error is not None or self.cancelled)
             if not self.complete:
-                raise RequestFailed(f"host image unavailable: {self.error}")
+                raise RequestFailed(f"host image unavailable: {self.error or 'cancelled by an eviction'}")
 
     def advance(self, upto: int) -> None:
         with self._cond:
@@ -87,9 +94,9 @@ class HostFill:
 
     def wait_for(self, upto: int) -> None:
         with self._cond:
-            self._cond.wait_for(lambda: self.ready >= upto or self.error is not None)
+            self._cond.wait_for(lambda: self.ready >= upto or self.error is not None or self.cancelled)
             if self.ready < upto:
-                raise RequestFailed(f"host image unavailable: {self.error}")
+                raise RequestFailed(f"host image unavailable: {self.error or 'cancelled by an eviction'}")
 
 
 @dataclass
@@ -103,6 +110,10 @@ class Swap:
     on_done: Callable[[Swap], None]
     fill: HostFill | None = None  # the source is still arriving (disk tier): wait per group
     in_place: bool = False  # the fill writes dst itself (CPU arena): nothing to copy, only to wait for
+    # The plan's groups are the model's groups first, first+1, ...: a pipeline stage's share, or
+    # the rest of a model consolidated after its first stage (`before`, which brought the others).
+    first: int = 0
+    before: Swap | None = None
     events: list[threading.Event] = field(init=False)  # set once group k is copied (CPU) or enqueued (CUDA)
     handles: list[Any] = field(init=False)  # the backend's completion marker per group (CUDA: an event)
     error: str | None = None
@@ -116,7 +127,12 @@ class Swap:
         self.handles = [None] * self.plan.groups
 
     def wait_group(self, k: int, backend: Backend) -> None:
-        """Return when execution may read group k (on CUDA: once the compute stream waits for it)."""
+        """Return when execution may read the model's group k (on CUDA: once the compute stream waits for it)."""
+        if k < self.first:
+            if self.before is not None:
+                self.before.wait_group(k, backend)
+            return
+        k -= self.first
         self.events[k].wait()
         if self.error is not None:
             raise RequestFailed(f"swap-in of model {self.model_id} failed: {self.error}")
@@ -129,7 +145,7 @@ class Swap:
     def cancel(self) -> None:
         self.cancelled = True
         if self.fill is not None:
-            self.fill.cancelled = True
+            self.fill.cancel()
 
 
 class SwapEngine:

@@ -50,7 +50,7 @@ class RedisServer:
             self.proc.wait(10)
 
 
-def node(state_dir: Path, redis_url: str, name: str, *args: str, token: str = TOKEN) -> Server:
+def node(state_dir: Path, redis_url: str, name: str, *args: str, token: str = TOKEN, memory: str = "256MiB") -> Server:
     """A cluster node: one small CPU device, one compute thread (outputs bitwise equal across nodes)."""
     state_dir.parent.mkdir(parents=True, exist_ok=True)
     return Server(
@@ -63,7 +63,7 @@ def node(state_dir: Path, redis_url: str, name: str, *args: str, token: str = TO
         token,
         *args,
         devices="cpu:1",
-        memory="256MiB",
+        memory=memory,
     )
 
 

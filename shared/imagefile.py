@@ -24,7 +24,7 @@ import os
 import queue
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,20 @@ class ImageFileInfo:
     @property
     def nbytes(self) -> int:
         return self.table.nbytes
+
+    @property
+    def digest(self) -> str:
+        return layout_digest(self.model_id, self.table, self.chunk_bytes, self.checksums)
+
+
+def layout_digest(model_id: str, table: TensorTable, chunk_bytes: int, checksums: Sequence[int]) -> str:
+    """One digest of what an image's bytes must be (its table and chunk checksums).
+
+    The cluster registry keeps it with the function, so a node fetching the image checks the
+    header a holder sends against it before trusting that header's checksums.
+    """
+    wire = [model_id, table.to_wire(), chunk_bytes, list(checksums)]
+    return xxhash.xxh3_128_hexdigest(orjson.dumps(wire))
 
 
 def _checksums(data: memoryview, chunk: int) -> list[int]:

@@ -73,6 +73,7 @@ class Kind(enum.IntEnum):
     SHUTDOWN = 16  # finish and exit
     PEERS = 17  # the other devices' arena handles, for peer copies
     RELEASE_HOST = 18  # unmap a model's host image (it went to the disk tier); keep its program
+    FILL = 19  # one-way, no reply: more of a followed host image has arrived (see Load.follow)
 
 
 class Record(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -102,6 +103,19 @@ class Peer(Record):
     offset: Size
 
 
+class Part(Record):
+    """One stage of a model split across devices at these swap-group cuts (pipeline-parallel cold start).
+
+    On LOAD: copy only that stage's share of the image; `whole` says the slice is the whole
+    model's size (the device the model is consolidated onto), else only the share's. On INFER:
+    run only that stage; inputs and outputs are the values crossing its cuts.
+    """
+
+    cuts: list[Size]
+    stage: Size
+    whole: bool = False
+
+
 # -- gateway -> worker ------------------------------------------------------------------
 class Prepare(Record):
     model_id: str
@@ -116,6 +130,13 @@ class Load(Record):
     # The host image is still on disk (disk tier): the worker reads this image file into the
     # host segment while the copy follows it group by group.
     fill_from: str | None = None
+    # The host image is still arriving from another node, written into the host segment by the
+    # gateway: `ready` bytes are verified now, FILL frames with this id say when more are.
+    follow: int | None = None
+    ready: Size = 0
+    # Copy only one pipeline stage's share. A LOAD without a part of a model whose first stage
+    # is resident in a whole slice at this offset consolidates it: the rest of the image is copied.
+    part: Part | None = None
 
 
 class Evict(Record):
@@ -126,6 +147,7 @@ class Infer(Record):
     model_id: str
     inputs: list[TensorMeta]  # one frame buffer each, in order
     output_names: list[str] = []
+    part: Part | None = None  # run only this pipeline stage
 
 
 class Stats(Record):
@@ -138,6 +160,15 @@ class Forget(Record):
 
 class ReleaseHost(Record):
     model_id: str
+
+
+class Fill(Record):
+    """How much of a followed host image is verified now; the last one says complete (or the error)."""
+
+    follow: int
+    ready: Size
+    complete: bool = False
+    error: str | None = None
 
 
 class Shutdown(Record):
@@ -251,8 +282,11 @@ RECORD: dict[Kind, type[Record]] = {
     Kind.SHUTDOWN: Shutdown,
     Kind.PEERS: Peers,
     Kind.RELEASE_HOST: ReleaseHost,
+    Kind.FILL: Fill,
 }
 KIND_OF: dict[type[Record], Kind] = {t: k for k, t in RECORD.items()}
+# Gateway -> worker frames nothing waits on: no reply, rid 0.
+ONE_WAY = frozenset({Kind.FILL})
 # The reply kind each request kind expects on success (ERROR otherwise).
 REPLY: dict[Kind, Kind] = {
     Kind.PREPARE: Kind.PREPARED,

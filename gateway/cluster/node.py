@@ -17,12 +17,15 @@ from typing import Any
 from gateway.cluster import transfer
 from gateway.cluster.config import ClusterConfig
 from gateway.cluster.forward import Forwarder
+from gateway.cluster.imagefetch import ImageFetcher
 from gateway.cluster.policy import Claim, ClusterPolicy, Knobs, Release
 from gateway.cluster.records import FunctionDef, Hold, HoldState, NodeRecord, NodeState
 from gateway.cluster.store import ClusterStore, RegistryDown
 from gateway.registry import Function, check_name
 from gateway.service import Service
-from shared.errors import NotFound, TorporError
+from shared import imagefile
+from shared.errors import NotFound, TorporError, Unavailable
+from shared.rangefetch import Holder
 
 log = logging.getLogger("torpor.cluster")
 
@@ -53,6 +56,8 @@ class ClusterNode:
         self._stopping = False
         self._artifacts: set[str] = set()  # digests of users' .pt2 files on this node's disk
         self._fetching: dict[str, asyncio.Task[None]] = {}
+        self.fetcher = ImageFetcher(cfg, service)
+        self._placements: set[asyncio.Task[None]] = set()  # placements asked for with `place_here`
 
     @property
     def name(self) -> str:
@@ -81,7 +86,7 @@ class ClusterNode:
         # stops): a copy dropped half-way by a cancelled task could leave a worker call pending.
         self._stopping = True
         async with self._placing, self._view_lock:  # let a placement or an apply under way finish
-            tasks = [*self._tasks, *self._fetching.values()]
+            tasks = [*self._tasks, *self._fetching.values(), *self._placements]
             for task in tasks:
                 task.cancel()
         # A loop inside a Redis call may see the cancellation as a failed command and go round
@@ -170,6 +175,11 @@ class ClusterNode:
             spec["model"] = {"artifact": artifact}
         else:
             spec["model"] = dict(fn.source)
+        try:
+            info = await asyncio.to_thread(imagefile.read_info, self.service.images.path(fn.model_id))
+            digest: str | None = info.digest
+        except TorporError:
+            digest = None  # no image file (yet): nodes fetching it check the chunks against the holder's header
         return FunctionDef(
             fn.name,
             fn.version,
@@ -180,6 +190,7 @@ class ClusterNode:
             fn.invoke_token_sha256,
             artifact,
             self.name,
+            digest,
         )
 
     # -- placement ------------------------------------------------------------------------
@@ -202,9 +213,15 @@ class ClusterNode:
 
         self._fetching[sha256] = asyncio.get_running_loop().create_task(fetch())
 
-    async def _install(self, definition: FunctionDef) -> None:
-        """Build or fetch a function's image here, as defined in the registry."""
+    async def _install(self, definition: FunctionDef, servable: asyncio.Event | None = None) -> None:
+        """Bring a function's image here, as defined in the registry, and return once it is whole.
+
+        From the nodes that hold it when there are any (range requests to all of them at once;
+        `servable` is set as soon as requests can be served here, following the transfer);
+        otherwise, or if that fails, built from its definition (a zoo config or the user's .pt2).
+        """
         body = dict(definition.spec)
+        source: dict[str, Any] = dict(body["model"])
         if definition.artifact_sha256:
             artifacts = self.service.registry.artifacts
             path = await asyncio.to_thread(transfer.find_artifact, artifacts, definition.artifact_sha256)
@@ -213,12 +230,50 @@ class ClusterNode:
                 path = await transfer.fetch_artifact(
                     self.forwarder.client, sources, definition.artifact_sha256, artifacts, self.cfg
                 )
-            body["model"] = {"path": str(path)}
+            body["model"], source = {"path": str(path)}, {"pt2": str(path)}
+        holders = self.image_holders(definition.name)
+        if holders:
+            try:
+                arriving = await self.fetcher.start(definition, holders, source)
+                if servable is not None:
+                    servable.set()
+                await arriving
+                return
+            except TorporError as exc:
+                log.warning("%s: could not fetch its image (%s); building it here", definition.name, exc.message)
         await self.service.deploy(definition.name, body, version=definition.version)
         fn = self.service.registry.functions[definition.name]
         if fn.invoke_token_sha256 != definition.invoke_token_sha256:
             fn.invoke_token_sha256 = definition.invoke_token_sha256  # the token itself never leaves its deployer
             self.service.registry.save()
+
+    def image_holders(self, name: str) -> list[Holder]:
+        """Other nodes whose host memory holds the function's image (a draining one still serves it)."""
+        names = self.policy.live_holders(name, (NodeState.UP, NodeState.DRAINING))
+        return [Holder(n, self.policy.nodes[n].record.url) for n in names if n != self.name and n in self.policy.nodes]
+
+    async def place_here(self, name: str) -> None:
+        """Claim a replica of `name` on this node and bring its image here (Triton's plain `load` on a
+        node that does not hold it). Returns once requests can be served here; the image may still be arriving."""
+        definition = self.policy.functions.get(name)
+        if definition is None:
+            raise NotFound(f"function {name!r} is not deployed")
+        if name in self.service.registry.functions or name in self._busy:
+            return
+        epoch = await self.store.claim(name, self.name, definition.version, "replica", self.cfg.max_replicas)
+        if not epoch:
+            raise Unavailable(
+                f"function {name!r} was not placed on node {self.name}: it has --max-replicas "
+                f"({self.cfg.max_replicas}) copies already, is being placed here, or was replaced"
+            )
+        log.info("claimed %s (asked here, epoch %d)", name, epoch)
+        servable = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(self._place(definition, epoch, servable))
+        self._placements.add(task)
+        task.add_done_callback(self._placements.discard)
+        await servable.wait()
+        if name not in self.service.registry.functions:
+            raise Unavailable(f"function {name!r} could not be placed on node {self.name} (see its log)")
 
     async def _claim(self, claim: Claim) -> None:
         definition = self.policy.functions.get(claim.function)
@@ -228,20 +283,30 @@ class ClusterNode:
         if not epoch:
             return
         log.info("claimed %s (%s, epoch %d)", claim.function, claim.mode, epoch)
-        self._busy.add(claim.function)
+        await self._place(definition, epoch)
+
+    async def _place(self, definition: FunctionDef, epoch: int, servable: asyncio.Event | None = None) -> None:
+        """Install a claimed function here, then confirm the claim (fenced by its epoch)."""
+        name = definition.name
+        self._busy.add(name)
         try:
             try:
-                await self._install(definition)
+                await self._install(definition, servable)
             except TorporError as exc:
-                log.error("could not place %s here: %s", claim.function, exc.message)
-                await self.store.release(claim.function, self.name, force=True)
+                log.error("could not place %s here: %s", name, exc.message)
+                await self.store.release(name, self.name, force=True)
                 return
-            if not await self.store.confirm(claim.function, self.name, epoch, definition.version):
-                log.warning("claim on %s (epoch %d) was fenced off; dropping the copy", claim.function, epoch)
-                await self._drop(claim.function)
+            if not await self.store.confirm(name, self.name, epoch, definition.version):
+                log.warning("claim on %s (epoch %d) was fenced off; dropping the copy", name, epoch)
+                await self._drop(name)
+        except RegistryDown as exc:
+            log.error("placing %s here: %s", name, exc.message)
         finally:
-            self._busy.discard(claim.function)
-        await self._refresh(claim.function)
+            self._busy.discard(name)
+            if servable is not None:
+                servable.set()  # also when it failed: the waiter sees it is not here
+        with contextlib.suppress(RegistryDown):
+            await self._refresh(name)
 
     async def _release(self, release: Release) -> None:
         if await self.store.release(release.function, self.name):

@@ -36,6 +36,9 @@ class FunctionDef:
     invoke_token_sha256: str | None = None
     artifact_sha256: str | None = None  # a user's .pt2, fetched from a holder by digest
     deployed_by: str = ""
+    # imagefile.layout_digest of its packed image: a node fetching the image from a holder checks
+    # the header it gets against this before trusting that header's chunk checksums.
+    image_digest: str | None = None
 
     @property
     def slo_ms(self) -> float:

@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from gateway import app as node_app
 from gateway import invoke as hot
-from gateway.cluster import transfer
+from gateway.cluster import imageserve, transfer
 from gateway.cluster.forward import FORWARDED_BY, NODE, NOT_HELD, TargetLost
 from gateway.cluster.node import ClusterNode
 from gateway.cluster.policy import Forward, Local, NoHolder
@@ -168,6 +168,9 @@ async def get_function(request: Request) -> Response:
         svc = _node(request).service
         out = node_app.describe(svc, svc.registry.get(request.path_params["name"]))
         out["held_by"] = _node(request).policy.live_holders(request.path_params["name"])
+        fetched = _node(request).fetcher.reports.get(request.path_params["name"])
+        if fetched is not None:
+            out["image_fetch"] = fetched  # how its image came to this node: from which holders, how fast
         return node_app.JSON(out)
     return node_app.JSON(describe_remote(_node(request), fn))
 
@@ -228,4 +231,6 @@ def routes(infer: Any) -> list[Route]:
         Route("/v2/models/{name}/infer", infer, methods=["POST"]),
         Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
         Route("/internal/v1/artifacts/{sha256}", artifact, methods=["GET"]),
+        Route("/internal/v1/images/{model_id}", imageserve.header, methods=["GET"]),
+        Route("/internal/v1/images/{model_id}/data", imageserve.data, methods=["GET"]),
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,7 @@ from gpuworker.swap import plan_groups
 from shared import program, shm, zoo
 from shared.errors import RequestFailed
 from shared.modelstore import ModelImage, pack
-from shared.protocol import Evict, Evicted, Forget, Infer, Load, prepare_record, tensor_meta, tensor_to_wire
+from shared.protocol import Evict, Evicted, Fill, Forget, Infer, Load, prepare_record, tensor_meta, tensor_to_wire
 
 BUDGET = 128 << 20
 
@@ -254,3 +255,71 @@ def test_functions_of_one_architecture_share_one_graph(devices: list[Device], re
     assert len(ex.shared) == 1
     ex.forget(msgspec.convert({"model_id": "b"}, Forget))
     assert ex.shared == {}, "the last function to go takes the graphs with it"
+
+
+def _reply(dev: Device, rid: int) -> Any:
+    """The swap's reply, which the copy thread sends last (after the swap's done event)."""
+    deadline = time.monotonic() + 10
+    while rid not in dev.replies and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return dev.replies[rid]
+
+
+def _feed(dev: Device, src: ModelImage, dst: ModelImage, follow: int, fail_at: int | None = None) -> threading.Thread:
+    """What the gateway does for an image arriving from other nodes: write it in, report each step."""
+
+    def run() -> None:
+        a, b = shm.attach(src.segment_name, False), shm.attach(dst.segment_name, True)
+        step = 1 << 20
+        for lo in range(0, src.nbytes, step):
+            hi = min(lo + step, src.nbytes)
+            if fail_at is not None and hi > fail_at:
+                dev.executor.feed(Fill(follow=follow, ready=lo, error="holder b: chunk 3 fails its checksum"))
+                break
+            b.buf[lo:hi] = a.buf[lo:hi]
+            time.sleep(0.002)
+            dev.executor.feed(Fill(follow=follow, ready=hi, complete=hi == src.nbytes))
+        a.close()
+        b.close()
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_a_swap_following_an_image_from_other_nodes_runs_bitwise_equal(devices, resnet18) -> None:
+    """node -> host -> device -> execution: each group is copied once its bytes are reported verified."""
+    empty = ModelImage(shm.segment_name("test-r18-arriving"), resnet18.table)
+    shm.create(empty.segment_name, resnet18.nbytes).close()
+    try:
+        dev = devices[0]
+        _prepare(dev, empty)
+        wire, x = _input()
+        dev.executor.load(1, msgspec.convert({"model_id": "r18", "offset": 0, "follow": 9, "ready": 0}, Load))
+        feeder = _feed(dev, resnet18, empty, 9)
+        assert _infer(dev, wire) == _native(x)  # started before any byte had arrived
+        feeder.join()
+        assert _reply(dev, 1).source == "node" and dev.executor.fills.pending == {}
+    finally:
+        empty.unlink()
+
+
+def test_a_failed_transfer_fails_the_following_swap_and_an_eviction_never_hangs(devices, resnet18) -> None:
+    empty = ModelImage(shm.segment_name("test-r18-arriving"), resnet18.table)
+    shm.create(empty.segment_name, resnet18.nbytes).close()
+    try:
+        dev = devices[0]
+        _prepare(dev, empty)
+        wire, _ = _input()
+        dev.executor.load(1, msgspec.convert({"model_id": "r18", "offset": 0, "follow": 4}, Load))
+        feeder = _feed(dev, resnet18, empty, 4, fail_at=resnet18.nbytes // 2)
+        with pytest.raises(RequestFailed, match="fails its checksum|not resident"):
+            _infer(dev, wire)  # (not resident: the transfer failed before execution began)
+        feeder.join()
+        assert isinstance(_reply(dev, 1), RequestFailed) and "r18" not in dev.executor.resident
+        # A swap waiting for bytes that never come is released by an eviction.
+        dev.executor.load(2, msgspec.convert({"model_id": "r18", "offset": 0, "follow": 5}, Load))
+        assert dev.executor.evict(Evict(model_id="r18")) == Evicted(evicted=True)
+        assert "cancelled" in _reply(dev, 2).message and dev.executor.fills.pending == {}
+    finally:
+        empty.unlink()

@@ -1,0 +1,94 @@
+"""How many idle devices a cold start is split across (ParaServe's parallel degree), from the SLO and cost model.
+
+Pure: no I/O, no clock.
+
+With k stages each device copies about 1/k of the image over its own link at once, so the
+transfer part of a cold start shrinks to the largest share's, while execution stays what it is
+(the stages run one after another for one request) plus a hand-over per cut:
+
+    predicted(k) = wait + service(max share transfer, exec) + (k - 1) * handoff
+
+Devices behind one PCIe switch share its uplink (cost model), so the stages go to devices on
+different switches first. As ParaServe chooses its degree, the smallest k whose prediction
+meets the SLO wins -- a split ties up k devices and must be consolidated afterwards -- and when
+none meets it, the fastest, if it beats the next smaller k by a margin worth the devices.
+
+CPU devices all copy with the same cores and memory bus: the caller describes them as one
+switch, so a split buys nothing and k stays 1 (gpuworker/bench_pipeline.py measured a split of
+bert-base over two CPU devices slower than the one-device swap on this 2-core machine).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.costmodel import CostModel
+
+HANDOFF_MS = 0.5  # one stage's values to the next (a hidden state of a few hundred KB)
+MARGIN = 0.05  # a larger split must be this much faster than the next smaller one
+
+
+@dataclass(frozen=True)
+class Degree:
+    devices: tuple[int, ...]  # stage i runs on devices[i]; the model is consolidated onto devices[0]
+    predicted_ms: float
+    one_device_ms: float  # the same request as a one-device swap-in, for comparison
+
+    @property
+    def k(self) -> int:
+        return len(self.devices)
+
+    def __repr__(self) -> str:
+        one = f"{self.one_device_ms:.1f}"
+        return f"<Degree k={self.k} on {list(self.devices)} {self.predicted_ms:.1f} ms (1 device {one})>"
+
+
+def spread(cost: CostModel, idle: list[int]) -> list[int]:
+    """Idle devices ordered so that the first k sit behind as many different switches as possible."""
+    switches = cost.topology.switches
+    order, seen = [], set()
+    for d in sorted(idle):  # one per switch first, then the rest
+        if switches[d] not in seen:
+            order.append(d)
+            seen.add(switches[d])
+    return order + [d for d in sorted(idle) if d not in order]
+
+
+def predicted_ms(cost: CostModel, nbytes: int, exec_ms: float, devices: list[int], wait_ms: float = 0.0) -> float:
+    """A cold request split over `devices` (one stage each): its predicted completion."""
+    switches = cost.topology.switches
+    share = nbytes / len(devices)
+    transfers = []
+    for d in devices:
+        # The other stages behind this device's switch share its uplink with this one's copy.
+        others = sum(1 for o in devices if o != d and switches[o] == switches[d])
+        transfers.append(cost.transfer_ms(int(share), d, None, {switches[d]: others}))
+    return wait_ms + cost.service_ms(max(transfers), exec_ms) + (len(devices) - 1) * HANDOFF_MS
+
+
+def choose(
+    cost: CostModel,
+    nbytes: int,
+    exec_ms: float,
+    idle: list[int],
+    slo_ms: float,
+    wait_ms: float = 0.0,
+    max_k: int = 4,
+) -> Degree:
+    """The split of a cold start of `nbytes` (executing in `exec_ms`) over the `idle` devices."""
+    if not idle:
+        raise ValueError("a cold start needs an idle device")
+    order = spread(cost, idle)
+    options = [
+        (k, predicted_ms(cost, nbytes, exec_ms, order[:k], wait_ms)) for k in range(1, min(max_k, len(order)) + 1)
+    ]
+    one = options[0][1]
+    meets = [(k, p) for k, p in options if p <= slo_ms]
+    if meets:
+        k, p = meets[0]
+    else:
+        k, p = options[0]
+        for k2, p2 in options[1:]:
+            if p2 < p * (1 - MARGIN):
+                k, p = k2, p2
+    return Degree(tuple(order[:k]), p, one)
