@@ -19,7 +19,7 @@ from typing import Any
 from gateway import batching
 from gateway.hostfeed import HostFeed
 from gateway.metrics import Metrics
-from gateway.scheduler import Decision, Evict, FunctionInfo, Reject, Run, Scheduler
+from gateway.scheduler import Decision, Evict, FunctionInfo, Prefetch, Reject, Run, Scheduler
 from gateway.workers import WorkerPool
 from shared.errors import (
     DeadlineExceeded,
@@ -132,6 +132,10 @@ class Dispatcher:
     def device_lost(self, device: int) -> None:
         self.apply(self.scheduler.device_lost(device))
 
+    def settle(self) -> None:
+        """Let the scheduler act without an event: after deploys, fill free device memory."""
+        self.apply(self.scheduler.settle())
+
     async def drain(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
@@ -142,6 +146,8 @@ class Dispatcher:
             if isinstance(d, Run):
                 self._queued -= len(d.rids)
                 self._spawn(self._run(d))
+            elif isinstance(d, Prefetch):
+                self._spawn(self._prefetch(d))
             elif isinstance(d, Evict):
                 self._spawn(self._evict(d))
             elif isinstance(d, Reject):
@@ -161,6 +167,29 @@ class Dispatcher:
             self.metrics.evicted(d.device, d.model_id)
         except TorporError as exc:
             log.warning("evict %s on device %d: %s", d.model_id, d.device, exc.message)
+
+    async def _prefetch(self, p: Prefetch) -> None:
+        """A model copied onto a device ahead of its request, while the device runs another.
+
+        Every frame is sent before the first await, so a Run the scheduler places on this model
+        later reaches the worker behind the LOAD; the worker starts a LOAD at once, even while
+        it executes, so the copy overlaps the running inference.
+        """
+        ok = False
+        try:
+            client = self.pool.client(p.device)
+            evicts = [client.request(EvictFrame(model_id=m)) for m in p.evict]
+            load = client.request(Load(model_id=p.model_id, offset=p.load.slice.offset))
+            for model_id, evicted in zip(p.evict, evicts, strict=True):
+                await evicted
+                self.metrics.evicted(p.device, model_id)
+            loaded = (await load).body
+            self.metrics.swapped_in(p.device, p.model_id, loaded.source, loaded.bytes)
+            ok = True
+        except TorporError as exc:
+            log.warning("prefetch of %s onto device %d: %s", p.model_id, p.device, exc.message)
+        finally:
+            self.apply(self.scheduler.prefetched(p.device, ok, model_id=p.model_id))
 
     async def _run(self, run: Run) -> None:
         invs = [self._waiting.pop(r) for r in run.rids if r in self._waiting]

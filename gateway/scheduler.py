@@ -193,12 +193,15 @@ class Scheduler:
             decisions = self._filled(run.function, ok)
         return decisions
 
-    def prefetched(self, device: int, ok: bool = True) -> list[Decision]:
-        """The device's prefetch ended: the model is wholly on it (or, failed, not at all)."""
+    def prefetched(self, device: int, ok: bool = True, model_id: str | None = None) -> list[Decision]:
+        """The device's prefetch ended: the model is wholly on it (or, failed, not at all).
+
+        `model_id` guards against a late report of a prefetch the device lost with its worker."""
         d = self.devices[device]
-        t, d.prefetch = d.prefetch, None
-        if t is None:
+        t = d.prefetch
+        if t is None or (model_id is not None and t.model_id != model_id):
             return self._dispatch()
+        d.prefetch = None
         decisions: list[Decision] = []
         self._release_source(t.peer, t.model_id)
         r = d.resident.get(t.model_id)

@@ -165,6 +165,7 @@ class Service:
         self.host.add(fn.name, fn.model_bytes, time.monotonic())
         if tier == Tier.DISK:
             self.dispatcher.apply(self.scheduler.host_tier(fn.name, Tier.DISK))
+        self.dispatcher.settle()  # free device memory takes the model before its first request
 
     async def stop(self) -> None:
         self.stopping = True
@@ -282,6 +283,7 @@ class Service:
             await self.tiers.make_room(0, keep=fn.name)  # the new image is in host memory already
         except Unavailable as exc:
             log.warning("%s; host memory is over its bound until images are free", exc.message)
+        self.dispatcher.settle()  # free device memory takes the model before its first request
         self.metrics.function_deployed(fn.name, fn.slo_ms, time.perf_counter() - started)
         log.info(
             "deployed %s (%s, %s) in %.2f s",

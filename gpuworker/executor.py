@@ -360,7 +360,7 @@ class Executor:
         return prog
 
     def _check_overlap(self, offset: int, nbytes: int) -> None:
-        for r in self.resident.values():
+        for r in list(self.resident.values()):  # the reader thread may load while the copy thread drops
             if offset < r.offset + r.nbytes and r.offset < offset + nbytes:
                 raise InvalidInput(f"slice [{offset}, {offset + nbytes}) overlaps resident model {r.model_id}")
 

@@ -87,10 +87,11 @@ def run(cfg: WorkerConfig) -> None:
     executor = Executor(backend, cfg.group_bytes, conn.reply)
     conn.send(ready_body(cfg, backend), 0)
     work: queue.SimpleQueue[Frame | None] = queue.SimpleQueue()  # C: one cheap handoff per frame
-    reader = threading.Thread(target=_read, args=(conn, executor, work), name="reader", daemon=True)
+    lane = ControlLane()
+    reader = threading.Thread(target=_read, args=(conn, executor, work, lane), name="reader", daemon=True)
     reader.start()
     try:
-        _serve(conn, executor, work)
+        _serve(conn, executor, work, lane)
     finally:
         executor.close()
         backend.close()
@@ -114,7 +115,7 @@ def ready_body(cfg: WorkerConfig, backend: Any) -> Ready:
     )
 
 
-def _read(conn: Connection, executor: Any, work: queue.SimpleQueue[Frame | None]) -> None:
+def _read(conn: Connection, executor: Any, work: queue.SimpleQueue[Frame | None], lane: ControlLane) -> None:
     """Reads frames; answers STATS at once (so a busy device still reports), applies FILL, queues the rest."""
     # Buffered: a small frame's length, header and tensors come from one recv, not four;
     # a large tensor is still received straight into its own buffer.
@@ -140,10 +141,58 @@ def _read(conn: Connection, executor: Any, work: queue.SimpleQueue[Frame | None]
         else:
             if isinstance(frame.body, Load) and frame.body.follow is not None:
                 executor.expect_feed(frame.body)  # before any FILL frame for it is read
-            work.put(frame)
+            if frame.kind in (Kind.LOAD, Kind.EVICT) and lane.take():
+                # Not behind a running inference: the copy engine brings the next model in while
+                # the device executes this one (the scheduler's prefetch). Only while no other
+                # control frame (PREPARE, FORGET...) waits, which a LOAD or EVICT must not overtake.
+                _handle(conn, executor, frame)
+                lane.release()
+            else:
+                if frame.kind is not Kind.INFER:
+                    lane.queued()
+                work.put(frame)
 
 
-def _serve(conn: Connection, executor: Any, work: queue.SimpleQueue[Frame | None]) -> None:
+class ControlLane:
+    """Counts control frames (all but INFER) queued for or being handled by the main thread, so the
+    reader handles a LOAD or EVICT itself only when it overtakes none of them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting = 0
+
+    def queued(self) -> None:
+        with self._lock:
+            self._waiting += 1
+
+    def done(self) -> None:
+        with self._lock:
+            self._waiting -= 1
+
+    def take(self) -> bool:
+        """True (and the lane is the reader's until release) if no control frame waits."""
+        with self._lock:
+            if self._waiting:
+                return False
+            self._waiting += 1
+            return True
+
+    def release(self) -> None:
+        self.done()
+
+
+def _handle(conn: Connection, executor: Any, frame: Frame) -> None:
+    """A LOAD or EVICT on the reader's thread."""
+    try:
+        if isinstance(frame.body, Load):
+            executor.load(frame.rid, frame.body)  # replies from the copy thread
+        else:
+            conn.reply(frame.rid, executor.evict(frame.body))
+    except Exception as exc:  # one frame's failure must not end the reader
+        conn.reply(frame.rid, exc)
+
+
+def _serve(conn: Connection, executor: Any, work: queue.SimpleQueue[Frame | None], lane: ControlLane) -> None:
     handlers = {
         Kind.PREPARE: executor.prepare,
         Kind.EVICT: executor.evict,
@@ -157,18 +206,26 @@ def _serve(conn: Connection, executor: Any, work: queue.SimpleQueue[Frame | None
             conn.reply(frame.rid, Bye())
             return
         try:
-            if isinstance(frame.body, Load):
-                executor.load(frame.rid, frame.body)  # replies from the copy thread
-                continue
-            handler = handlers.get(frame.kind)
-            if handler is None:
-                raise ProtocolError(f"a worker does not accept {frame.kind.name} frames")
-            executor.busy_since = started = time.monotonic()
-            try:
-                result = executor.infer(frame.body, frame.buffers) if frame.kind is Kind.INFER else handler(frame.body)
-            finally:
-                executor.busy_since = None
-            log.debug("%s %d took %.2f ms", frame.kind.name, frame.rid, (time.monotonic() - started) * 1e3)
-            conn.reply(frame.rid, result)
-        except Exception as exc:  # one request's failure must not end the worker
-            conn.reply(frame.rid, exc)
+            _serve_one(conn, executor, handlers, frame)
+        finally:
+            if frame.kind is not Kind.INFER:
+                lane.done()
+
+
+def _serve_one(conn: Connection, executor: Any, handlers: dict[Kind, Any], frame: Frame) -> None:
+    try:
+        if isinstance(frame.body, Load):
+            executor.load(frame.rid, frame.body)  # replies from the copy thread
+            return
+        handler = handlers.get(frame.kind)
+        if handler is None:
+            raise ProtocolError(f"a worker does not accept {frame.kind.name} frames")
+        executor.busy_since = started = time.monotonic()
+        try:
+            result = executor.infer(frame.body, frame.buffers) if frame.kind is Kind.INFER else handler(frame.body)
+        finally:
+            executor.busy_since = None
+        log.debug("%s %d took %.2f ms", frame.kind.name, frame.rid, (time.monotonic() - started) * 1e3)
+        conn.reply(frame.rid, result)
+    except Exception as exc:  # one request's failure must not end the worker
+        conn.reply(frame.rid, exc)

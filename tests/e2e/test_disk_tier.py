@@ -41,8 +41,12 @@ def test_images_beyond_host_memory_serve_from_disk_bitwise_equal(state_dir: Path
         for name, zoo_name in FUNCTIONS.items():
             r = srv.deploy(name, {"model": {"zoo": zoo_name}, "slo_ms": 5000})
             assert r.status_code == 201, r.text
-        assert _tiers(srv) == {"r18": "disk", "r50": "host"}  # r18 was used least recently
+        # r18 went onto the empty device at deploy; its host image then made room for r50's.
+        assert _tiers(srv) == {"r18": "device", "r50": "host"}
         assert _host_image_bytes(srv.pid) <= BUDGET
+        assert _invoke(srv, "r18") == "resident"
+        assert _invoke(srv, "r50") == "host"  # r18 is evicted from the device for it
+        assert _tiers(srv) == {"r18": "disk", "r50": "device"}
 
         assert _invoke(srv, "r18") == "disk"  # read in, copied and run group by group
         assert _tiers(srv) == {"r18": "device", "r50": "disk"}  # r50 made room
@@ -59,7 +63,7 @@ def test_images_beyond_host_memory_serve_from_disk_bitwise_equal(state_dir: Path
     again = Server(state_dir, "--host-memory", "120MiB", devices="cpu:1", memory="128MiB").start()
     try:
         assert "1 left on disk (--host-memory)" in again.log()
-        assert sorted(_tiers(again).values()) == ["disk", "host"]
+        assert sorted(_tiers(again).values()) == ["device", "disk"]  # the one in host memory went onto the device
         for name in FUNCTIONS:
             _invoke(again, name)
     finally:

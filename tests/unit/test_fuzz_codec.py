@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 
 import shared.protocol as protocol
 from gateway.oip import parse_request
-from gpuworker.main import Connection, _read
+from gpuworker.main import Connection, ControlLane, _read
 from shared.errors import InvalidInput, ProtocolError
 from shared.protocol import (
     HEADER,
@@ -44,6 +44,7 @@ from shared.protocol import (
     BadFrame,
     Error,
     Evict,
+    Evicted,
     Forget,
     Frame,
     ImageWire,
@@ -294,6 +295,13 @@ def test_real_limit_is_enforced_on_the_header_alone() -> None:
 class _FakeExecutor:
     def __init__(self) -> None:
         self.stats_calls = 0
+        self.loads: list[int] = []  # rids of LOAD frames the reader started itself
+
+    def load(self, rid: int, body: object) -> None:
+        self.loads.append(rid)  # a real executor replies later, from its copy thread
+
+    def evict(self, body: object) -> Evicted:
+        return Evicted(evicted=False)
 
     def stats(self) -> StatsReply:
         self.stats_calls += 1
@@ -319,7 +327,7 @@ def _run_reader(stream: bytes) -> tuple[list[Frame | None], list[Frame]]:
             reply_errors.append(exc)
 
     with a, b:
-        reader = threading.Thread(target=_read, args=(Connection(b), executor, work), daemon=True)
+        reader = threading.Thread(target=_read, args=(Connection(b), executor, work, ControlLane()), daemon=True)
         collector = threading.Thread(target=collect, daemon=True)
         collector.start()
         reader.start()
@@ -344,6 +352,7 @@ def _expected_reader(stream: bytes) -> tuple[list[Frame | None], list[tuple[Kind
     items: list[Frame | None] = []
     replies: list[tuple[Kind, int]] = []
     pos = 0
+    control = 0  # control frames queued for the main thread (none is ever taken off here)
     while True:
         if pos == len(stream):
             return [*items, None], replies  # clean EOF
@@ -366,7 +375,11 @@ def _expected_reader(stream: bytes) -> tuple[list[Frame | None], list[tuple[Kind
             return [*items, frame], replies
         if frame.kind is Kind.STATS:
             replies.append((Kind.STATS_REPLY, frame.rid))
+        elif frame.kind in (Kind.LOAD, Kind.EVICT) and not control:
+            if frame.kind is Kind.EVICT:  # handled by the reader itself: nothing queued overtaken
+                replies.append((Kind.EVICTED, frame.rid))
         else:
+            control += frame.kind is not Kind.INFER
             items.append(frame)
 
 
