@@ -90,6 +90,7 @@ class FunctionState:
     queue: deque[Waiting] = field(default_factory=deque)
     home: int | None = None  # native: its dedicated device
     host_tier: str = "host"  # where its image is: host, filling or disk (gateway.hosttier.Tier)
+    no_prefetch_until: float = 0.0  # a prefetch of its model failed: none before this time
 
 
 @dataclass

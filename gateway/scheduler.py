@@ -48,6 +48,7 @@ from gateway.slo import PriorityTuner, SloWindow
 from shared.arena import ArenaLayout, align_up
 
 LARGE_SHARE = 32  # a model of at least 1/32 of a device's memory is "large": placed from the arena's top
+PREFETCH_BACKOFF_S = 5.0  # after a failed prefetch of a function's model, none for this long
 WAITING_PRICE = 1e6  # eviction price of the only copy of a model with requests waiting: last resort
 
 __all__ = ["POLICIES", "Decision", "Evict", "FunctionInfo", "Load", "Policy", "Prefetch", "Reject", "Run", "Scheduler"]
@@ -212,6 +213,8 @@ class Scheduler:
         elif not ok:
             self._drop(d, t.model_id)  # the worker has let go of the slice; a run on it fails with the swap
             self._room = True
+            if state is not None:  # its request swaps it in itself; no copy ahead that may fail again
+                state.no_prefetch_until = self.clock() + PREFETCH_BACKOFF_S
         elif state is not None and state.info.model_id == t.model_id:
             r.loading = False
         elif not running:  # removed while it was copied in (if it runs, finished() evicts it)
@@ -382,7 +385,8 @@ class Scheduler:
                 break
             state = self.functions[name]
             need = align_up(state.info.nbytes)
-            fits = [i for i, hole in holes.items() if hole >= need and state.host_tier == "host"]
+            ready = state.host_tier == "host" and self.clock() >= state.no_prefetch_until
+            fits = [i for i, hole in holes.items() if hole >= need and ready]
             now = [i for i in fits if i in engines]
             if now:
                 i = max(now, key=lambda i: (holes[i], -i))
@@ -410,7 +414,7 @@ class Scheduler:
         for name in self._order():
             state = self.functions[name]
             model = state.info.model_id
-            if self._copies.get(model) or state.host_tier != "host":
+            if self._copies.get(model) or state.host_tier != "host" or now < state.no_prefetch_until:
                 continue  # resident somewhere already; disk-tier images take the request's own path
             if self.policy.defer_late and now + state.exec.at(1) / 1e3 > state.queue[0].deadline:
                 break  # the rest of the order cannot make their deadlines either: keep the memory

@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gateway.costmodel import CostModel, ExecProfile, pipelined
-from gateway.scheduler import Evict, FunctionInfo, Prefetch, Reject, Run, Scheduler
+from gateway.scheduler import Evict, FunctionInfo, Policy, Prefetch, Reject, Run, Scheduler
 from gateway.sim.profile import HardwareProfile, ModelProfile
 
 ARRIVE, SWAP_DONE, FINISH, PREFETCH_DONE = 0, 1, 2, 3
@@ -97,10 +97,15 @@ class _Started:
 
 class Simulation:
     def __init__(
-        self, profile: HardwareProfile, policy: str, functions: list[SimFunction], seed: int = 0, preload: bool = True
+        self,
+        profile: HardwareProfile,
+        policy: str | Policy,
+        functions: list[SimFunction],
+        seed: int = 0,
+        preload: bool = True,
     ) -> None:
         self.profile = profile
-        self.policy = policy
+        self.policy = policy if isinstance(policy, str) else policy.name
         self.functions = functions
         self.now = 0.0
         self.offset = 0.0  # when the trace began: after the deploy phase
@@ -119,7 +124,7 @@ class Simulation:
         self.end = 0.0
         # Native serving gives each function its own process on its device: its runtime
         # (CUDA context, framework workspace) takes device memory beside the weights.
-        overhead = profile.native_overhead if policy == "native" else 0
+        overhead = profile.native_overhead if self.scheduler.policy.static else 0
         for f in functions:
             m = f.model
             deployed = self.scheduler.function_added(
@@ -210,7 +215,7 @@ class Simulation:
 
     def _exec1(self, m: ModelProfile) -> float:
         """Batch-1 execution time: the native baseline runs without remoting, at its own speed."""
-        return m.native_exec_ms if self.policy == "native" and m.native_exec_ms else m.exec_ms
+        return m.native_exec_ms if self.scheduler.policy.static and m.native_exec_ms else m.exec_ms
 
     def _start(self, run: Run) -> None:
         topo = self.profile.topology
