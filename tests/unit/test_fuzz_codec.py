@@ -389,7 +389,7 @@ def test_worker_reader_never_crashes_or_wedges(stream: bytes) -> None:
     with mock.patch.object(protocol, "MAX_FRAME_BYTES", SMALL_LIMIT):
         items, replies = _run_reader(stream)
     for r in replies:
-        assert r.kind in (Kind.STATS_REPLY, Kind.ERROR)
+        assert r.kind in (Kind.STATS_REPLY, Kind.ERROR, Kind.EVICTED)
         if r.kind is Kind.ERROR:
             assert isinstance(r.body, Error) and r.body.kind == "protocol_error" and r.body.message
     # Every frame is answered or queued, in order, and the reader ends by handing the
@@ -576,3 +576,12 @@ def test_a_request_id_that_is_not_a_string_is_refused() -> None:
     body = orjson.dumps({"id": 7, "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}]})
     with pytest.raises(InvalidInput, match="id: expected a string"):
         parse_request(body, "f", spec)
+
+
+def test_worker_reader_answers_an_evict_itself_when_no_control_frame_waits() -> None:
+    # The frame hypothesis found when the reader began taking EVICTs off the main thread:
+    # an EVICT of an empty model id, answered EVICTED by the reader, nothing queued.
+    stream = b"\x00\x00\x00\x13\x00\x00\x00\x0f\x94\x0c\x00\x81\xa8model_id\xa0\x90"
+    items, replies = _run_reader(stream)
+    assert [(r.kind, r.rid) for r in replies] == [(Kind.EVICTED, 0)]
+    assert items == [None]
