@@ -29,16 +29,16 @@ FULL = POLICIES["torpor"]
 # (name, what it takes away, the policy, whether free device memory is filled at deploy)
 VARIANTS: list[tuple[str, str, Policy, bool]] = [
     ("torpor", "the full policy", FULL, True),
-    ("-warm_first", "a freeing device always serves the head of the order", replace(FULL, warm_first=False), True),
-    ("-spare", "plain earliest deadline first (no yielding by functions with misses to spare)",
+    ("no-warm-first", "a freeing device always serves the head of the order", replace(FULL, warm_first=False), True),
+    ("no-spare", "plain earliest deadline first (no yielding by functions with misses to spare)",
      replace(FULL, spare_ms=0.0), True),
-    ("order=rrc", "Torpor's RRC classes at a tuned threshold instead of the budget order",
+    ("order-rrc", "Torpor's RRC classes at a tuned threshold instead of the budget order",
      replace(FULL, order="rrc"), True),
-    ("duplicates=never", "no duplicate may evict another model's only copy (Torpor §5.4)",
+    ("duplicates-never", "no duplicate may evict another model's only copy (Torpor §5.4)",
      replace(FULL, duplicates="never"), True),
-    ("-segregate", "first fit from the bottom of the arena for every model", replace(FULL, segregate=False), True),
-    ("-preload", "models come onto devices only with their first request", FULL, False),
-    ("-prefetch", "no copies onto busy devices (and so no preload either)", replace(FULL, prefetch=False), False),
+    ("no-segregate", "first fit from the bottom of the arena for every model", replace(FULL, segregate=False), True),
+    ("no-preload", "models come onto devices only with their first request", FULL, False),
+    ("no-prefetch", "no copies onto busy devices (and so no preload either)", replace(FULL, prefetch=False), False),
 ]
 
 
