@@ -24,7 +24,8 @@ Environment:
   TORPOR_TOKEN            bearer token for invoke, if the functions need one
   TORPOR_REQUEST_LOG      CSV written with one line per request: start (unix s), function,
                           trace_function, ms, status, cold (x-torpor-cold), source
-                          (x-torpor-source: resident, host or peer:N), late_ms (fired behind the trace)
+                          (x-torpor-source: resident, host or peer:N), late_ms (fired behind the trace),
+                          queue_ms, swap_ms, exec_ms (the server's own breakdown)
   TORPOR_DRAIN            seconds to wait at the end for requests still in flight (default 10)
 
 Trace functions map round-robin onto the targets (the deployed functions listed by
@@ -80,8 +81,9 @@ def _record(name: str, response_time: float, response: Any, context: dict[str, A
         return
     status = getattr(response, "status_code", 0) or 0
     headers = getattr(response, "headers", None) or {}
-    cold = headers.get("x-torpor-cold", "") if status == 200 else ""
-    source = headers.get("x-torpor-source", "") if status == 200 else ""
+    ok = status == 200
+    cold, source = (headers.get("x-torpor-cold", ""), headers.get("x-torpor-source", "")) if ok else ("", "")
+    parts = [headers.get(f"x-torpor-{p}-ms", "") if ok else "" for p in ("queue", "swap", "exec")]
     log.write(
         (
             f"{context['fired']:.3f}",
@@ -92,6 +94,7 @@ def _record(name: str, response_time: float, response: Any, context: dict[str, A
             cold,
             source,
             f"{context['late_ms']:.1f}",
+            *parts,
         )
     )
 

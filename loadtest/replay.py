@@ -20,7 +20,9 @@ import numpy as np
 from shared import traces
 from shared.specs import random_inputs
 
-REQUEST_LOG_COLUMNS = ("start", "function", "trace_function", "ms", "status", "cold", "source", "late_ms")
+REQUEST_LOG_COLUMNS = tuple(
+    "start function trace_function ms status cold source late_ms queue_ms swap_ms exec_ms".split()
+)
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ class Replay:
         # One body per function, encoded once: a fresh JSON encoding per request would cost
         # the load generator more CPU than mlp costs the server.
         self.bodies = {
-            f["name"]: json.dumps({"inputs": random_inputs(f["inputs"], 1, 16, rng)}).encode() for f in targets
+            f["name"]: json.dumps({"inputs": random_inputs(f["inputs"], 1, rng=rng)}).encode() for f in targets
         }
         self.start = time.time() + lead_s  # every user's clock starts together, after the plan is built
         self._arrivals = self._map(trace.arrivals(seed=seed))

@@ -1,7 +1,6 @@
 """Does the simulator predict the real server? The same trace, replayed and simulated, side by side.
 
-    python -m loadtest.simreal --profile gateway/sim/profiles/cpu2-measured.json \\
-        --functions 24 --models resnet50 resnet152 bert-base --device-memory 512MiB \\
+    python -m loadtest.simreal --functions 24 --models resnet50 resnet152 bert-base --device-memory 512MiB \\
         --minutes 10 --rate 0.05 --out simreal/
 
 1. starts a real `torpor serve` (CPU devices) and deploys N functions round-robin over
@@ -14,7 +13,9 @@
    deployed; goal within 5%) and the median over functions of simulated ÷ real p98 (goal
    within 25%). Writes OUT/comparison.json and the load test's report under OUT/real/.
 
-The profile should be measured on this machine (`torpor profile --devices cpu:2`).
+The profile is measured on this machine first (as `torpor profile` does; written to
+OUT/profile.json): a 2-core machine's speed differs between hosts and hours, and a profile
+measured elsewhere predicts that other machine.
 Where the two disagree, the model of the hardware or of the server is what to fix.
 """
 
@@ -44,7 +45,12 @@ SIGMA, BURSTINESS = 1.0, 0.5  # the replay's defaults (loadtest.replay.ReplayCon
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="cpu2-measured", help="a profile measured on this machine")
+    ap.add_argument(
+        "--profile",
+        default="measure",
+        help="'measure' (default): time the models and the copy on this machine first, as `torpor profile` "
+        "does; or a profile file or built-in name measured earlier",
+    )
     ap.add_argument("--devices", default="cpu:2")
     ap.add_argument("--device-memory", default="512MiB", help="per device: less than the functions' models")
     ap.add_argument("--functions", type=int, default=24)
@@ -58,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        profile = _server_profile(load(args.profile), args.devices, args.device_memory)
+        profile = _server_profile(
+            _measured(args, out) if args.profile == "measure" else load(args.profile), args.devices, args.device_memory
+        )
     except ValueError as exc:
         raise SystemExit(f"simreal: {exc}") from None
     unknown = [m for m in args.models if m not in profile.models]
@@ -74,9 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     arrivals = [(t, fi) for t, fi in trace.arrivals(seed=args.seed) if t < seconds]
     sim = summarize(Simulation(profile, "torpor", functions, seed=args.seed).run(arrivals))
     result = compare(real, sim, functions)
+    result["exec_by_model"] = exec_by_model(out / "real" / "requests.csv", functions)
     (out / "comparison.json").write_text(json.dumps(result, indent=1))
     print(render(result))
     return 0
+
+
+def _measured(args: argparse.Namespace, out: Path) -> HardwareProfile:
+    """This machine's figures now: a profile measured minutes ago elsewhere predicts another machine."""
+    from gateway.sim.measure import measure_profile  # imports torch: only for this step
+    from gateway.sim.profile import dump
+
+    budget = parse_size(args.device_memory, "--device-memory")
+    profile = measure_profile(parse_devices(args.devices), budget, args.models, 8, 1, progress=print)
+    (out / "profile.json").write_text(json.dumps(dump(profile, budget), indent=1))
+    return profile
 
 
 def _server_profile(profile: HardwareProfile, devices: str, memory: str) -> HardwareProfile:
@@ -113,6 +133,20 @@ def replay(functions: list[SimFunction], args: argparse.Namespace, seconds: int,
             ok = row["status"] == "200"
             outcomes[row["function"]].append(float(row["ms"]) if ok else None)
     return outcomes
+
+
+def exec_by_model(log: Path, functions: list[SimFunction]) -> dict[str, dict[str, float | None]]:
+    """Per model: the profile's execution time against the median the server reported (x-torpor-exec-ms)."""
+    model_of = {f.name: f.model for f in functions}
+    seen: dict[str, list[float]] = {m.name: [] for m in model_of.values()}
+    with open(log, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["status"] == "200" and row.get("exec_ms"):
+                seen[model_of[row["function"]].name].append(float(row["exec_ms"]))
+    profiled = {m.name: m.exec_ms for m in model_of.values()}
+    return {
+        m: {"profile_ms": profiled[m], "real_median_ms": float(np.median(v)) if v else None} for m, v in seen.items()
+    }
 
 
 def _p98(latencies: list[float | None]) -> float | None:
@@ -172,6 +206,10 @@ def render(result: dict[str, Any]) -> str:
             f"{r['function']:<9}{r['model']:<11}{r['slo_ms']:>7.0f}{r['real_requests']:>12}/{r['sim_requests']:<6}"
             f"{ms(r['real_p98_ms']):>10}{ms(r['sim_p98_ms']):>9}{meets:>16}"
         )
+    for model, e in result.get("exec_by_model", {}).items():
+        real = e["real_median_ms"]
+        ratio = "" if real is None else f" (real / profile {real / e['profile_ms']:.2f})"
+        lines.append(f"{model}: execution {e['profile_ms']:.0f} ms profiled, {ms(real)} ms median on the server{ratio}")
     n = result["functions"]
     median = result["median_p98_ratio"]
     lines.append(

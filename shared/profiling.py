@@ -19,11 +19,9 @@ import torch
 
 from shared.exectiming import HEAVY_SLOWDOWN, ExecTiming
 from shared.program import KSERVE_TO_TORCH
-from shared.specs import TensorSpec
+from shared.specs import FREE_DIM, TensorSpec
 
 __all__ = ["HEAVY_SLOWDOWN", "ExecTiming", "profile", "random_tensors", "time_runs"]
-
-FREE_DIM = 128  # the size profiled for a free dimension other than the batch (e.g. sequence length)
 
 
 def random_tensors(specs: Sequence[TensorSpec], batch: int, seed: int = 0) -> list[torch.Tensor]:

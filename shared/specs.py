@@ -87,8 +87,14 @@ def specs_from_json(objs: object, where: str) -> tuple[TensorSpec, ...]:
     return specs
 
 
+# The size of a free dimension other than the batch (e.g. a sequence length) wherever a model
+# is timed or driven with made-up inputs: the deploy-time profile and the load test's requests
+# must be the same work, or the simulator's execution times describe other requests.
+FREE_DIM = 128
+
+
 def random_inputs(
-    inputs: list[dict[str, Any]], batch: int = 1, free: int = 8, rng: np.random.Generator | None = None
+    inputs: list[dict[str, Any]], batch: int = 1, free: int = FREE_DIM, rng: np.random.Generator | None = None
 ) -> list[dict[str, Any]]:
     """A valid random OIP request for an input spec in JSON form (-1 dims: `batch` first, then `free`)."""
     rng = rng or np.random.default_rng()

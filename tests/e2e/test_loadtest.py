@@ -31,6 +31,9 @@ def test_load_test_replays_a_trace_and_reports(server: Server, tmp_path: Path) -
     with open(out / "requests.csv", newline="") as fh:
         logged = list(csv.DictReader(fh))
     assert logged and {r["function"] for r in logged} <= {"mlp", "r18"}
+    for r in logged:  # the server's own breakdown of every answered request
+        if r["status"] == "200":
+            assert float(r["exec_ms"]) > 0 and float(r["queue_ms"]) >= 0 and float(r["swap_ms"]) >= 0, r
     for line in report.splitlines():
         if line.startswith(("| mlp ", "| r18 ")):
             cells = [c.strip() for c in line.strip("|").split("|")]
