@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ def density_figure(curves: dict[str, list[dict[str, Any]]], title: str, out: Pat
         top = max(top, *xs)
         ax.plot(xs, ys, marker="o", markersize=3, label=policy)
     ax.plot([0, top], [0, top], color="grey", linestyle=":", label="all functions")
-    ax.set(xlabel="functions deployed", ylabel="functions meeting their SLO", title=title)
+    ax.set(xlabel="functions deployed", ylabel="functions meeting their SLO", title=textwrap.fill(title, 70))
     ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, out)
