@@ -63,6 +63,21 @@ class Invocation:
     rid: int = 0
 
 
+# A run's frames once sent: the LOAD's reply future (or None), and per INFER frame the
+# requests it carries, their batch sizes and its reply future.
+Sent = tuple["asyncio.Future[Any] | None", list[tuple[list[Invocation], list[int], "asyncio.Future[Any]"]]]
+
+
+@dataclass
+class Started:
+    """A run taken from the scheduler: its requests, when, and its frames if already sent."""
+
+    invs: list[Invocation]
+    started: float
+    sent: Sent | None = None
+    error: Exception | None = None  # sending failed: answered by the run's task
+
+
 @dataclass(frozen=True)
 class Limits:
     max_queue_per_function: int = 256
@@ -142,14 +157,16 @@ class Dispatcher:
 
     # -- decisions -----------------------------------------------------------------
     def apply(self, decisions: list[Decision]) -> None:
+        # Each decision's frames are sent here, in the order decided (an EVICT before the LOAD that
+        # reuses its space); a task per decision awaits the replies.
         for d in decisions:
             if isinstance(d, Run):
                 self._queued -= len(d.rids)
-                self._spawn(self._run(d))
+                self._spawn(self._run(d, self._start(d)))
             elif isinstance(d, Prefetch):
-                self._spawn(self._prefetch(d))
+                self._spawn(self._prefetch(d, self._send_prefetch(d)))
             elif isinstance(d, Evict):
-                self._spawn(self._evict(d))
+                self._spawn(self._evict(d, self._send_evict(d)))
             elif isinstance(d, Reject):
                 self._queued -= 1
                 inv = self._waiting.pop(d.rid, None)
@@ -161,25 +178,43 @@ class Dispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _evict(self, d: Evict) -> None:
+    def _send_evict(self, d: Evict) -> asyncio.Future[Any] | TorporError:
         try:
-            await self.pool.client(d.device).call(EvictFrame(model_id=d.model_id))
+            return self.pool.client(d.device).request(EvictFrame(model_id=d.model_id))
+        except TorporError as exc:
+            return exc
+
+    async def _evict(self, d: Evict, sent: asyncio.Future[Any] | TorporError) -> None:
+        try:
+            if isinstance(sent, TorporError):
+                raise sent
+            await sent
             self.metrics.evicted(d.device, d.model_id)
         except TorporError as exc:
             log.warning("evict %s on device %d: %s", d.model_id, d.device, exc.message)
 
-    async def _prefetch(self, p: Prefetch) -> None:
+    def _send_prefetch(self, p: Prefetch) -> tuple[list[asyncio.Future[Any]], asyncio.Future[Any]] | TorporError:
+        try:
+            client = self.pool.client(p.device)
+        except TorporError as exc:
+            return exc
+        evicts = [client.request(EvictFrame(model_id=m)) for m in p.evict]
+        return evicts, client.request(Load(model_id=p.model_id, offset=p.load.slice.offset))
+
+    async def _prefetch(
+        self, p: Prefetch, sent: tuple[list[asyncio.Future[Any]], asyncio.Future[Any]] | TorporError
+    ) -> None:
         """A model copied onto a device ahead of its request, while the device runs another.
 
-        Every frame is sent before the first await, so a Run the scheduler places on this model
+        Its frames were sent when it was decided, so a Run the scheduler places on this model
         later reaches the worker behind the LOAD; the worker starts a LOAD at once, even while
         it executes, so the copy overlaps the running inference.
         """
         ok = False
         try:
-            client = self.pool.client(p.device)
-            evicts = [client.request(EvictFrame(model_id=m)) for m in p.evict]
-            load = client.request(Load(model_id=p.model_id, offset=p.load.slice.offset))
+            if isinstance(sent, TorporError):
+                raise sent
+            evicts, load = sent
             for model_id, evicted in zip(p.evict, evicts, strict=True):
                 await evicted
                 self.metrics.evicted(p.device, model_id)
@@ -191,41 +226,65 @@ class Dispatcher:
         finally:
             self.apply(self.scheduler.prefetched(p.device, ok, model_id=p.model_id))
 
-    async def _run(self, run: Run) -> None:
+    def _start(self, run: Run) -> Started:
+        """Take the run's requests and, unless something must be awaited first, send its frames now.
+
+        Sent here, in the step that placed the run, the frames reach the worker without waiting
+        for the event loop to start the run's task; evictions and a disk or remote fill source
+        are awaited in the task first (`_run`).
+        """
         invs = [self._waiting.pop(r) for r in run.rids if r in self._waiting]
-        started = time.perf_counter()
-        loaded_ok, lost, failed = True, False, False
-        exec_total: float | None = None
+        st = Started(invs, time.perf_counter())
         for inv in invs:
             inv.phase = "swap" if run.load is not None else "exec"
-        try:
-            client = self.pool.client(run.device)
-            for model_id in run.evict:
-                await client.call(EvictFrame(model_id=model_id))
-                self.metrics.evicted(run.device, model_id)
-            load = None
-            if run.load is not None:
+        if not run.evict and (run.load is None or not run.load.fill):
+            try:
+                st.sent = self._send(run, invs, None)
+            except Exception as exc:  # answered in _run, as any failure of the run
+                st.error = exc
+        return st
+
+    def _send(self, run: Run, invs: list[Invocation], fill: str | HostFeed | None) -> Sent:
+        """Send the run's LOAD (if any) and INFER frames; their reply futures."""
+        client = self.pool.client(run.device)
+        load = None
+        if run.load is not None:
+            if isinstance(fill, HostFeed):
+                body = Load(model_id=run.model_id, offset=run.load.slice.offset, follow=fill.id, ready=fill.ready)
+                load = client.request(body)
+                fill.follow(client)  # no await since `ready` was read: no advance falls in between
+            else:
                 peer = None if run.load.peer is None else Peer(device=run.load.peer, offset=run.load.peer_offset)
+                body = Load(model_id=run.model_id, offset=run.load.slice.offset, peer=peer, fill_from=fill)
+                load = client.request(body)
+        # Sent right behind the load: the worker starts executing while the copy runs.
+        joined = batching.join([inv.inputs for inv in invs]) if len(invs) > 1 else None
+        if joined is not None:
+            return load, [(invs, joined[1], self._infer(client, run, invs[0], joined[0]))]
+        return load, [([inv], [0], self._infer(client, run, inv, inv.inputs)) for inv in invs]
+
+    async def _run(self, run: Run, st: Started) -> None:
+        invs, started = st.invs, st.started
+        loaded_ok, lost, failed = True, False, False
+        exec_total: float | None = None
+        try:
+            if st.error is not None:
+                raise st.error
+            sent = st.sent
+            if sent is None:
+                client = self.pool.client(run.device)
+                for model_id in run.evict:
+                    await client.call(EvictFrame(model_id=model_id))
+                    self.metrics.evicted(run.device, model_id)
                 fill: str | HostFeed | None = None
-                if run.load.fill:  # not whole in host memory: on disk, or arriving from another node
+                if run.load is not None and run.load.fill:  # on disk, or arriving from another node
                     try:
                         fill = await self.fill_source(run.function)
                     except TorporError:
                         loaded_ok = False
                         raise
-                if isinstance(fill, HostFeed):
-                    body = Load(model_id=run.model_id, offset=run.load.slice.offset, follow=fill.id, ready=fill.ready)
-                    load = client.request(body)
-                    fill.follow(client)  # no await since `ready` was read: no advance falls in between
-                else:
-                    body = Load(model_id=run.model_id, offset=run.load.slice.offset, peer=peer, fill_from=fill)
-                    load = client.request(body)
-            # Sent right behind the load: the worker starts executing while the copy runs.
-            joined = batching.join([inv.inputs for inv in invs]) if len(invs) > 1 else None
-            if joined is not None:
-                batched = [(invs, joined[1], self._infer(client, run, invs[0], joined[0]))]
-            else:
-                batched = [([inv], [0], self._infer(client, run, inv, inv.inputs)) for inv in invs]
+                sent = self._send(run, invs, fill)
+            load, batched = sent
             swap_ms, load_error = 0.0, None
             if load is not None:
                 try:
@@ -269,7 +328,7 @@ class Dispatcher:
                                 batch=len(group),
                             )
                         )
-            if joined is None and len(invs) > 1:
+            if len(batched) > 1:
                 exec_total = None  # run one by one: not the batched time the profile predicts
         except TorporError as exc:
             lost = lost or isinstance(exc, WorkerLost)

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from gpuworker.config import WorkerConfig
+from gpuworker.heap import release_free_heap
 from shared.errors import ProtocolError, TorporError
 from shared.protocol import (
     BadFrame,
@@ -147,27 +148,39 @@ def _read(conn: Connection, executor: Any, work: queue.SimpleQueue[Frame | None]
                 # control frame (PREPARE, FORGET...) waits, which a LOAD or EVICT must not overtake.
                 _handle(conn, executor, frame)
                 lane.release()
+            elif frame.kind is Kind.INFER and lane.idle() and executor.runs_inline(frame.body):
+                # The main thread has nothing queued or in hand, and the run is short: run it
+                # here, saving the handoff (a wake-up of another thread) that would dominate it.
+                _serve_one(conn, executor, {}, frame)
             else:
-                if frame.kind is not Kind.INFER:
-                    lane.queued()
+                lane.queued(control=frame.kind is not Kind.INFER)
                 work.put(frame)
 
 
 class ControlLane:
-    """Counts control frames (all but INFER) queued for or being handled by the main thread, so the
-    reader handles a LOAD or EVICT itself only when it overtakes none of them."""
+    """Counts the frames queued for or being handled by the main thread, so the reader handles a
+    frame itself only when it overtakes none it must not: a LOAD or EVICT while no control frame
+    (all but INFER) waits, a short INFER only while nothing waits at all."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiting = 0
+        self._waiting = 0  # control frames
+        self._backlog = 0  # all frames; only the reader adds to it, so idle() cannot go stale under it
 
-    def queued(self) -> None:
+    def queued(self, control: bool = True) -> None:
         with self._lock:
-            self._waiting += 1
+            self._backlog += 1
+            if control:
+                self._waiting += 1
 
-    def done(self) -> None:
+    def done(self, control: bool = True) -> None:
         with self._lock:
-            self._waiting -= 1
+            self._backlog -= 1
+            if control:
+                self._waiting -= 1
+
+    def idle(self) -> bool:
+        return self._backlog == 0
 
     def take(self) -> bool:
         """True (and the lane is the reader's until release) if no control frame waits."""
@@ -178,7 +191,8 @@ class ControlLane:
             return True
 
     def release(self) -> None:
-        self.done()
+        with self._lock:
+            self._waiting -= 1
 
 
 def _handle(conn: Connection, executor: Any, frame: Frame) -> None:
@@ -196,7 +210,6 @@ def _serve(conn: Connection, executor: Any, work: queue.SimpleQueue[Frame | None
     handlers = {
         Kind.PREPARE: executor.prepare,
         Kind.EVICT: executor.evict,
-        Kind.INFER: executor.infer,
         Kind.FORGET: executor.forget,
         Kind.RELEASE_HOST: executor.release_host,
         Kind.PEERS: executor.peers,
@@ -208,8 +221,9 @@ def _serve(conn: Connection, executor: Any, work: queue.SimpleQueue[Frame | None
         try:
             _serve_one(conn, executor, handlers, frame)
         finally:
-            if frame.kind is not Kind.INFER:
-                lane.done()
+            lane.done(control=frame.kind is not Kind.INFER)
+        if frame.kind in (Kind.PREPARE, Kind.FORGET):
+            release_free_heap()  # after building a program or dropping one: rare, and worth megabytes
 
 
 def _serve_one(conn: Connection, executor: Any, handlers: dict[Kind, Any], frame: Frame) -> None:
@@ -217,12 +231,12 @@ def _serve_one(conn: Connection, executor: Any, handlers: dict[Kind, Any], frame
         if isinstance(frame.body, Load):
             executor.load(frame.rid, frame.body)  # replies from the copy thread
             return
-        handler = handlers.get(frame.kind)
+        handler = executor.infer if frame.kind is Kind.INFER else handlers.get(frame.kind)
         if handler is None:
             raise ProtocolError(f"a worker does not accept {frame.kind.name} frames")
         executor.busy_since = started = time.monotonic()
         try:
-            result = executor.infer(frame.body, frame.buffers) if frame.kind is Kind.INFER else handler(frame.body)
+            result = handler(frame.body, frame.buffers) if frame.kind is Kind.INFER else handler(frame.body)
         finally:
             executor.busy_since = None
         log.debug("%s %d took %.2f ms", frame.kind.name, frame.rid, (time.monotonic() - started) * 1e3)

@@ -297,6 +297,9 @@ class _FakeExecutor:
         self.stats_calls = 0
         self.loads: list[int] = []  # rids of LOAD frames the reader started itself
 
+    def runs_inline(self, body: object) -> bool:
+        return False  # every INFER goes to the work queue, where this test looks for it
+
     def load(self, rid: int, body: object) -> None:
         self.loads.append(rid)  # a real executor replies later, from its copy thread
 
