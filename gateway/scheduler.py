@@ -177,9 +177,7 @@ class Scheduler:
 
     def host_pinned(self) -> set[str]:
         """Functions whose host image a device is copying from (or filling) right now."""
-        return {
-            f for d in self.devices if (f := d.transfer_function()) is not None and d.transfer_peer() is None
-        }
+        return {f for d in self.devices if (f := d.transfer_function()) is not None and d.transfer_peer() is None}
 
     def swap_done(self, device: int, ok: bool = True) -> list[Decision]:
         """The running model is now wholly on the device: it may serve as a peer source."""
