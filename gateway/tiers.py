@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from gateway.hostfeed import HostFeed
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from gateway.workers import WorkerPool
 
 log = logging.getLogger("torpor.gateway")
+
+BRING_IN_THREADS = 2
 
 
 class Tiers:
@@ -58,32 +61,36 @@ class Tiers:
         """
         images: dict[str, tuple[ModelImage, str]] = {}
         counts = {"adopted": 0, "read": 0, "disk": 0}
-        used, read_bytes, read_s = 0, 0, 0.0
+        # Which images come into host memory (within --host-memory, in registry order; one that
+        # turns out unusable is rebuilt, so it takes its room all the same) and which stay on disk.
+        plan: list[tuple[Function, bool]] = []
+        used = 0
         for fn in saved:
             if fn.reason == UNLOADED or not self.images.has(fn.model_id):
                 continue  # unloaded by the user; or saved before images were kept on disk (rebuilt)
-            try:
-                if self.host.budget is not None and used + fn.model_bytes > self.host.budget:
-                    info = imagefile.read_info(self.images.path(fn.model_id))
-                    image, how = ModelImage(self.images.segment(fn.model_id), info.table), "disk"
-                else:
-                    started = time.perf_counter()
-                    got = self.images.bring_in(fn.model_id)
-                    image, how = got.image, got.how
-                    if how == "read":
-                        read_bytes += image.nbytes
-                        read_s += time.perf_counter() - started
-            except (TorporError, OSError) as exc:
-                reason = exc.message if isinstance(exc, TorporError) else str(exc)
+            host = self.host.budget is None or used + fn.model_bytes <= self.host.budget
+            used += fn.model_bytes if host else 0
+            plan.append((fn, host))
+        # Two at a time: checking an adopted segment is bound by page faults and hashing, a read
+        # by the disk; either way a second one in flight uses the other core (or the disk's queue).
+        with ThreadPoolExecutor(BRING_IN_THREADS, thread_name_prefix="bring-in") as pool:
+            got = list(pool.map(lambda item: self._bring_in(*item), plan))
+        reads = [(r[2], r[3]) for _, r in got if not isinstance(r, Exception) and r[2]]
+        read_bytes = sum(n for n, _ in reads)
+        # Concurrent reads share the disk: their summed time over the reads in flight is the wall time.
+        read_s = sum(s for _, s in reads) / max(1, min(BRING_IN_THREADS, len(reads)))
+        for (fn, _), (_, result) in zip(plan, got, strict=True):
+            if isinstance(result, Exception):
+                reason = result.message if isinstance(result, TorporError) else str(result)
                 log.error("image of %s unusable (%s); rebuilding it", fn.name, reason)
                 continue
+            image, how, _, _ = result
             if image.table.nbytes != fn.model_bytes:
                 log.error("image of %s does not match its registry entry; rebuilding it", fn.name)
                 if how != "disk":
                     image.unlink()
                 continue
             images[fn.name] = (image, Tier.DISK if how == "disk" else Tier.HOST)
-            used += 0 if how == "disk" else fn.model_bytes
             counts[how] += 1
         if images:
             log.info(
@@ -94,6 +101,19 @@ class Tiers:
             )
         # Enough bytes for a bandwidth worth using in the cost model.
         return images, read_bytes / read_s if read_s > 0 and read_bytes >= 64 << 20 else None
+
+    def _bring_in(self, fn: Function, host: bool) -> tuple[Function, tuple[ModelImage, str, int, float] | Exception]:
+        """One function's image: (image, how, bytes read from disk, seconds reading), or the error."""
+        try:
+            if not host:
+                info = imagefile.read_info(self.images.path(fn.model_id))
+                return fn, (ModelImage(self.images.segment(fn.model_id), info.table), "disk", 0, 0.0)
+            started = time.perf_counter()
+            got = self.images.bring_in(fn.model_id)
+            read = got.image.nbytes if got.how == "read" else 0
+            return fn, (got.image, got.how, read, time.perf_counter() - started)
+        except (TorporError, OSError) as exc:
+            return fn, exc
 
     async def make_room(self, nbytes: int, keep: str) -> None:
         """Push least recently used host images to disk until `nbytes` more fit in --host-memory."""

@@ -1,6 +1,7 @@
 """Time to ready after a restart, against an empty server's own start, side by side in one run.
 
     python -m loadtest.bench_restart [--functions bert-base,resnet152,resnet50,resnet18,mlp] [--repeats 3]
+    python -m loadtest.bench_restart --functions bert-base --copies 23 --repeats 1   # ~10 GB of images
 
 Each round starts real `torpor serve` processes (2 CPU devices) and times Popen -> /v2/health/ready:
   empty        a server with an empty state dir (the floor: workers, arenas, HTTP);
@@ -52,6 +53,7 @@ def _read_bandwidth(files: list[Path]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--functions", default=DEFAULT, help="zoo models, one function each")
+    ap.add_argument("--copies", type=int, default=1, help="functions per model (seeds differ): scales the images")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     models = args.functions.split(",")
@@ -60,8 +62,9 @@ def main() -> None:
         state = Path(tmp) / "state"
         srv = Server(state, memory="512MiB").start(timeout=600)
         for i, m in enumerate(models):
-            r = srv.deploy(f"f{i}-{m}", {"model": {"zoo": m}, "slo_ms": 5000})
-            r.raise_for_status()
+            for c in range(args.copies):
+                r = srv.deploy(f"f{i}-{m}-{c}", {"model": {"zoo": m, "seed": c}, "slo_ms": 5000})
+                r.raise_for_status()
         srv.stop()
         files = sorted((state / "images").glob("*.img"))
         nbytes = sum(f.stat().st_size for f in files)
@@ -85,8 +88,9 @@ def main() -> None:
         bw = _read_bandwidth(files)
     med = {k: statistics.median(v) for k, v in rows.items()}
     gb = nbytes / 1e9
+    copies = f" x {args.copies}" if args.copies > 1 else ""
     print(
-        f"{len(models)} functions ({', '.join(models)}): {nbytes / 2**20:.0f} MiB of images; "
+        f"{len(models) * args.copies} functions ({', '.join(models)}{copies}): {nbytes / 2**20:.0f} MiB of images; "
         f"median of {args.repeats}; sequential read {bw / 1e9:.2f} GB/s (page cache dropped)"
     )
     print(f"  empty server ready        {med['empty']:6.2f} s")

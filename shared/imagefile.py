@@ -20,6 +20,8 @@ under its final name is always whole.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import queue
 import struct
@@ -172,11 +174,10 @@ def read_into(
     if len(view) < info.nbytes:
         raise ValueError(f"destination of {len(view)} bytes for an image of {info.nbytes}")
     if not overlap:
-        with open(info.path, "rb", buffering=0) as f:
-            f.seek(info.data_offset)
+        with _Source(info, direct=False) as src:
             for index, start in enumerate(range(0, info.nbytes, info.chunk_bytes)):
                 end = min(start + info.chunk_bytes, info.nbytes)
-                _readinto_exact(f, view[start:end], info.path)
+                src.read(view[start:end], start)
                 _check_chunk(info, view, index, start, end)
                 if on_chunk is not None:
                     on_chunk(end)
@@ -211,13 +212,12 @@ def _read_chunks(
 ) -> None:
     """Read every chunk in order into `view`, posting each chunk's end offset (or the error)."""
     try:
-        with open(info.path, "rb", buffering=0) as f:
-            f.seek(info.data_offset)
+        with _Source(info, direct=True) as src:
             for start in range(0, info.nbytes, info.chunk_bytes):
                 if stop.is_set():
                     return
                 end = min(start + info.chunk_bytes, info.nbytes)
-                _readinto_exact(f, view[start:end], info.path)
+                src.read(view[start:end], start)
                 arrived.put(end)
     except BaseException as exc:  # handed to the checking thread, which raises it
         arrived.put(exc if isinstance(exc, DamagedImage) else DamagedImage(f"{info.path}: read failed: {exc}"))
@@ -232,13 +232,77 @@ def verify_buffer(info: ImageFileInfo, data: Any) -> int | None:
     return None
 
 
-def _readinto_exact(f: Any, view: memoryview, path: Path) -> None:
-    got = 0
-    while got < len(view):
-        n = f.readinto(view[got:])
-        if not n:
-            raise DamagedImage(f"{path}: truncated while reading")
-        got += n
+class _Source:
+    """An image file's data, read by image offset.
+
+    With `direct`, a file that is not in the page cache is read with O_DIRECT: the disk's DMA
+    lands in the destination itself, where a buffered read fills the page cache and then
+    copies out of it -- a second pass over memory and a second copy of the image in RAM
+    (restoring 10 GB of images into shared memory doubled the memory in use). Only for a
+    reader that does nothing but read (`read_into` with overlap): a direct read has no
+    readahead, so a reader that checks each chunk between reads would leave the disk idle
+    meanwhile (on this machine's bert-base disk-tier request: 545-578 ms direct against
+    412-453 ms buffered). Pieces that are not block-aligned (an image's last bytes), a file
+    whose pages are cached, and filesystems without O_DIRECT go through the page cache.
+    """
+
+    def __init__(self, info: ImageFileInfo, direct: bool) -> None:
+        self.info = info
+        self.fd = os.open(info.path, os.O_RDONLY)
+        self.direct = -1
+        if direct and hasattr(os, "O_DIRECT") and not self._cached():
+            try:
+                self.direct = os.open(info.path, os.O_RDONLY | os.O_DIRECT)
+            except OSError:  # e.g. tmpfs, some overlay filesystems
+                self.direct = -1
+
+    def _cached(self) -> bool:
+        """Whether the data's first, middle and last pages are in the page cache (then it all likely is)."""
+        if not hasattr(os, "RWF_NOWAIT"):
+            return False
+        probe = bytearray(DATA_ALIGN)
+        for at in {0, self.info.nbytes // 2, max(0, self.info.nbytes - 1)}:
+            offset = self.info.data_offset + at // DATA_ALIGN * DATA_ALIGN
+            try:
+                if os.preadv(self.fd, [probe], offset, os.RWF_NOWAIT) <= 0:
+                    return False
+            except OSError:  # EAGAIN: not cached; EOPNOTSUPP: cannot tell
+                return False
+        return True
+
+    def read(self, view: memoryview, start: int) -> None:
+        """Fill `view` with the image's bytes from `start` on."""
+        got, fd = 0, self.fd
+        if self.direct >= 0 and _aligned(view, start):
+            fd = self.direct
+        while got < len(view):
+            try:
+                n = os.preadv(fd, [view[got:]], self.info.data_offset + start + got)
+            except OSError as exc:
+                if fd == self.direct and exc.errno == errno.EINVAL:  # the device wants another alignment
+                    fd = self.fd
+                    continue
+                raise
+            if not n:
+                raise DamagedImage(f"{self.info.path}: truncated while reading")
+            got += n
+            if fd == self.direct and (start + got) % DATA_ALIGN:
+                fd = self.fd  # a short direct read left an unaligned rest
+
+    def __enter__(self) -> _Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+        if self.direct >= 0:
+            os.close(self.direct)
+
+
+def _aligned(view: memoryview, start: int) -> bool:
+    """Whether a direct read may fill `view` from image offset `start` (block-aligned address, offset, length)."""
+    if start % DATA_ALIGN or len(view) % DATA_ALIGN or not len(view):
+        return False
+    return ctypes.addressof(ctypes.c_char.from_buffer(view)) % DATA_ALIGN == 0
 
 
 def _align(n: int) -> int:

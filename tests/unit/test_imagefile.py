@@ -117,3 +117,38 @@ def test_a_failed_write_leaves_no_file_behind(tmp_path: Path, packed) -> None:
     with pytest.raises(ValueError, match="shorter than its table"):
         imagefile.write(tmp_path / "m.img", "m@1", image.table, b"\0" * 10)
     assert list(tmp_path.iterdir()) == []
+
+
+def _drop_cache(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def test_a_file_not_in_the_page_cache_is_read_straight_into_the_destination(tmp_path: Path, packed) -> None:
+    """O_DIRECT where the file is cold and the filesystem allows it; the same bytes, the same checks."""
+    image, seg = packed
+    path = _write(tmp_path, packed, chunk=1 << 20)
+    info = imagefile.read_info(path)
+    with imagefile._Source(info, direct=True) as warm:
+        assert warm.direct == -1, "a file just written is in the page cache: read through it"
+    _drop_cache(path)
+    with imagefile._Source(info, direct=True) as cold:
+        if cold.direct == -1:
+            pytest.skip(f"{tmp_path} does not allow O_DIRECT reads (or cannot tell what is cached)")
+    _drop_cache(path)
+    dest = shm.create(shm.segment_name("test-imagefile-direct"), image.nbytes)
+    try:
+        imagefile.read_into(path, dest.buf)  # a reader thread of its own: direct
+        assert bytes(dest.buf[: image.nbytes]) == bytes(seg.buf[: image.nbytes])
+        with open(path, "r+b") as f:  # damage read the direct way is refused as any other
+            f.seek(info.data_offset + 2 * (1 << 20) + 5)
+            b = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([b[0] ^ 0xFF]))
+        _drop_cache(path)
+        with pytest.raises(DamagedImage, match=r"chunk 2 \(bytes 2097152\.\.3145728\) fails its checksum"):
+            imagefile.read_into(path, dest.buf)
+    finally:
+        dest.close()
+        shm.unlink(dest.name)
