@@ -83,6 +83,47 @@ class CopyLoad:
         self._thread.join()
 
 
+class ComputeLoad:
+    """A background thread running a model over and over, as a second CPU device executing does.
+
+    torch releases the GIL inside its operators, so with one compute thread per caller the two
+    executions run on two cores at once and share what CPU devices share: the cores' caches,
+    the memory bandwidth and (with other work on the machine) the cores themselves.
+    """
+
+    def __init__(self, model: torch.nn.Module, inputs: list[torch.Tensor]) -> None:
+        self._model, self._inputs = model, inputs
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="profile-compute", daemon=True)
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while not self._stop.is_set():
+                self._model(*self._inputs)
+
+    def __enter__(self) -> ComputeLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def corun_slowdown(model: torch.nn.Module, specs: Sequence[TensorSpec], threads: int = 1, runs: int = 5) -> float:
+    """How much longer a batch-1 run of `model` takes while another CPU device executes it too."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x1 = random_tensors(specs, 1)
+        alone = time_runs(model, x1, runs)
+        with ComputeLoad(model, random_tensors(specs, 1, seed=1)):
+            loaded = time_runs(model, x1, runs)
+    finally:
+        torch.set_num_threads(before)
+    return max(1.0, loaded / alone) if alone > 0 else 1.0
+
+
 def profile(
     model: torch.nn.Module,
     specs: Sequence[TensorSpec],

@@ -8,8 +8,9 @@ only the devices are simulated. The simulated truth, given a hardware profile:
   when it starts (transfers through one PCIe switch share it equally; NVLink is
   not shared); the share is fixed for the transfer's duration, a simplification;
 - execution takes the profiled time for the batch size, times `interference` for a
-  heavy model if a device on its PCIe switch is swapping when it starts, times
-  log-normal jitter;
+  heavy model if a device on its PCIe switch is swapping when it starts, times the
+  model's `corun_slowdown` if another device is executing when it starts (CPU devices
+  share the host's cores and memory), times log-normal jitter;
 - swap-in and execution overlap as the profile's pipeline_overlap says, plus the
   profile's fixed swap_latency_ms per swap-in.
 
@@ -237,6 +238,8 @@ class Simulation:
         swapping_near = any(n in self._transferring for n in topo.neighbours(run.device))
         if not pairs and m.heavy and swapping_near:
             exec_ms *= topo.interference
+        if m.corun_slowdown != 1.0 and any(d != run.device for d in self._running):
+            exec_ms *= m.corun_slowdown  # another device executes now: shared cores and memory (CPU devices)
         if self.profile.exec_jitter:
             exec_ms *= math.exp(self._rng.gauss(0, self.profile.exec_jitter))
         alone_ms = self.cost.service_ms(transfer_ms, exec_ms)

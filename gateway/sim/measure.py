@@ -19,8 +19,8 @@ from gateway.costmodel import Topology
 from gateway.sim.profile import HardwareProfile, ModelProfile
 from shared import program, zoo
 from shared.config import DeviceSpec
+from shared.profiling import corun_slowdown, random_tensors
 from shared.profiling import profile as profile_exec
-from shared.profiling import random_tensors
 
 
 def measure_profile(
@@ -54,12 +54,20 @@ def _measure_cpu(
             hidden = swap["serial"] - swap["piped"]
             overlaps.append(min(1.0, max(0.0, hidden / max(1e-9, min(swap["swap"], swap["warm"])))))
             slowdowns.append(timing.slowdown)
+            corun = corun_slowdown(gm, zoo.entry(name).inputs, threads) if n > 1 else 1.0
             measured[name] = ModelProfile(
-                name, int(swap["bytes"]), timing.exec_ms, timing.batch_exec_ms, max_batch, timing.heavy
+                name,
+                int(swap["bytes"]),
+                timing.exec_ms,
+                timing.batch_exec_ms,
+                max_batch,
+                timing.heavy,
+                corun_slowdown=corun,
             )
             progress(
                 f"  {name}: {swap['bytes'] / 2**20:.0f} MiB, exec {timing.exec_ms:.1f} ms, "
-                f"batch {max_batch} {timing.batch_exec_ms or 0:.1f} ms, slowdown under copy {timing.slowdown:.2f}"
+                f"batch {max_batch} {timing.batch_exec_ms or 0:.1f} ms, slowdown under copy {timing.slowdown:.2f}, "
+                f"beside another device's execution {corun:.2f}"
             )
     finally:
         bench.close()

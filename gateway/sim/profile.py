@@ -15,12 +15,17 @@
   "models": {"resnet50": {"bytes": 102000000, "exec_ms": 11.0,
                            "batch_exec_ms": 40.0, "max_batch": 8, "heavy": true,
                            "native_exec_ms": 11.0, "slo_ms": 80, "interference_as": "resnet152",
+                           "corun_slowdown": 1.0,
                            "source": "..."}}
 }
 
 Bandwidths are in 10^9 bytes per second. `interference` is the slowdown of a
 heavy model's execution while a device on its PCIe switch swaps; `exec_jitter`
 the spread (log-normal sigma) of execution times in simulation.
+
+Per model, `corun_slowdown` is how much longer its execution takes while another device
+executes at the same time: CPU devices share the host's cores and memory bandwidth
+(`torpor profile` measures it; 1 when absent, as for GPUs).
 
 `interference_pairs` (as in Torpor's Table 3) replaces that one factor with one per
 pair: pairs[A][B] is how much longer a swap-in of a model that behaves like A takes
@@ -58,6 +63,9 @@ class ModelProfile:
     native_exec_ms: float | None = None  # the native baseline's execution time, if it differs
     slo_ms: float | None = None  # the model's SLO, when the workload sets none
     interference_as: str = ""  # the measured model it behaves like in interference_pairs ("" = itself)
+    # Execution slowdown while another device executes at the same time: CPU devices share the
+    # host's cores, caches and memory bandwidth (measured by `torpor profile`); GPUs do not (1.0).
+    corun_slowdown: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,7 @@ def parse(data: Any, where: str = "profile") -> HardwareProfile:
             _positive(m, "native_exec_ms", where, at),
             _positive(m, "slo_ms", where, at),
             str(m.get("interference_as", "")),
+            _factor(m, "corun_slowdown", where, at),
         )
     if not models:
         raise ValueError(f"{where}: models is empty")
@@ -165,6 +174,14 @@ def parse(data: Any, where: str = "profile") -> HardwareProfile:
         parse_size(data.get("native_function_overhead", "0"), f"{where}: native_function_overhead"),
         {a: {b: float(f) for b, f in row.items()} for a, row in pairs.items()},
     )
+
+
+def _factor(m: dict[str, Any], key: str, where: str, at: str) -> float:
+    """An optional slowdown factor (>= 1; 1 when absent)."""
+    v = m.get(key, 1.0)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 1:
+        raise ValueError(f"{where}: {at}{key}: expected a factor >= 1, got {v!r}")
+    return float(v)
 
 
 def _positive(m: dict[str, Any], key: str, where: str, at: str) -> float | None:
@@ -201,6 +218,7 @@ def dump(profile: HardwareProfile, device_memory: int, reserve: int = 0) -> dict
                 "exec_ms": round(m.exec_ms, 3),
                 **({"batch_exec_ms": round(m.batch_exec_ms, 3), "max_batch": m.max_batch} if m.batch_exec_ms else {}),
                 "heavy": m.heavy,
+                **({"corun_slowdown": round(m.corun_slowdown, 3)} if m.corun_slowdown != 1.0 else {}),
             }
             for m in profile.models.values()
         },

@@ -113,3 +113,23 @@ def test_a_cluster_spreads_functions_over_its_nodes() -> None:
     assert three["functions"] == one["functions"] == 12
     assert three["requests"] == one["requests"], "the same trace, partitioned"
     assert sorted(f["name"] for f in three["per_function"]) == sorted(f["name"] for f in one["per_function"])
+
+
+def test_execution_beside_another_devices_is_slowed_by_the_models_corun_factor() -> None:
+    """CPU devices share the host's cores and memory: a run that starts while another device
+    executes takes the model's corun_slowdown longer; alone, or with the factor absent, it does not."""
+    base = dict(PROFILE, pipeline_overlap=1.0)
+
+    def latencies(corun: float | None) -> list[float]:
+        big = dict(PROFILE["models"]["big"], **({"corun_slowdown": corun} if corun is not None else {}))
+        p = parse(dict(base, models={"big": big}))
+        fns = [SimFunction(f"f{i}", p.models["big"], 1000.0) for i in range(2)]
+        # Both made resident (one per device) at t=0 and 2, then both called at once at t=4.
+        sim = Simulation(p, "torpor", fns).run([(0.0, 0), (2.0, 1), (4.0, 0), (4.0, 1)])
+        return sorted(f["p98_ms"] for f in summarize(sim)["per_function"])
+
+    plain, slowed = latencies(None), latencies(2.0)
+    # The first of the two concurrent runs started alone; the second beside it took twice its time.
+    assert slowed[0] == plain[0] and slowed[1] > 1.5 * plain[1]
+    with pytest.raises(ValueError, match="models.big.corun_slowdown"):
+        parse(dict(base, models={"big": dict(PROFILE["models"]["big"], corun_slowdown=0.5)}))
