@@ -11,6 +11,7 @@ only the devices are simulated. The simulated truth, given a hardware profile:
   heavy model if a device on its PCIe switch is swapping when it starts, times the
   model's `corun_slowdown` if another device is executing when it starts (CPU devices
   share the host's cores and memory), times log-normal jitter;
+- a request's latency adds its model's `request_ms`, the gateway's parse and encode;
 - swap-in and execution overlap as the profile's pipeline_overlap says, plus the
   profile's fixed swap_latency_ms per swap-in.
 
@@ -191,10 +192,11 @@ class Simulation:
         started = self._running.pop(device)
         fn_index = self._index[started.run.function]
         tally = self.tallies[fn_index]
-        slo = self.functions[fn_index].slo_ms
+        fn = self.functions[fn_index]
+        slo = fn.slo_ms
         for r in started.run.rids:
             fi, arrived, idle = self._arrival.pop(r)
-            latency = (t - arrived) * 1e3
+            latency = (t - arrived) * 1e3 + fn.model.request_ms  # the gateway's parse and encode
             tally.latencies_ms.append(latency)
             if latency > slo:
                 tally.miss(late_reason(started, started.wait_ms[r], idle))

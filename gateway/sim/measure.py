@@ -55,6 +55,7 @@ def _measure_cpu(
             overlaps.append(min(1.0, max(0.0, hidden / max(1e-9, min(swap["swap"], swap["warm"])))))
             slowdowns.append(timing.slowdown)
             corun = corun_slowdown(gm, zoo.entry(name).inputs, threads) if n > 1 else 1.0
+            request = request_ms(name)
             measured[name] = ModelProfile(
                 name,
                 int(swap["bytes"]),
@@ -63,11 +64,12 @@ def _measure_cpu(
                 max_batch,
                 timing.heavy,
                 corun_slowdown=corun,
+                request_ms=request,
             )
             progress(
                 f"  {name}: {swap['bytes'] / 2**20:.0f} MiB, exec {timing.exec_ms:.1f} ms, "
                 f"batch {max_batch} {timing.batch_exec_ms or 0:.1f} ms, slowdown under copy {timing.slowdown:.2f}, "
-                f"beside another device's execution {corun:.2f}"
+                f"beside another device's execution {corun:.2f}, request parse and encode {request:.1f} ms"
             )
     finally:
         bench.close()
@@ -87,6 +89,31 @@ def _measure_cpu(
         exec_jitter=0.05,
         source=f"measured by torpor profile on {time.strftime('%Y-%m-%d')}",
     )
+
+
+def request_ms(name: str, runs: int = 5) -> float:
+    """The gateway's time for one request of a zoo model: parse the JSON body the load test sends
+    (loadtest/replay.py: one batch-1 input, free dims FREE_DIM), encode a response of its outputs."""
+    import numpy as np
+    import orjson
+
+    from gateway import oip
+    from shared.specs import random_inputs
+
+    entry = zoo.entry(name)
+    specs = [{"name": s.name, "shape": list(s.shape), "datatype": s.datatype} for s in entry.inputs]
+    body = orjson.dumps({"inputs": random_inputs(specs, 1, rng=np.random.default_rng(0))})
+    outputs = [
+        {"name": spec.name, "datatype": spec.datatype, "shape": list(t.shape), "data": t.numpy().tobytes()}
+        for spec, t in zip(entry.outputs, random_tensors(entry.outputs, 1), strict=True)
+    ]
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        oip.parse_request(body, name, entry.inputs)
+        oip.response(name, None, outputs, None)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
 
 
 def _measure_cuda(

@@ -15,7 +15,7 @@
   "models": {"resnet50": {"bytes": 102000000, "exec_ms": 11.0,
                            "batch_exec_ms": 40.0, "max_batch": 8, "heavy": true,
                            "native_exec_ms": 11.0, "slo_ms": 80, "interference_as": "resnet152",
-                           "corun_slowdown": 1.0,
+                           "corun_slowdown": 1.0, "request_ms": 0.5,
                            "source": "..."}}
 }
 
@@ -25,7 +25,9 @@ the spread (log-normal sigma) of execution times in simulation.
 
 Per model, `corun_slowdown` is how much longer its execution takes while another device
 executes at the same time: CPU devices share the host's cores and memory bandwidth
-(`torpor profile` measures it; 1 when absent, as for GPUs).
+(`torpor profile` measures it; 1 when absent, as for GPUs). `request_ms` is the gateway's
+own time per request of the model (parsing a JSON request of its input, encoding the
+response), added to each request's latency.
 
 `interference_pairs` (as in Torpor's Table 3) replaces that one factor with one per
 pair: pairs[A][B] is how much longer a swap-in of a model that behaves like A takes
@@ -66,6 +68,9 @@ class ModelProfile:
     # Execution slowdown while another device executes at the same time: CPU devices share the
     # host's cores, caches and memory bandwidth (measured by `torpor profile`); GPUs do not (1.0).
     corun_slowdown: float = 1.0
+    # The gateway's own time per request: parsing the body the load test sends, encoding the
+    # response (a 224x224 image as JSON is 3 MB to parse); added to every request's latency.
+    request_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,7 @@ def parse(data: Any, where: str = "profile") -> HardwareProfile:
             _positive(m, "slo_ms", where, at),
             str(m.get("interference_as", "")),
             _factor(m, "corun_slowdown", where, at),
+            _positive(m, "request_ms", where, at) or 0.0,
         )
     if not models:
         raise ValueError(f"{where}: models is empty")
@@ -219,6 +225,7 @@ def dump(profile: HardwareProfile, device_memory: int, reserve: int = 0) -> dict
                 **({"batch_exec_ms": round(m.batch_exec_ms, 3), "max_batch": m.max_batch} if m.batch_exec_ms else {}),
                 "heavy": m.heavy,
                 **({"corun_slowdown": round(m.corun_slowdown, 3)} if m.corun_slowdown != 1.0 else {}),
+                **({"request_ms": round(m.request_ms, 3)} if m.request_ms else {}),
             }
             for m in profile.models.values()
         },

@@ -133,3 +133,17 @@ def test_execution_beside_another_devices_is_slowed_by_the_models_corun_factor()
     assert slowed[0] == plain[0] and slowed[1] > 1.5 * plain[1]
     with pytest.raises(ValueError, match="models.big.corun_slowdown"):
         parse(dict(base, models={"big": dict(PROFILE["models"]["big"], corun_slowdown=0.5)}))
+
+
+def test_a_models_request_time_is_added_to_each_latency() -> None:
+    """request_ms (the gateway's parse and encode) lengthens every request of the model, nothing else."""
+
+    def latencies(request_ms: float | None) -> list[float]:
+        small = dict(PROFILE["models"]["small"], **({"request_ms": request_ms} if request_ms is not None else {}))
+        p = parse(dict(PROFILE, models={"small": small}))
+        sim = Simulation(p, "torpor", [SimFunction("f", p.models["small"], 1000.0)]).run([(0.0, 0), (1.0, 0)])
+        return sorted(sim.tallies[0].latencies_ms)
+
+    assert [round(b - a, 6) for a, b in zip(latencies(None), latencies(7.5), strict=True)] == [7.5, 7.5]
+    with pytest.raises(ValueError, match="models.small.request_ms"):
+        parse(dict(PROFILE, models={"small": dict(PROFILE["models"]["small"], request_ms=-1)}))
