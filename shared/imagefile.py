@@ -42,6 +42,7 @@ VERSION = 1
 _PREFIX = struct.Struct("<8sII")  # magic, version, metadata length
 DATA_ALIGN = 4096  # the image starts on a page: reads land page-aligned in the segment
 CHUNK_BYTES = 4 << 20  # a few copy groups: fine-grained enough to pipeline, cheap to check
+READERS = 2  # reader threads of a restore (read_into with overlap): requests in flight at the disk
 MAX_META_BYTES = 64 << 20
 
 
@@ -182,23 +183,33 @@ def read_into(
                 if on_chunk is not None:
                     on_chunk(end)
         return info
-    # A reader thread stays one chunk or more ahead while this thread checks: the read
-    # and the hash each release the GIL, so on two cores checking hides behind reading.
-    arrived: queue.SimpleQueue[int | BaseException] = queue.SimpleQueue()
+    # Reader threads stay ahead while this thread checks, chunk by chunk in order: the reads
+    # and the hash each release the GIL, so on two cores checking hides behind reading. Two
+    # readers (alternate chunks) keep two requests at the disk: a direct read has no readahead.
+    arrived: queue.SimpleQueue[tuple[int, int] | BaseException] = queue.SimpleQueue()
     stop = threading.Event()
-    reader = threading.Thread(target=_read_chunks, args=(info, view, arrived, stop), daemon=True)
-    reader.start()
+    readers = [
+        threading.Thread(target=_read_chunks, args=(info, view, k, READERS, arrived, stop), daemon=True)
+        for k in range(READERS)
+    ]
+    for reader in readers:
+        reader.start()
+    ready: dict[int, int] = {}  # chunk index -> its end, read but not yet checked
     try:
         for index in range(len(info.checksums)):
-            end = arrived.get()
-            if isinstance(end, BaseException):
-                raise end
+            while index not in ready:
+                got = arrived.get()
+                if isinstance(got, BaseException):
+                    raise got
+                ready[got[0]] = got[1]
+            end = ready.pop(index)
             _check_chunk(info, view, index, index * info.chunk_bytes, end)
             if on_chunk is not None:
                 on_chunk(end)
     finally:
         stop.set()
-        reader.join()
+        for reader in readers:
+            reader.join()
     return info
 
 
@@ -208,17 +219,23 @@ def _check_chunk(info: ImageFileInfo, view: memoryview, index: int, start: int, 
 
 
 def _read_chunks(
-    info: ImageFileInfo, view: memoryview, arrived: queue.SimpleQueue[int | BaseException], stop: threading.Event
+    info: ImageFileInfo,
+    view: memoryview,
+    first: int,
+    step: int,
+    arrived: queue.SimpleQueue[tuple[int, int] | BaseException],
+    stop: threading.Event,
 ) -> None:
-    """Read every chunk in order into `view`, posting each chunk's end offset (or the error)."""
+    """Read chunks first, first+step, ... into `view`, posting (index, end offset) of each (or the error)."""
     try:
         with _Source(info, direct=True) as src:
-            for start in range(0, info.nbytes, info.chunk_bytes):
+            for index in range(first, len(info.checksums), step):
                 if stop.is_set():
                     return
+                start = index * info.chunk_bytes
                 end = min(start + info.chunk_bytes, info.nbytes)
                 src.read(view[start:end], start)
-                arrived.put(end)
+                arrived.put((index, end))
     except BaseException as exc:  # handed to the checking thread, which raises it
         arrived.put(exc if isinstance(exc, DamagedImage) else DamagedImage(f"{info.path}: read failed: {exc}"))
 
