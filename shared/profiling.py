@@ -10,6 +10,7 @@ runs, and by `torpor profile` for the simulator.
 
 from __future__ import annotations
 
+import math
 import statistics
 import threading
 import time
@@ -43,6 +44,11 @@ def random_tensors(specs: Sequence[TensorSpec], batch: int, seed: int = 0) -> li
 
 def time_runs(model: torch.nn.Module, inputs: list[torch.Tensor], runs: int = 3, warmup: int = 1) -> float:
     """Median warm run time in milliseconds (synchronised when the inputs are on a GPU)."""
+    return statistics.median(run_times(model, inputs, runs, warmup))
+
+
+def run_times(model: torch.nn.Module, inputs: list[torch.Tensor], runs: int = 3, warmup: int = 1) -> list[float]:
+    """Each warm run's time in milliseconds (synchronised when the inputs are on a GPU)."""
     device = inputs[0].device if inputs else torch.device("cpu")
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     times = []
@@ -54,7 +60,7 @@ def time_runs(model: torch.nn.Module, inputs: list[torch.Tensor], runs: int = 3,
             sync()
             if i >= warmup:
                 times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return times
 
 
 class CopyLoad:
@@ -110,18 +116,25 @@ class ComputeLoad:
         self._thread.join()
 
 
-def corun_slowdown(model: torch.nn.Module, specs: Sequence[TensorSpec], threads: int = 1, runs: int = 5) -> float:
-    """How much longer a batch-1 run of `model` takes while another CPU device executes it too."""
+def corun(model: torch.nn.Module, specs: Sequence[TensorSpec], threads: int = 1, runs: int = 8) -> tuple[float, float]:
+    """(slowdown, spread) of a batch-1 run of `model` while another CPU device executes it too.
+
+    The slowdown is the median run time beside the other execution over the median alone;
+    the spread is the standard deviation of the log of the run times beside it (the
+    log-normal sigma the simulator draws execution times with): where the two runs fall
+    against each other varies from run to run, as on a server.
+    """
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         x1 = random_tensors(specs, 1)
         alone = time_runs(model, x1, runs)
         with ComputeLoad(model, random_tensors(specs, 1, seed=1)):
-            loaded = time_runs(model, x1, runs)
+            loaded = run_times(model, x1, runs)
     finally:
         torch.set_num_threads(before)
-    return max(1.0, loaded / alone) if alone > 0 else 1.0
+    slowdown = max(1.0, statistics.median(loaded) / alone) if alone > 0 else 1.0
+    return slowdown, statistics.stdev(math.log(t) for t in loaded) if len(loaded) > 1 else 0.0
 
 
 def profile(

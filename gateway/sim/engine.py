@@ -10,7 +10,9 @@ only the devices are simulated. The simulated truth, given a hardware profile:
 - execution takes the profiled time for the batch size, times `interference` for a
   heavy model if a device on its PCIe switch is swapping when it starts, times the
   model's `corun_slowdown` if another device is executing when it starts (CPU devices
-  share the host's cores and memory), times log-normal jitter;
+  share the host's cores and memory), times its `copy_slowdown` if the profile's
+  devices share one host (`shared_host`) and another device is copying, times
+  log-normal jitter;
 - a request's latency adds its model's `request_ms`, the gateway's parse and encode;
 - swap-in and execution overlap as the profile's pipeline_overlap says, plus the
   profile's fixed swap_latency_ms per swap-in.
@@ -240,6 +242,8 @@ class Simulation:
         swapping_near = any(n in self._transferring for n in topo.neighbours(run.device))
         if not pairs and m.heavy and swapping_near:
             exec_ms *= topo.interference
+        if self.profile.shared_host and any(d != run.device for d in self._transferring):
+            exec_ms *= m.copy_slowdown  # another device's copy competes for the host's memory
         if m.corun_slowdown != 1.0 and any(d != run.device for d in self._running):
             exec_ms *= m.corun_slowdown  # another device executes now: shared cores and memory (CPU devices)
         if self.profile.exec_jitter:

@@ -27,7 +27,9 @@ Per model, `corun_slowdown` is how much longer its execution takes while another
 executes at the same time: CPU devices share the host's cores and memory bandwidth
 (`torpor profile` measures it; 1 when absent, as for GPUs). `request_ms` is the gateway's
 own time per request of the model (parsing a JSON request of its input, encoding the
-response), added to each request's latency.
+response), added to each request's latency. With `"shared_host": true` (CPU devices, which
+share one host's memory system) a model's `copy_slowdown` applies to its execution while any
+other device copies a model in.
 
 `interference_pairs` (as in Torpor's Table 3) replaces that one factor with one per
 pair: pairs[A][B] is how much longer a swap-in of a model that behaves like A takes
@@ -68,6 +70,9 @@ class ModelProfile:
     # Execution slowdown while another device executes at the same time: CPU devices share the
     # host's cores, caches and memory bandwidth (measured by `torpor profile`); GPUs do not (1.0).
     corun_slowdown: float = 1.0
+    # Execution slowdown while another device of the same host copies a model in (CPU devices:
+    # the copy and the execution share the memory bandwidth). Only applied with `shared_host`.
+    copy_slowdown: float = 1.0
     # The gateway's own time per request: parsing the body the load test sends, encoding the
     # response (a 224x224 image as JSON is 3 MB to parse); added to every request's latency.
     request_ms: float = 0.0
@@ -82,6 +87,9 @@ class HardwareProfile:
     source: str = ""
     native_overhead: int = 0  # device memory a function's own runtime takes when it has a dedicated device
     interference_pairs: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The devices share one host's memory system (CPU devices): a copy onto any of them slows
+    # an execution on any other by the model's copy_slowdown, whatever the PCIe switches say.
+    shared_host: bool = False
 
     @property
     def devices(self) -> int:
@@ -153,8 +161,9 @@ def parse(data: Any, where: str = "profile") -> HardwareProfile:
             _positive(m, "native_exec_ms", where, at),
             _positive(m, "slo_ms", where, at),
             str(m.get("interference_as", "")),
-            _factor(m, "corun_slowdown", where, at),
-            _positive(m, "request_ms", where, at) or 0.0,
+            corun_slowdown=_factor(m, "corun_slowdown", where, at),
+            copy_slowdown=_factor(m, "copy_slowdown", where, at),
+            request_ms=_positive(m, "request_ms", where, at) or 0.0,
         )
     if not models:
         raise ValueError(f"{where}: models is empty")
@@ -179,7 +188,15 @@ def parse(data: Any, where: str = "profile") -> HardwareProfile:
         str(data.get("source", "")),
         parse_size(data.get("native_function_overhead", "0"), f"{where}: native_function_overhead"),
         {a: {b: float(f) for b, f in row.items()} for a, row in pairs.items()},
+        _flag(data, "shared_host", where),
     )
+
+
+def _flag(data: dict[str, Any], key: str, where: str) -> bool:
+    v = data.get(key, False)
+    if not isinstance(v, bool):
+        raise ValueError(f"{where}: {key}: expected true or false, got {v!r}")
+    return v
 
 
 def _factor(m: dict[str, Any], key: str, where: str, at: str) -> float:
@@ -217,6 +234,7 @@ def dump(profile: HardwareProfile, device_memory: int, reserve: int = 0) -> dict
         "interference": round(t.interference, 3),
         "swap_latency_ms": round(t.swap_latency_ms, 3),
         "exec_jitter": profile.exec_jitter,
+        **({"shared_host": True} if profile.shared_host else {}),
         "native_function_overhead": str(profile.native_overhead),
         "models": {
             m.name: {
@@ -226,6 +244,7 @@ def dump(profile: HardwareProfile, device_memory: int, reserve: int = 0) -> dict
                 "heavy": m.heavy,
                 **({"corun_slowdown": round(m.corun_slowdown, 3)} if m.corun_slowdown != 1.0 else {}),
                 **({"request_ms": round(m.request_ms, 3)} if m.request_ms else {}),
+                **({"copy_slowdown": round(m.copy_slowdown, 3)} if m.copy_slowdown != 1.0 else {}),
             }
             for m in profile.models.values()
         },

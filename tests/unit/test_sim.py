@@ -147,3 +147,23 @@ def test_a_models_request_time_is_added_to_each_latency() -> None:
     assert [round(b - a, 6) for a, b in zip(latencies(None), latencies(7.5), strict=True)] == [7.5, 7.5]
     with pytest.raises(ValueError, match="models.small.request_ms"):
         parse(dict(PROFILE, models={"small": dict(PROFILE["models"]["small"], request_ms=-1)}))
+
+
+def test_on_a_shared_host_another_devices_copy_slows_execution() -> None:
+    """CPU devices share one memory system: with shared_host, a run that starts while another
+    device copies a model in takes the model's copy_slowdown longer; without it, it does not."""
+
+    def latencies(shared: bool) -> list[float]:
+        small = dict(PROFILE["models"]["small"], exec_ms=20.0, batch_exec_ms=50.0, copy_slowdown=2.0)
+        models = {"small": small, "big": PROFILE["models"]["big"]}
+        p = parse(dict(PROFILE, models=models, switches=[0, 1], links=[], pipeline_overlap=1.0, shared_host=shared))
+        fns = [SimFunction("s", p.models["small"], 1000.0), SimFunction("b", p.models["big"], 1000.0)]
+        # s runs (t=0); b's cold start copies 400 MB onto a device for 40 ms from t=2; s's next
+        # request starts on the other device 1 ms later, during that copy.
+        sim = Simulation(p, "torpor", fns, preload=False).run([(0.0, 0), (2.0, 1), (2.001, 0)])
+        return [round(x, 6) for x in sim.tallies[0].latencies_ms]
+
+    assert latencies(False) == [20.0, 20.0]
+    assert latencies(True) == [20.0, 40.0]
+    with pytest.raises(ValueError, match="shared_host"):
+        parse(dict(PROFILE, shared_host="yes"))
