@@ -10,6 +10,7 @@ runs, and by `torpor profile` for the simulator.
 
 from __future__ import annotations
 
+import abc
 import math
 import statistics
 import threading
@@ -63,24 +64,24 @@ def run_times(model: torch.nn.Module, inputs: list[torch.Tensor], runs: int = 3,
     return times
 
 
-class CopyLoad:
-    """A background thread copying a large buffer over and over (torch copies release the GIL).
+class BackgroundLoad(abc.ABC):
+    """A thread repeating one step (`_step`) from `with` entry to exit: load beside a timed run."""
 
-    On a GPU it copies from page-locked host memory onto the device, as a swap-in does.
-    """
+    name = "profile-load"
 
-    def __init__(self, nbytes: int = 64 << 20, device: torch.device | None = None) -> None:
-        on_gpu = device is not None and device.type == "cuda"
-        self._src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=on_gpu)
-        self._dst = torch.empty(nbytes, dtype=torch.uint8, device=device if on_gpu else None)
+    def __init__(self) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="profile-copy", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+
+    @abc.abstractmethod
+    def _step(self) -> None: ...
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._dst.copy_(self._src)
+        with torch.inference_mode():
+            while not self._stop.is_set():
+                self._step()
 
-    def __enter__(self) -> CopyLoad:
+    def __enter__(self) -> BackgroundLoad:
         self._thread.start()
         return self
 
@@ -89,31 +90,40 @@ class CopyLoad:
         self._thread.join()
 
 
-class ComputeLoad:
-    """A background thread running a model over and over, as a second CPU device executing does.
+class CopyLoad(BackgroundLoad):
+    """Copies a large buffer over and over (torch copies release the GIL).
+
+    On a GPU it copies from page-locked host memory onto the device, as a swap-in does.
+    """
+
+    name = "profile-copy"
+
+    def __init__(self, nbytes: int = 64 << 20, device: torch.device | None = None) -> None:
+        on_gpu = device is not None and device.type == "cuda"
+        self._src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=on_gpu)
+        self._dst = torch.empty(nbytes, dtype=torch.uint8, device=device if on_gpu else None)
+        super().__init__()
+
+    def _step(self) -> None:
+        self._dst.copy_(self._src)
+
+
+class ComputeLoad(BackgroundLoad):
+    """Runs a model over and over, as a second CPU device executing does.
 
     torch releases the GIL inside its operators, so with one compute thread per caller the two
     executions run on two cores at once and share what CPU devices share: the cores' caches,
     the memory bandwidth and (with other work on the machine) the cores themselves.
     """
 
+    name = "profile-compute"
+
     def __init__(self, model: torch.nn.Module, inputs: list[torch.Tensor]) -> None:
         self._model, self._inputs = model, inputs
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="profile-compute", daemon=True)
+        super().__init__()
 
-    def _loop(self) -> None:
-        with torch.inference_mode():
-            while not self._stop.is_set():
-                self._model(*self._inputs)
-
-    def __enter__(self) -> ComputeLoad:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def _step(self) -> None:
+        self._model(*self._inputs)
 
 
 def corun(model: torch.nn.Module, specs: Sequence[TensorSpec], threads: int = 1, runs: int = 8) -> tuple[float, float]:
