@@ -75,11 +75,11 @@ class Tiers:
         # by the disk; either way a second one in flight uses the other core (or the disk's queue).
         with ThreadPoolExecutor(BRING_IN_THREADS, thread_name_prefix="bring-in") as pool:
             got = list(pool.map(lambda item: self._bring_in(*item), plan))
-        reads = [(r[2], r[3]) for _, r in got if not isinstance(r, Exception) and r[2]]
+        reads = [(r[2], r[3]) for r in got if not isinstance(r, Exception) and r[2]]
         read_bytes = sum(n for n, _ in reads)
         # Concurrent reads share the disk: their summed time over the reads in flight is the wall time.
         read_s = sum(s for _, s in reads) / max(1, min(BRING_IN_THREADS, len(reads)))
-        for (fn, _), (_, result) in zip(plan, got, strict=True):
+        for (fn, _), result in zip(plan, got, strict=True):
             if isinstance(result, Exception):
                 reason = result.message if isinstance(result, TorporError) else str(result)
                 log.error("image of %s unusable (%s); rebuilding it", fn.name, reason)
@@ -102,18 +102,18 @@ class Tiers:
         # Enough bytes for a bandwidth worth using in the cost model.
         return images, read_bytes / read_s if read_s > 0 and read_bytes >= 64 << 20 else None
 
-    def _bring_in(self, fn: Function, host: bool) -> tuple[Function, tuple[ModelImage, str, int, float] | Exception]:
+    def _bring_in(self, fn: Function, host: bool) -> tuple[ModelImage, str, int, float] | Exception:
         """One function's image: (image, how, bytes read from disk, seconds reading), or the error."""
         try:
             if not host:
                 info = imagefile.read_info(self.images.path(fn.model_id))
-                return fn, (ModelImage(self.images.segment(fn.model_id), info.table), "disk", 0, 0.0)
+                return ModelImage(self.images.segment(fn.model_id), info.table), "disk", 0, 0.0
             started = time.perf_counter()
             got = self.images.bring_in(fn.model_id)
             read = got.image.nbytes if got.how == "read" else 0
-            return fn, (got.image, got.how, read, time.perf_counter() - started)
+            return got.image, got.how, read, time.perf_counter() - started
         except (TorporError, OSError) as exc:
-            return fn, exc
+            return exc
 
     async def make_room(self, nbytes: int, keep: str) -> None:
         """Push least recently used host images to disk until `nbytes` more fit in --host-memory."""

@@ -107,11 +107,10 @@ def request_ms(name: str, runs: int = 5) -> float:
     import orjson
 
     from gateway import oip
-    from shared.specs import random_inputs
+    from shared.specs import random_inputs, specs_to_json
 
     entry = zoo.entry(name)
-    specs = [{"name": s.name, "shape": list(s.shape), "datatype": s.datatype} for s in entry.inputs]
-    body = orjson.dumps({"inputs": random_inputs(specs, 1, rng=np.random.default_rng(0))})
+    body = orjson.dumps({"inputs": random_inputs(specs_to_json(entry.inputs), 1, rng=np.random.default_rng(0))})
     outputs = [
         {"name": spec.name, "datatype": spec.datatype, "shape": list(t.shape), "data": t.numpy().tobytes()}
         for spec, t in zip(entry.outputs, random_tensors(entry.outputs, 1), strict=True)
