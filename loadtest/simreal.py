@@ -7,7 +7,8 @@
    the models, each with SLO = slo_factor × the model's execution time in the profile;
 2. replays a generated trace against it with the locust replay (`loadtest.run`), open loop;
 3. simulates the very same trace (same generator, seed and arrival times) on the profile,
-   with the server's device count and memory;
+   with the server's device count and memory, once per simulator seed (`--sim-seeds`: the
+   simulator draws execution times, so its prediction is the median over seeds, with their range);
 4. prints per function the requests, p98 and whether the SLO was met, real and simulated,
    and the agreement: functions meeting their SLO (difference as a share of the functions
    deployed; goal within 5%) and the median over functions of simulated ÷ real p98 (goal
@@ -59,8 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=0.05, help="mean requests/s per function")
     ap.add_argument("--slo-factor", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sim-seeds", type=int, default=5, help="simulations of the trace (execution-time draws)")
+    ap.add_argument(
+        "--profile-window",
+        type=float,
+        default=60.0,
+        help="seconds the measured profile samples execution times over (torpor profile --window)",
+    )
     ap.add_argument("--out", default="simreal")
     args = ap.parse_args(argv)
+    if args.sim_seeds < 1:
+        raise SystemExit(f"simreal: --sim-seeds: expected at least 1, got {args.sim_seeds}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -80,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     real = replay(functions, args, seconds, out / "real")
     trace = traces.generate(args.functions, -(-seconds // 60), args.rate, SIGMA, BURSTINESS, args.seed)
     arrivals = [(t, fi) for t, fi in trace.arrivals(seed=args.seed) if t < seconds]
-    sim = summarize(Simulation(profile, "torpor", functions, seed=args.seed).run(arrivals))
-    result = compare(real, sim, functions)
+    sims = [
+        summarize(Simulation(profile, "torpor", functions, seed=args.seed + k).run(arrivals))
+        for k in range(args.sim_seeds)
+    ]
+    result = compare(real, sims, functions)
     result["exec_by_model"] = exec_by_model(out / "real" / "requests.csv", functions)
     (out / "comparison.json").write_text(json.dumps(result, indent=1))
     print(render(result))
@@ -94,7 +107,9 @@ def _measured(args: argparse.Namespace, out: Path) -> HardwareProfile:
     from gateway.sim.profile import dump
 
     budget = parse_size(args.device_memory, "--device-memory")
-    profile = measure_profile(parse_devices(args.devices), budget, args.models, 8, 1, progress=print)
+    profile = measure_profile(
+        parse_devices(args.devices), budget, args.models, 8, 1, progress=print, window_s=args.profile_window
+    )
     (out / "profile.json").write_text(json.dumps(dump(profile, budget), indent=1))
     return profile
 
@@ -157,34 +172,43 @@ def _p98(latencies: list[float | None]) -> float | None:
     return v if np.isfinite(v) else None
 
 
-def compare(real: dict[str, list], sim: dict[str, Any], functions: list[SimFunction]) -> dict[str, Any]:
-    simulated = {f["name"]: f for f in sim["per_function"]}
+def compare(real: dict[str, list], sims: list[dict[str, Any]], functions: list[SimFunction]) -> dict[str, Any]:
+    """Real outcomes against the simulations of the same trace (one per simulator seed).
+
+    Per function the simulated p98 is the median over the simulations and the verdict the
+    majority's; the simulated count of functions meeting SLO is the median of the counts.
+    """
+    runs = [{f["name"]: f for f in sim["per_function"]} for sim in sims]
     rows, ratios = [], []
     for f in functions:
         lat = real[f.name]
         on_time = sum(v is not None and v <= f.slo_ms for v in lat)
-        s = simulated[f.name]
+        seen = [run[f.name] for run in runs]
+        p98s = [s["p98_ms"] for s in seen if s["p98_ms"] is not None]
         row = {
             "function": f.name,
             "model": f.model.name,
             "slo_ms": round(f.slo_ms, 1),
             "real_requests": len(lat),
-            "sim_requests": s["requests"],
+            "sim_requests": seen[0]["requests"],
             "real_p98_ms": _p98(lat),
-            "sim_p98_ms": s["p98_ms"],
+            "sim_p98_ms": float(np.median(p98s)) if 2 * len(p98s) > len(seen) else None,
             "real_meets": bool(lat) and on_time / len(lat) >= f.percentile,
-            "sim_meets": bool(s["meets_slo"]),
+            "sim_meets": 2 * sum(bool(s["meets_slo"]) for s in seen) > len(seen),
         }
         rows.append(row)
         if row["real_p98_ms"] and row["sim_p98_ms"]:
             ratios.append(row["sim_p98_ms"] / row["real_p98_ms"])
     real_ok = sum(r["real_meets"] for r in rows)
-    sim_ok = sum(r["sim_meets"] for r in rows)
+    counts = [sum(bool(run[f.name]["meets_slo"]) for f in functions) for run in runs]
+    sim_ok = int(np.median(counts))
     median = float(np.median(ratios)) if ratios else None
     return {
         "functions": len(rows),
         "real_meeting_slo": real_ok,
         "sim_meeting_slo": sim_ok,
+        "sim_meeting_slo_range": [min(counts), max(counts)],
+        "sim_meeting_slo_counts": counts,
         "meeting_gap_share": abs(real_ok - sim_ok) / max(1, len(rows)),
         "median_p98_ratio": median,
         "agrees": abs(real_ok - sim_ok) <= 0.05 * len(rows) and median is not None and 0.75 <= median <= 1.25,
@@ -212,8 +236,11 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"{model}: execution {e['profile_ms']:.0f} ms profiled, {ms(real)} ms median on the server{ratio}")
     n = result["functions"]
     median = result["median_p98_ratio"]
+    lo, hi = result["sim_meeting_slo_range"]
+    counts = result["sim_meeting_slo_counts"]
     lines.append(
         f"functions meeting SLO: real {result['real_meeting_slo']}/{n}, simulated {result['sim_meeting_slo']}/{n} "
+        f"(median of {len(counts)} simulations, {lo}-{hi}) "
         f"(gap {100 * result['meeting_gap_share']:.1f}% of deployed, goal <= 5%); median p98 sim/real "
         f"{'-' if median is None else f'{median:.2f}'} (goal 0.75-1.25): {'AGREE' if result['agrees'] else 'DISAGREE'}"
     )

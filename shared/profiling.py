@@ -10,7 +10,6 @@ runs, and by `torpor profile` for the simulator.
 
 from __future__ import annotations
 
-import abc
 import math
 import statistics
 import threading
@@ -20,6 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from shared.exectiming import HEAVY_SLOWDOWN, ExecTiming
+from shared.loadproc import LoadProcesses
 from shared.program import KSERVE_TO_TORCH
 from shared.specs import FREE_DIM, TensorSpec
 
@@ -64,24 +64,52 @@ def run_times(model: torch.nn.Module, inputs: list[torch.Tensor], runs: int = 3,
     return times
 
 
-class BackgroundLoad(abc.ABC):
-    """A thread repeating one step (`_step`) from `with` entry to exit: load beside a timed run."""
+def runs_in_turn(
+    models: dict[str, tuple[torch.nn.Module, list[torch.Tensor]]], window_s: float, min_rounds: int = 7
+) -> dict[str, list[float]]:
+    """Batch-1 run times (ms) of each model, one run of each in turn, round after round, until
+    `window_s` has passed (and at least `min_rounds` rounds).
 
-    name = "profile-load"
+    In turn, as a server runs one function after another's (each run finds the caches full of
+    another model), and over a window rather than at one moment: a shared host's speed drifts
+    by 10-20% within a minute, and a server's executions see that drift.
+    """
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for model, inputs in models.values():  # warm
+        run_times(model, inputs, runs=0)
+    deadline = time.perf_counter() + window_s
+    rounds = 0
+    while rounds < min_rounds or time.perf_counter() < deadline:
+        for name, (model, inputs) in models.items():
+            times[name] += run_times(model, inputs, runs=1, warmup=0)
+        rounds += 1
+    return times
 
-    def __init__(self) -> None:
+
+def log_spread(times: dict[str, list[float]]) -> float:
+    """The log-normal sigma of run times around each model's own median, pooled over the models."""
+    logs = [math.log(t / statistics.median(ts)) for ts in times.values() if ts for t in ts]
+    return math.sqrt(sum(v * v for v in logs) / len(logs)) if len(logs) > 1 else 0.0
+
+
+class CopyLoad:
+    """Copies a large buffer over and over on a thread, from `with` entry to exit (torch copies
+    release the GIL). On a GPU it copies from page-locked host memory onto the device, as a
+    swap-in does.
+    """
+
+    def __init__(self, nbytes: int = 64 << 20, device: torch.device | None = None) -> None:
+        on_gpu = device is not None and device.type == "cuda"
+        self._src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=on_gpu)
+        self._dst = torch.empty(nbytes, dtype=torch.uint8, device=device if on_gpu else None)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
-
-    @abc.abstractmethod
-    def _step(self) -> None: ...
+        self._thread = threading.Thread(target=self._loop, name="profile-copy", daemon=True)
 
     def _loop(self) -> None:
-        with torch.inference_mode():
-            while not self._stop.is_set():
-                self._step()
+        while not self._stop.is_set():
+            self._dst.copy_(self._src)
 
-    def __enter__(self) -> BackgroundLoad:
+    def __enter__(self) -> CopyLoad:
         self._thread.start()
         return self
 
@@ -90,60 +118,33 @@ class BackgroundLoad(abc.ABC):
         self._thread.join()
 
 
-class CopyLoad(BackgroundLoad):
-    """Copies a large buffer over and over (torch copies release the GIL).
+def corun(
+    model: torch.nn.Module, specs: Sequence[TensorSpec], load: LoadProcesses, threads: int = 1, runs: int = 8
+) -> tuple[float, float]:
+    """(slowdown, spread) of a batch-1 run of `model` beside `load` (shared.loadproc: another
+    CPU device executing, or copying a model in).
 
-    On a GPU it copies from page-locked host memory onto the device, as a swap-in does.
-    """
-
-    name = "profile-copy"
-
-    def __init__(self, nbytes: int = 64 << 20, device: torch.device | None = None) -> None:
-        on_gpu = device is not None and device.type == "cuda"
-        self._src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=on_gpu)
-        self._dst = torch.empty(nbytes, dtype=torch.uint8, device=device if on_gpu else None)
-        super().__init__()
-
-    def _step(self) -> None:
-        self._dst.copy_(self._src)
-
-
-class ComputeLoad(BackgroundLoad):
-    """Runs a model over and over, as a second CPU device executing does.
-
-    torch releases the GIL inside its operators, so with one compute thread per caller the two
-    executions run on two cores at once and share what CPU devices share: the cores' caches,
-    the memory bandwidth and (with other work on the machine) the cores themselves.
-    """
-
-    name = "profile-compute"
-
-    def __init__(self, model: torch.nn.Module, inputs: list[torch.Tensor]) -> None:
-        self._model, self._inputs = model, inputs
-        super().__init__()
-
-    def _step(self) -> None:
-        self._model(*self._inputs)
-
-
-def corun(model: torch.nn.Module, specs: Sequence[TensorSpec], threads: int = 1, runs: int = 8) -> tuple[float, float]:
-    """(slowdown, spread) of a batch-1 run of `model` while another CPU device executes it too.
-
-    The slowdown is the median run time beside the other execution over the median alone;
-    the spread is the standard deviation of the log of the run times beside it (the
-    log-normal sigma the simulator draws execution times with): where the two runs fall
-    against each other varies from run to run, as on a server.
+    Runs alone (the load paused) and beside it alternate, so a host whose speed drifts within
+    seconds slows both alike. The slowdown is the median of the paired ratios; the spread is
+    the standard deviation of the log of the run times beside the load (the log-normal sigma
+    the simulator draws execution times with): where the two runs fall against each other
+    varies from run to run, as on a server.
     """
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    alone, loaded = [], []
     try:
         x1 = random_tensors(specs, 1)
-        alone = time_runs(model, x1, runs)
-        with ComputeLoad(model, random_tensors(specs, 1, seed=1)):
-            loaded = run_times(model, x1, runs)
+        run_times(model, x1, runs=0)
+        with load:
+            for _ in range(runs):
+                load.pause()
+                alone += run_times(model, x1, runs=1, warmup=0)
+                load.resume()
+                loaded += run_times(model, x1, runs=1, warmup=0)
     finally:
         torch.set_num_threads(before)
-    slowdown = max(1.0, statistics.median(loaded) / alone) if alone > 0 else 1.0
+    slowdown = max(1.0, statistics.median(b / a for a, b in zip(alone, loaded, strict=True)))
     return slowdown, statistics.stdev(math.log(t) for t in loaded) if len(loaded) > 1 else 0.0
 
 

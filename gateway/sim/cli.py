@@ -79,6 +79,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--models", nargs="+", default=["resnet18", "resnet50", "resnet152", "bert-base"])
     p.add_argument("--max-batch", type=int, default=8, help="batch size profiled besides 1")
     p.add_argument("--threads", type=int, default=1, help="compute threads per CPU device")
+    p.add_argument(
+        "--window",
+        type=float,
+        default=60.0,
+        help="seconds over which CPU execution times are sampled, every model in turn (the host's speed drifts)",
+    )
     p.add_argument("--out", default="profile.json")
     p.set_defaults(func=_profile)
 
@@ -282,9 +288,13 @@ def _profile(args: argparse.Namespace) -> int:
     from gateway.sim.run import write_json
     from shared.config import parse_devices, parse_size
 
+    if not 0 <= args.window <= 3600:
+        raise SystemExit(f"torpor profile: --window: expected 0 to 3600 seconds, got {args.window:g}")
     devices = parse_devices(args.devices)
     memory = parse_size(args.device_memory, "--device-memory")
-    profile = measure_profile(devices, memory, args.models, args.max_batch, args.threads, progress=print)
+    profile = measure_profile(
+        devices, memory, args.models, args.max_batch, args.threads, progress=print, window_s=args.window
+    )
     path = write_json(dump(profile, memory), Path(args.out))
     print(f"wrote {path}")
     return 0

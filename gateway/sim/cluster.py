@@ -50,11 +50,6 @@ class NodeSimulation(Simulation):
             self._step()
         self.now = max(self.now, t)
 
-    def arrive(self, rid: int, fi: int, arrived: float) -> None:
-        # Latency counts from the arrival at the entry node; the idle flag is for late reasons.
-        self._arrival[rid] = (fi, arrived, any(d.idle for d in self.scheduler.devices))
-        self._apply(self.scheduler.arrived(rid, self.functions[fi].name))
-
     def lose(self) -> None:
         for fi, _, _ in self._arrival.values():
             self.tallies[fi].dropped += 1

@@ -13,7 +13,13 @@ only the devices are simulated. The simulated truth, given a hardware profile:
   share the host's cores and memory), times its `copy_slowdown` if the profile's
   devices share one host (`shared_host`) and another device is copying, times
   log-normal jitter;
-- a request's latency adds its model's `request_ms`, the gateway's parse and encode;
+- a request first waits for the gateway: its model's `request_ms` (parse and encode) on
+  the gateway's one event loop, after the requests that arrived before it; the scheduler
+  sees it once parsed;
+- with the profile's `host_cores` (CPU devices), executions, copies and the gateway's
+  parsing share the host's cores: while they want more than there are (`device_threads`
+  per executing device, one per copy, one for a parse), every execution progresses at
+  cores / demand, re-shared at each change, and a parse takes longer by the demand at its start;
 - swap-in and execution overlap as the profile's pipeline_overlap says, plus the
   profile's fixed swap_latency_ms per swap-in.
 
@@ -39,7 +45,7 @@ from gateway.costmodel import CostModel, ExecProfile, pipelined
 from gateway.scheduler import Evict, FunctionInfo, Policy, Prefetch, Reject, Run, Scheduler
 from gateway.sim.profile import HardwareProfile, ModelProfile
 
-ARRIVE, SWAP_DONE, FINISH, PREFETCH_DONE = 0, 1, 2, 3
+ARRIVE, SWAP_DONE, FINISH, PREFETCH_DONE, PARSED = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,11 @@ class _Started:
     swap_ms: float  # service time beyond execution
     interference_ms: float  # of which the neighbour's swap
     evicted_hot: bool
+    began: float  # simulated time the run started
+    work_ms: float  # its service time at full speed still to do, as of `since`
+    finish_at: float  # when it ends at the current `rate`: a FINISH event at another time is stale
+    since: float  # when work_ms was last brought up to date
+    rate: float = 1.0  # the share of full speed it gets (the host's cores, when oversubscribed)
 
 
 class Simulation:
@@ -122,6 +133,7 @@ class Simulation:
         self._transferring: dict[int, tuple[set[int], ModelProfile]] = {}  # device -> (switches, model)
         self._prefetching: dict[int, tuple[str, float]] = {}  # device -> (model id, when its copy ends)
         self._arrival: dict[int, tuple[int, float, bool]] = {}  # rid -> (function index, time, a device idle)
+        self._parsing_until = 0.0  # when the gateway has parsed every request that has arrived
         self.devices = [DeviceTally() for _ in range(profile.devices)]
         self.tallies = [FunctionTally() for _ in functions]
         self._index = {f.name: i for i, f in enumerate(functions)}
@@ -164,9 +176,7 @@ class Simulation:
             while self._events and self._events[0][0] <= t:
                 self._step()
             self.now = t
-            r = next(rid)
-            self._arrival[r] = (fi, t, any(d.idle for d in self.scheduler.devices))
-            self._apply(self.scheduler.arrived(r, self.functions[fi].name))
+            self.arrive(next(rid), fi, t)
         self.end = self.now - start
         stop = self.now + horizon_s
         while self._events and self._events[0][0] <= stop:
@@ -178,27 +188,82 @@ class Simulation:
         self.end = max(self.end, self.now - start)
         return self
 
+    def arrive(self, rid: int, fi: int, arrived: float) -> None:
+        """A request of function `fi` that arrived at `arrived` (its latency counts from then)."""
+        parse_ms = self.functions[fi].model.request_ms
+        if not parse_ms:
+            self._arrival[rid] = (fi, arrived, any(d.idle for d in self.scheduler.devices))
+            self._apply(self.scheduler.arrived(rid, self.functions[fi].name))
+            return
+        # The gateway parses one request at a time, on cores it may share with the devices.
+        self._arrival[rid] = (fi, arrived, False)
+        idle = self.now >= self._parsing_until
+        start = max(self.now, self._parsing_until)
+        self._parsing_until = start + parse_ms / self._rate(parsing=True) / 1e3
+        self._push(self._parsing_until, PARSED, rid)
+        if idle:
+            self._reshare()
+
+    def _parsed(self, rid: int) -> None:
+        fi, arrived, _ = self._arrival[rid]
+        self._arrival[rid] = (fi, arrived, any(d.idle for d in self.scheduler.devices))
+        self._apply(self.scheduler.arrived(rid, self.functions[fi].name))
+        if self.now >= self._parsing_until:
+            self._reshare()
+
+    def _rate(self, parsing: bool | None = None) -> float:
+        """The share of full speed each activity gets: cores / demand while demand exceeds the host's cores."""
+        cores = self.profile.host_cores
+        if cores is None:
+            return 1.0
+        gateway = self.now < self._parsing_until if parsing is None else parsing
+        demand = self.profile.device_threads * len(self._running) + len(self._transferring) + gateway
+        return 1.0 if demand <= cores else cores / demand
+
+    def _reshare(self) -> None:
+        """Bring every run's progress up to now and re-time its end at the current share of the cores."""
+        if self.profile.host_cores is None:
+            return
+        rate = self._rate()
+        for device, s in self._running.items():
+            s.work_ms -= (self.now - s.since) * 1e3 * s.rate
+            s.since = self.now
+            if rate != s.rate:
+                s.rate = rate
+                s.finish_at = self.now + max(0.0, s.work_ms) / rate / 1e3
+                self._push(s.finish_at, FINISH, device)
+
     # -- internals ---------------------------------------------------------------
     def _step(self) -> None:
         t, _, kind, device = heapq.heappop(self._events)
         self.now = t
+        if kind == PARSED:
+            self._parsed(device)  # `device` is the request id
+            return
         if kind == SWAP_DONE:
             self._transferring.pop(device, None)
+            self._reshare()
             self._apply(self.scheduler.swap_done(device))
             return
         if kind == PREFETCH_DONE:
             self._transferring.pop(device, None)
             self._prefetching.pop(device, None)
+            self._reshare()
             self._apply(self.scheduler.prefetched(device))
             return
-        started = self._running.pop(device)
+        started = self._running.get(device)
+        if started is None or t != started.finish_at:
+            return  # re-timed since: a later FINISH event stands for it
+        del self._running[device]
+        self._reshare()
+        self.devices[device].busy_s += t - started.began
         fn_index = self._index[started.run.function]
         tally = self.tallies[fn_index]
         fn = self.functions[fn_index]
         slo = fn.slo_ms
         for r in started.run.rids:
             fi, arrived, idle = self._arrival.pop(r)
-            latency = (t - arrived) * 1e3 + fn.model.request_ms  # the gateway's parse and encode
+            latency = (t - arrived) * 1e3  # from its arrival at the gateway, parse included
             tally.latencies_ms.append(latency)
             if latency > slo:
                 tally.miss(late_reason(started, started.wait_ms[r], idle))
@@ -252,12 +317,15 @@ class Simulation:
         if ahead_ms:  # execution waits for the groups the prefetch has not brought in yet
             alone_ms = pipelined(ahead_ms, exec_ms, topo.pipeline_overlap)
         total_ms = alone_ms * slow
-        tally.busy_s += total_ms / 1e3
         tally.runs += 1
         waits = {r: (self.now - self._arrival[r][1]) * 1e3 for r in run.rids}
         hot = run.load is not None and self.now - self.tallies[fi].last_served < HOT_S
-        self._running[run.device] = _Started(run, exec_ms, waits, total_ms - exec_ms, total_ms - alone_ms, hot)
-        self._push(self.now + total_ms / 1e3, FINISH, run.device)
+        end = self.now + total_ms / 1e3
+        self._running[run.device] = _Started(
+            run, exec_ms, waits, total_ms - exec_ms, total_ms - alone_ms, hot, self.now, total_ms, end, self.now
+        )
+        self._push(end, FINISH, run.device)
+        self._reshare()
 
     def _start_prefetch(self, p: Prefetch) -> None:
         fi = self._index[p.function]
@@ -266,6 +334,7 @@ class Simulation:
         end = self.now + (slow * transfer_ms + self.profile.topology.swap_latency_ms) / 1e3
         self._prefetching[p.device] = (p.model_id, end)
         self._push(end, PREFETCH_DONE, p.device)
+        self._reshare()
 
     def _transfer(self, device: int, peer: int | None, fi: int) -> tuple[float, float]:
         """Start a copy of function `fi`'s model onto `device`: (its time alone in ms, its slowdown)."""

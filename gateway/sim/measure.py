@@ -2,16 +2,21 @@
 
 On CPU devices it uses the worker's own swap code (gpuworker.bench_swap) for copy
 bandwidth and for how much of a swap-in hides behind execution, and
-shared.profiling for execution times by batch size and the slowdown under a
-concurrent copy. On GPUs: pinned host-to-device and device-to-device copies and
-synchronised execution timings, with standard torch APIs only.
+shared.profiling for execution times: every model's batch-1 run in turn, round after
+round over a window (`window_s`), as a server runs one function after another on a host
+whose speed drifts; by batch size; and under a concurrent copy or execution; and the
+gateway's parse of a request alone and with every device busy. On GPUs: pinned
+host-to-device and device-to-device copies and synchronised execution timings, with
+standard torch APIs only.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
@@ -19,7 +24,8 @@ from gateway.costmodel import Topology
 from gateway.sim.profile import HardwareProfile, ModelProfile
 from shared import program, zoo
 from shared.config import DeviceSpec
-from shared.profiling import corun, random_tensors
+from shared.loadproc import LoadProcesses
+from shared.profiling import corun, log_spread, random_tensors, runs_in_turn
 from shared.profiling import profile as profile_exec
 
 
@@ -30,24 +36,33 @@ def measure_profile(
     max_batch: int,
     threads: int,
     progress: Callable[[str], None] = lambda _: None,
+    window_s: float = 0.0,
 ) -> HardwareProfile:
     if all(d.kind == "cpu" for d in devices):
-        return _measure_cpu(len(devices), device_memory, models, max_batch, threads, progress)
+        return _measure_cpu(len(devices), device_memory, models, max_batch, threads, progress, window_s)
     return _measure_cuda(devices, device_memory, models, max_batch, progress)
 
 
+COPY_BYTES = 64 << 20  # another device's swap-in, copied over and over
 RUNS = 7  # timed runs per measurement: a 2-core host's run times vary; 3 gave profiles 10-20% apart
 MIN_JITTER = 0.05
 
 
 def _measure_cpu(
-    n: int, memory: int, models: list[str], max_batch: int, threads: int, progress: Callable[[str], None]
+    n: int,
+    memory: int,
+    models: list[str],
+    max_batch: int,
+    threads: int,
+    progress: Callable[[str], None],
+    window_s: float,
 ) -> HardwareProfile:
     from gpuworker.bench_swap import Bench
 
     bench = Bench.cpu(max(512 << 20, memory // 4), threads, 2 << 20)
     measured: dict[str, ModelProfile] = {}
     bandwidths, overlaps, slowdowns, spreads = [], [], [], []
+    built: dict[str, tuple[torch.nn.Module, list[torch.Tensor]]] = {}
     try:
         for name in models:
             progress(f"profiling {name} ...")
@@ -57,10 +72,16 @@ def _measure_cpu(
             bandwidths.append(swap["bytes"] / (swap["memcpy"] / 1e3))
             hidden = swap["serial"] - swap["piped"]
             overlaps.append(min(1.0, max(0.0, hidden / max(1e-9, min(swap["swap"], swap["warm"])))))
-            slowdowns.append(timing.slowdown)
-            slowed, spread = corun(gm, zoo.entry(name).inputs, threads) if n > 1 else (1.0, 0.0)
+            specs = zoo.entry(name).inputs
+            # Beside the other devices executing it too, and beside a copy: processes of their
+            # own, as the server's workers are.
+            beside = LoadProcesses(n - 1, threads, "model", name)
+            slowed, spread = corun(gm, specs, beside, threads) if n > 1 else (1.0, 0.0)
+            copied, _ = corun(gm, specs, LoadProcesses(1, 1, "copy", str(COPY_BYTES)), threads)
+            slowdowns.append(copied)
             spreads.append(spread)
             request = request_ms(name)
+            built[name] = (gm, random_tensors(specs, 1))
             measured[name] = ModelProfile(
                 name,
                 int(swap["bytes"]),
@@ -69,15 +90,25 @@ def _measure_cpu(
                 max_batch,
                 timing.heavy,
                 corun_slowdown=slowed,
-                copy_slowdown=max(1.0, timing.slowdown),
+                copy_slowdown=copied,
                 request_ms=request,
             )
             progress(
                 f"  {name}: {swap['bytes'] / 2**20:.0f} MiB, exec {timing.exec_ms:.1f} ms, "
-                f"batch {max_batch} {timing.batch_exec_ms or 0:.1f} ms, slowdown under copy {timing.slowdown:.2f}, "
-                f"beside another device's execution {slowed:.2f} (spread {spread:.2f}), "
+                f"batch {max_batch} {timing.batch_exec_ms or 0:.1f} ms, beside another device's copy {copied:.2f}, "
+                f"execution {slowed:.2f} (spread {spread:.2f}), "
                 f"request parse and encode {request:.1f} ms"
             )
+        progress(f"timing the models in turn for {window_s:.0f} s ...")
+        times = runs_in_turn(built, window_s, RUNS)
+        for name, ts in times.items():
+            m = measured[name]
+            exec_ms = statistics.median(ts)
+            # The batch's time was measured beside the batch-1 one; it keeps their ratio.
+            batch = m.batch_exec_ms * exec_ms / m.exec_ms if m.batch_exec_ms else None
+            measured[name] = replace(m, exec_ms=exec_ms, batch_exec_ms=batch)
+            progress(f"  {name}: exec {exec_ms:.1f} ms in turn ({len(ts)} runs, {min(ts):.1f}-{max(ts):.1f})")
+        in_turn = log_spread(times)
     finally:
         bench.close()
     bw = statistics.median(bandwidths)
@@ -93,10 +124,13 @@ def _measure_cpu(
         f"{n} CPU devices on this machine ({threads} thread(s) each)",
         topology,
         measured,
-        # Run-to-run spread beside another device's execution; at least 0.05 (a quiet host's own).
-        exec_jitter=round(max(MIN_JITTER, statistics.median(spreads) if spreads else 0.0), 3),
+        # The spread of the runs in turn over the window (the host's drift) or beside another
+        # device's execution, whichever is wider; at least 0.05 (a quiet host's own).
+        exec_jitter=round(max(MIN_JITTER, in_turn, statistics.median(spreads) if spreads else 0.0), 3),
         source=f"measured by torpor profile on {time.strftime('%Y-%m-%d')}",
         shared_host=True,
+        host_cores=len(os.sched_getaffinity(0)),  # the devices, their copies and the gateway share them
+        device_threads=threads,
     )
 
 

@@ -24,10 +24,14 @@ heavy model's execution while a device on its PCIe switch swaps; `exec_jitter`
 the spread (log-normal sigma) of execution times in simulation.
 
 Per model, `corun_slowdown` is how much longer its execution takes while another device
-executes at the same time: CPU devices share the host's cores and memory bandwidth
-(`torpor profile` measures it; 1 when absent, as for GPUs). `request_ms` is the gateway's
+executes at the same time: CPU devices share the host's caches and memory bandwidth
+(`torpor profile` measures it; 1 when absent, as for GPUs). `host_cores` (with
+`device_threads` per CPU device) says they share the host's cores too: while the
+executions, copies and the gateway's parsing want more cores than there are, each
+progresses at cores / demand. `request_ms` is the gateway's
 own time per request of the model (parsing a JSON request of its input, encoding the
-response), added to each request's latency. With `"shared_host": true` (CPU devices, which
+response): the gateway does it on one event loop, one request after another, before the
+scheduler sees the request. With `"shared_host": true` (CPU devices, which
 share one host's memory system) a model's `copy_slowdown` applies to its execution while any
 other device copies a model in.
 
@@ -90,6 +94,11 @@ class HardwareProfile:
     # The devices share one host's memory system (CPU devices): a copy onto any of them slows
     # an execution on any other by the model's copy_slowdown, whatever the PCIe switches say.
     shared_host: bool = False
+    # The host's cores, when the devices are CPU devices computing on them (`device_threads`
+    # each): the devices' executions and copies and the gateway's parsing share these cores,
+    # each slowed to cores / demand while more want one than there are. None: GPUs.
+    host_cores: int | None = None
+    device_threads: int = 1
 
     @property
     def devices(self) -> int:
@@ -189,6 +198,8 @@ def parse(data: Any, where: str = "profile") -> HardwareProfile:
         parse_size(data.get("native_function_overhead", "0"), f"{where}: native_function_overhead"),
         {a: {b: float(f) for b, f in row.items()} for a, row in pairs.items()},
         _flag(data, "shared_host", where),
+        _count(data, "host_cores", where),
+        _count(data, "device_threads", where) or 1,
     )
 
 
@@ -196,6 +207,16 @@ def _flag(data: dict[str, Any], key: str, where: str) -> bool:
     v = data.get(key, False)
     if not isinstance(v, bool):
         raise ValueError(f"{where}: {key}: expected true or false, got {v!r}")
+    return v
+
+
+def _count(data: dict[str, Any], key: str, where: str) -> int | None:
+    """An optional whole number >= 1 (None when absent)."""
+    v = data.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{where}: {key}: expected a whole number >= 1, got {v!r}")
     return v
 
 
@@ -235,6 +256,7 @@ def dump(profile: HardwareProfile, device_memory: int, reserve: int = 0) -> dict
         "swap_latency_ms": round(t.swap_latency_ms, 3),
         "exec_jitter": profile.exec_jitter,
         **({"shared_host": True} if profile.shared_host else {}),
+        **({"host_cores": profile.host_cores, "device_threads": profile.device_threads} if profile.host_cores else {}),
         "native_function_overhead": str(profile.native_overhead),
         "models": {
             m.name: {

@@ -22,12 +22,15 @@ def test_simreal_replays_and_simulates_the_same_trace(tmp_path: Path) -> None:
     out = tmp_path / "simreal"
     cmd = [sys.executable, "-m", "loadtest.simreal", "--functions", "4", "--models", "resnet18"]
     cmd += ["--device-memory", "96MiB", "--minutes", "0.35", "--rate", "0.4", "--out", str(out)]
+    cmd += ["--profile-window", "0", "--sim-seeds", "2"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "functions meeting SLO: real" in done.stdout and "median p98 sim/real" in done.stdout
     result = json.loads((out / "comparison.json").read_text())
     rows = result["per_function"]
     assert [r["function"] for r in rows] == ["f000", "f001", "f002", "f003"]
+    assert len(result["sim_meeting_slo_counts"]) == 2  # one per simulator seed, the median reported
+    assert min(result["sim_meeting_slo_counts"]) <= result["sim_meeting_slo"] <= max(result["sim_meeting_slo_counts"])
     assert sum(r["sim_requests"] for r in rows) > 10
     for r in rows:  # the replay stops with locust's run time, so it may fire a little less
         assert abs(r["real_requests"] - r["sim_requests"]) <= max(3, 0.4 * r["sim_requests"]), r

@@ -149,6 +149,40 @@ def test_a_models_request_time_is_added_to_each_latency() -> None:
         parse(dict(PROFILE, models={"small": dict(PROFILE["models"]["small"], request_ms=-1)}))
 
 
+def test_the_gateway_parses_one_request_at_a_time_before_the_scheduler_sees_it() -> None:
+    """request_ms is spent on the gateway's one event loop: requests arriving together queue for it."""
+    small = dict(PROFILE["models"]["small"], request_ms=4.0)
+    p = parse(dict(PROFILE, models={"small": small}, pipeline_overlap=1.0))
+    fns = [SimFunction(f"f{i}", p.models["small"], 1000.0) for i in range(2)]
+    alone = Simulation(p, "torpor", fns).run([(0.0, 0), (1.0, 1)])
+    together = Simulation(p, "torpor", fns).run([(0.0, 0), (0.0, 1)])
+    assert [t.latencies_ms for t in alone.tallies] == [[pytest.approx(9.0)], [pytest.approx(9.0)]]
+    # The second request is parsed after the first (4 ms later), then runs on the other device.
+    assert [t.latencies_ms for t in together.tallies] == [[pytest.approx(9.0)], [pytest.approx(13.0)]]
+
+
+def test_on_a_host_with_fewer_cores_than_work_executions_share_them() -> None:
+    """host_cores: runs that want more cores than the host has progress at cores / demand,
+    re-shared when one ends; without host_cores (GPUs) they do not slow each other."""
+    base = dict(PROFILE, pipeline_overlap=1.0, models={"big": PROFILE["models"]["big"]})
+
+    def latencies(cores: int | None, second_at: float) -> list[float]:
+        p = parse(dict(base, **({"host_cores": cores} if cores else {})))
+        fns = [SimFunction(f"f{i}", p.models["big"], 1000.0) for i in range(2)]
+        # f0 and f1 made resident (one per device) at t=0 and 2, then both called from t=4.
+        sim = Simulation(p, "torpor", fns).run([(0.0, 0), (2.0, 1), (4.0, 0), (4.0 + second_at, 1)])
+        return [round(t.latencies_ms[-1], 6) for t in sim.tallies]
+
+    assert latencies(None, 0.0) == [20.0, 20.0]
+    assert latencies(2, 0.0) == [20.0, 20.0], "two cores: room for both"
+    assert latencies(1, 0.0) == [40.0, 40.0], "one core: each at half speed"
+    # f0 alone 10 ms (half its work), then both at half speed: f0 ends 20 ms later, f1 runs
+    # 10 ms at full speed after it.
+    assert latencies(1, 0.010) == [30.0, 30.0]
+    with pytest.raises(ValueError, match="host_cores"):
+        parse(dict(base, host_cores=0))
+
+
 def test_on_a_shared_host_another_devices_copy_slows_execution() -> None:
     """CPU devices share one memory system: with shared_host, a run that starts while another
     device copies a model in takes the model's copy_slowdown longer; without it, it does not."""
