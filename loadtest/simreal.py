@@ -18,6 +18,14 @@ The profile is measured on this machine first (as `torpor profile` does; written
 OUT/profile.json): a 2-core machine's speed differs between hosts and hours, and a profile
 measured elsewhere predicts that other machine.
 Where the two disagree, the model of the hardware or of the server is what to fix.
+
+A diagnostic follows the verdict: the same simulations with each model's execution time
+at the speed the server showed (the median of its executions that ran with no other one
+beside them, over the profile's): this host's speed drifts by 10-20% within minutes, and
+this line tells such drift (the profile measured at another speed than the run's) from an
+error in the model of the server. `--again` re-simulates the replay already in --out
+(its profile.json and real/requests.csv; give the same options) without measuring or
+replaying: for changes to the simulator.
 """
 
 from __future__ import annotations
@@ -68,15 +76,20 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds the measured profile samples execution times over (torpor profile --window)",
     )
     ap.add_argument("--out", default="simreal")
+    ap.add_argument("--again", action="store_true", help="re-simulate the replay already in --out")
     args = ap.parse_args(argv)
     if args.sim_seeds < 1:
         raise SystemExit(f"simreal: --sim-seeds: expected at least 1, got {args.sim_seeds}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.again and not (out / "real" / "requests.csv").exists():
+        raise SystemExit(f"simreal: --again: no replay in {out} (expected {out / 'real' / 'requests.csv'})")
     try:
-        profile = _server_profile(
-            _measured(args, out) if args.profile == "measure" else load(args.profile), args.devices, args.device_memory
-        )
+        if args.again:
+            measured = load(out / "profile.json")
+        else:
+            measured = _measured(args, out) if args.profile == "measure" else load(args.profile)
+        profile = _server_profile(measured, args.devices, args.device_memory)
     except ValueError as exc:
         raise SystemExit(f"simreal: {exc}") from None
     unknown = [m for m in args.models if m not in profile.models]
@@ -87,18 +100,41 @@ def main(argv: list[str] | None = None) -> int:
         for i, m in enumerate(args.models[i % len(args.models)] for i in range(args.functions))
     ]
     seconds = max(1, round(args.minutes * 60))
-    real = replay(functions, args, seconds, out / "real")
+    log = out / "real" / "requests.csv"
+    if not args.again:
+        replay(functions, args, seconds, out / "real")
+    real = outcomes(log, functions)
     trace = traces.generate(args.functions, -(-seconds // 60), args.rate, SIGMA, BURSTINESS, args.seed)
     arrivals = [(t, fi) for t, fi in trace.arrivals(seed=args.seed) if t < seconds]
-    sims = [
-        summarize(Simulation(profile, "torpor", functions, seed=args.seed + k).run(arrivals))
-        for k in range(args.sim_seeds)
+
+    def simulate(functions: list[SimFunction]) -> list[dict[str, Any]]:
+        return [
+            summarize(Simulation(profile, "torpor", functions, seed=args.seed + k).run(arrivals))
+            for k in range(args.sim_seeds)
+        ]
+
+    result = compare(real, simulate(functions), functions)
+    result["exec_by_model"] = exec_by_model(log, functions)
+    speed = speed_seen(log, functions)
+    at_speed = [
+        replace(f, model=replace(f.model, exec_ms=f.model.exec_ms * s, batch_exec_ms=_scaled(f.model.batch_exec_ms, s)))
+        for f in functions
+        for s in [speed.get(f.model.name) or 1.0]
     ]
-    result = compare(real, sims, functions)
-    result["exec_by_model"] = exec_by_model(out / "real" / "requests.csv", functions)
+    seen = compare(real, simulate(at_speed), at_speed)
+    result["at_server_speed"] = {
+        "speed": speed,
+        "sim_meeting_slo": seen["sim_meeting_slo"],
+        "sim_meeting_slo_range": seen["sim_meeting_slo_range"],
+        "median_p98_ratio": seen["median_p98_ratio"],
+    }
     (out / "comparison.json").write_text(json.dumps(result, indent=1))
     print(render(result))
     return 0
+
+
+def _scaled(ms: float | None, factor: float) -> float | None:
+    return None if ms is None else ms * factor
 
 
 def _measured(args: argparse.Namespace, out: Path) -> HardwareProfile:
@@ -125,8 +161,8 @@ def _server_profile(profile: HardwareProfile, devices: str, memory: str) -> Hard
     return replace(profile, topology=topology)
 
 
-def replay(functions: list[SimFunction], args: argparse.Namespace, seconds: int, out: Path) -> dict[str, list]:
-    """Deploy the functions on a real server, replay the trace, return each one's outcomes."""
+def replay(functions: list[SimFunction], args: argparse.Namespace, seconds: int, out: Path) -> None:
+    """Deploy the functions on a real server and replay the trace (its log: out/requests.csv)."""
     with tempfile.TemporaryDirectory(prefix="simreal-") as tmp:
         server = Server(Path(tmp) / "state", devices=args.devices, memory=args.device_memory).start()
         try:
@@ -142,12 +178,43 @@ def replay(functions: list[SimFunction], args: argparse.Namespace, seconds: int,
                 raise SystemExit(f"simreal: the load test failed:\n{done.stdout}{done.stderr}")
         finally:
             server.stop()
-    outcomes: dict[str, list] = {f.name: [] for f in functions}
-    with open(out / "requests.csv", newline="") as fh:
+
+
+def outcomes(log: Path, functions: list[SimFunction]) -> dict[str, list]:
+    """Each function's latencies in the replay's request log (None: failed)."""
+    seen: dict[str, list] = {f.name: [] for f in functions}
+    with open(log, newline="") as fh:
         for row in csv.DictReader(fh):
-            ok = row["status"] == "200"
-            outcomes[row["function"]].append(float(row["ms"]) if ok else None)
-    return outcomes
+            if row["function"] not in seen:
+                raise SystemExit(f"simreal: {log} has function {row['function']!r}: give the options of its run")
+            seen[row["function"]].append(float(row["ms"]) if row["status"] == "200" else None)
+    return seen
+
+
+def speed_seen(log: Path, functions: list[SimFunction]) -> dict[str, float | None]:
+    """Per model: the median execution the server reported for runs with no other run beside them,
+    over the profile's execution time (the host's speed during the replay, against the profile's).
+
+    A run's interval is [response - exec_ms, response] from the client's log: approximate, and
+    good enough to tell an execution alone from one beside another.
+    """
+    model_of = {f.name: f.model for f in functions}
+    runs = []
+    with open(log, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["status"] == "200" and row.get("exec_ms"):
+                end = float(row["start"]) + float(row["ms"]) / 1e3
+                runs.append((end - float(row["exec_ms"]) / 1e3, end, row))
+    runs.sort(key=lambda r: r[0])
+    alone: dict[str, list[float]] = {m.name: [] for m in model_of.values()}
+    for i, (a, b, row) in enumerate(runs):
+        if row["source"] != "resident":
+            continue  # a cold run's execution includes waiting for its copy
+        beside = any(x < b and y > a for j, (x, y, _) in enumerate(runs) if j != i)
+        if not beside:
+            alone[model_of[row["function"]].name].append(float(row["exec_ms"]))
+    profiled = {m.name: m.exec_ms for m in model_of.values()}
+    return {m: float(np.median(v)) / profiled[m] if v else None for m, v in alone.items()}
 
 
 def exec_by_model(log: Path, functions: list[SimFunction]) -> dict[str, dict[str, float | None]]:
@@ -244,6 +311,16 @@ def render(result: dict[str, Any]) -> str:
         f"(gap {100 * result['meeting_gap_share']:.1f}% of deployed, goal <= 5%); median p98 sim/real "
         f"{'-' if median is None else f'{median:.2f}'} (goal 0.75-1.25): {'AGREE' if result['agrees'] else 'DISAGREE'}"
     )
+    seen = result.get("at_server_speed")
+    if seen:
+        speeds = ", ".join(f"{m} {'-' if v is None else f'{v:.2f}'}" for m, v in seen["speed"].items())
+        lo, hi = seen["sim_meeting_slo_range"]
+        ratio = seen["median_p98_ratio"]
+        lines.append(
+            f"diagnostic, at the speed the server showed (its executions alone / the profile's: {speeds}): "
+            f"simulated {seen['sim_meeting_slo']}/{n} ({lo}-{hi}), median p98 sim/real "
+            f"{'-' if ratio is None else f'{ratio:.2f}'}"
+        )
     return "\n".join(lines)
 
 

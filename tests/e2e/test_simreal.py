@@ -35,3 +35,11 @@ def test_simreal_replays_and_simulates_the_same_trace(tmp_path: Path) -> None:
     for r in rows:  # the replay stops with locust's run time, so it may fire a little less
         assert abs(r["real_requests"] - r["sim_requests"]) <= max(3, 0.4 * r["sim_requests"]), r
     assert (out / "real" / "report.md").exists()
+    assert "diagnostic, at the speed the server showed" in done.stdout
+    assert set(result["at_server_speed"]["speed"]) == {"resnet18"}
+    # --again re-simulates that replay without measuring or replaying: the same real side.
+    again = subprocess.run([*cmd, "--again"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    rerun = json.loads((out / "comparison.json").read_text())
+    assert [r["real_p98_ms"] for r in rerun["per_function"]] == [r["real_p98_ms"] for r in rows]
+    assert rerun["sim_meeting_slo_counts"] == result["sim_meeting_slo_counts"], "the same simulations"
