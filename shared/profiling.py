@@ -88,7 +88,7 @@ def runs_in_turn(
 
 def log_spread(times: dict[str, list[float]]) -> float:
     """The log-normal sigma of run times around each model's own median, pooled over the models."""
-    logs = [math.log(t / statistics.median(ts)) for ts in times.values() if ts for t in ts]
+    logs = [math.log(t / mid) for ts in times.values() if ts for mid in [statistics.median(ts)] for t in ts]
     return math.sqrt(sum(v * v for v in logs) / len(logs)) if len(logs) > 1 else 0.0
 
 

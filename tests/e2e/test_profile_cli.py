@@ -12,10 +12,12 @@ from gateway.sim.profile import load
 def test_profile_writes_a_profile_the_simulator_loads(tmp_path: Path) -> None:
     out = tmp_path / "cpu.json"
     cmd = [sys.executable, "-m", "gateway.cli", "profile", "--devices", "cpu:2", "--device-memory", "256MiB"]
-    cmd += ["--models", "mlp", "--max-batch", "2", "--out", str(out)]
+    cmd += ["--models", "mlp", "--max-batch", "2", "--window", "1", "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     profile = load(out)
     assert profile.devices == 2
     mlp = profile.models["mlp"]
     assert mlp.nbytes > 0 and mlp.exec_ms > 0 and mlp.max_batch == 2
+    assert profile.host_cores is not None and profile.host_cores >= 1 and profile.device_threads == 1
+    assert "in turn" in done.stdout, "execution timed with the models in turn over the window"
