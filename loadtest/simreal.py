@@ -284,8 +284,8 @@ def compare(real: dict[str, list], sims: list[dict[str, Any]], functions: list[S
 
 
 def render(result: dict[str, Any]) -> str:
-    def ms(v: float | None) -> str:
-        return "-" if v is None else f"{v:.0f}"
+    def ms(v: float | None, digits: int = 0) -> str:
+        return "-" if v is None else f"{v:.{digits}f}"
 
     lines = [
         f"{'function':<9}{'model':<11}{'SLO ms':>7}{'requests real/sim':>19}{'p98 real':>10}{'p98 sim':>9}"
@@ -302,24 +302,21 @@ def render(result: dict[str, Any]) -> str:
         ratio = "" if real is None else f" (real / profile {real / e['profile_ms']:.2f})"
         lines.append(f"{model}: execution {e['profile_ms']:.0f} ms profiled, {ms(real)} ms median on the server{ratio}")
     n = result["functions"]
-    median = result["median_p98_ratio"]
     lo, hi = result["sim_meeting_slo_range"]
-    counts = result["sim_meeting_slo_counts"]
     lines.append(
         f"functions meeting SLO: real {result['real_meeting_slo']}/{n}, simulated {result['sim_meeting_slo']}/{n} "
-        f"(median of {len(counts)} simulations, {lo}-{hi}) "
+        f"(median of {len(result['sim_meeting_slo_counts'])} simulations, {lo}-{hi}) "
         f"(gap {100 * result['meeting_gap_share']:.1f}% of deployed, goal <= 5%); median p98 sim/real "
-        f"{'-' if median is None else f'{median:.2f}'} (goal 0.75-1.25): {'AGREE' if result['agrees'] else 'DISAGREE'}"
+        f"{ms(result['median_p98_ratio'], 2)} (goal 0.75-1.25): {'AGREE' if result['agrees'] else 'DISAGREE'}"
     )
     seen = result.get("at_server_speed")
     if seen:
-        speeds = ", ".join(f"{m} {'-' if v is None else f'{v:.2f}'}" for m, v in seen["speed"].items())
+        speeds = ", ".join(f"{m} {ms(v, 2)}" for m, v in seen["speed"].items())
         lo, hi = seen["sim_meeting_slo_range"]
-        ratio = seen["median_p98_ratio"]
         lines.append(
             f"diagnostic, at the speed the server showed (its executions alone / the profile's: {speeds}): "
-            f"simulated {seen['sim_meeting_slo']}/{n} ({lo}-{hi}), median p98 sim/real "
-            f"{'-' if ratio is None else f'{ratio:.2f}'}"
+            f"simulated {seen['sim_meeting_slo']}/{n} ({lo}-{hi}), "
+            f"median p98 sim/real {ms(seen['median_p98_ratio'], 2)}"
         )
     return "\n".join(lines)
 
