@@ -17,6 +17,18 @@ from shared.specs import random_inputs
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 
+def _admit_utilization(text: str) -> float | None:
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 10:
+        raise InvalidInput(f"--admit-utilization: expected a share of device time such as 0.85, or off; got {text!r}")
+    return value
+
+
 def _serve(args: argparse.Namespace) -> int:
     from gateway.serve import serve
 
@@ -40,6 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_queued=args.max_queued,
         hang_timeout_s=args.hang_timeout,
         exec_timeout_s=args.exec_timeout,
+        admit_utilization=_admit_utilization(args.admit_utilization),
         heartbeat_s=min(2.0, args.hang_timeout / 2),
     )
     cluster = None
@@ -238,6 +251,12 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=int(env("MAX_QUEUED", "4096") or 4096),
         help="waiting requests in all before 429",
+    )
+    s.add_argument(
+        "--admit-utilization",
+        default=env("ADMIT_UTILIZATION", "0.85"),
+        help="shed the costliest functions while the admitted ones ask for more than this share of the "
+        "devices' time and some miss their SLO (off: never shed)",
     )
     s.add_argument(
         "--hang-timeout",

@@ -48,6 +48,9 @@ class Policy:
     duplicates: str = "light"
     warm_first: bool = True  # a freeing device serves what only it holds warm if the head can wait
     segregate: bool = True  # large models from the top of the arena, small ones from the bottom
+    # Admission (gateway.admission): shed the costliest functions while the admitted ones ask for
+    # more than this share of the online devices' time; None = serve every function.
+    admit_utilization: float | None = 0.85
 
 
 POLICIES = {
@@ -66,6 +69,7 @@ POLICIES = {
         prefetch=False,
         warm_first=False,
         segregate=False,
+        admit_utilization=None,
     ),
     "native": Policy(
         "native",
@@ -81,6 +85,7 @@ POLICIES = {
         prefetch=False,
         warm_first=False,
         segregate=False,
+        admit_utilization=None,
     ),
 }
 
@@ -134,7 +139,7 @@ class Evict:
 @dataclass(frozen=True)
 class Reject:
     rid: int
-    reason: str  # "removed", "late" or "no device"
+    reason: str  # "removed", "unloaded", "late", "overloaded" (shed by admission) or "no device"
 
 
 Decision = Run | Prefetch | Evict | Reject

@@ -27,6 +27,7 @@ from shared.errors import (
     NotFound,
     Overloaded,
     RequestFailed,
+    Shed,
     TorporError,
     Unavailable,
     WorkerLost,
@@ -378,6 +379,11 @@ def _rejection(inv: Invocation, reason: str) -> TorporError:
         )
     if reason == "removed":
         return NotFound(f"function {inv.function!r} was removed or replaced while the request waited")
+    if reason == "overloaded":
+        return Shed(
+            f"function {inv.function!r} is shed: this node is overloaded (its functions ask for more device time "
+            "than it admits) and serves the functions it can keep within their SLOs; retry later"
+        )
     if reason == "late":
         return DroppedLate(
             f"function {inv.function!r} drops requests that can no longer meet its SLO (drop_late), "

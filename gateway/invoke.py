@@ -38,6 +38,7 @@ from shared.errors import (
     InvalidInput,
     Overloaded,
     PayloadTooLarge,
+    Shed,
     TorporError,
     Unauthorized,
     Unavailable,
@@ -54,6 +55,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _OUTCOMES: dict[type[TorporError], str] = {
     DroppedLate: "dropped",
+    Shed: "shed",
     Overloaded: "overloaded",
     DeadlineExceeded: "deadline",
     WorkerLost: "worker_lost",

@@ -57,7 +57,7 @@ class FunctionStats:
         }
 
 
-SLO_OUTCOMES = frozenset(("ok", "deadline", "worker_lost", "error", "overloaded"))  # server's doing: may miss
+SLO_OUTCOMES = frozenset(("ok", "deadline", "worker_lost", "error", "overloaded", "shed"))  # server's doing: may miss
 
 
 class Buckets:
@@ -197,6 +197,16 @@ class _StateCollector(Collector):
             budget.add_metric(label, d.layout.capacity)
             busy.add_metric(label, min(1.0, self.metrics.busy_s.get(d.index, 0.0) / uptime))
         yield from (depth, slo, resident, budget, busy)
+        admission = sched.admission
+        if admission is not None:
+            yield GaugeMetricFamily(
+                "torpor_shed_functions", "Functions shed by admission (the node is overloaded).", len(admission.shed)
+            )
+            yield GaugeMetricFamily(
+                "torpor_admitted_demand_ratio",
+                "Device time the admitted functions ask for, over the online devices' time (last review).",
+                admission.demand / admission.capacity if admission.capacity else 0.0,
+            )
         yield from self._requests()
 
     def _requests(self) -> Iterator[Metric]:

@@ -40,6 +40,7 @@ import random
 from collections.abc import Callable
 
 from gateway import urgency
+from gateway.admission import Admission
 from gateway.costmodel import CostModel, ExecProfile, Topology
 from gateway.decisions import POLICIES, Decision, Evict, FunctionInfo, Load, Policy, Prefetch, Reject, Run
 from gateway.devicestate import DeviceState, FunctionState, Plan, Resident, Transfer, Waiting
@@ -88,6 +89,8 @@ class Scheduler:
         self._unplaced: dict[str, None] = {}
         self._room = False
         self.preload = preload and self.policy.prefetch
+        u = self.policy.admit_utilization
+        self.admission = Admission(u) if u is not None and not self.policy.static else None
 
     def __repr__(self) -> str:
         busy = sum(d.running is not None for d in self.devices)
@@ -105,6 +108,8 @@ class Scheduler:
         state = FunctionState(info, exec_profile, SloWindow(info.slo_ms, info.percentile, self._window_s))
         self.functions[info.name] = state
         self._by_model[info.model_id] = state
+        if self.admission is not None:
+            self.admission.added(info.name, self.clock())
         if self.policy.static:
             self._assign_home(state)
             return []
@@ -124,6 +129,8 @@ class Scheduler:
         self._pending.discard(name)
         self._unplaced.pop(name, None)
         self._room = True
+        if self.admission is not None:
+            self.admission.removed(name)
         self._by_model.pop(state.info.model_id, None)
         decisions: list[Decision] = [Reject(w.rid, reason) for w in state.queue]
         model = state.info.model_id
@@ -146,6 +153,18 @@ class Scheduler:
         if self.policy.static and state.home is None:
             state.slo.record(now, None)
             return [Reject(rid, "no device")]
+        admission = self.admission
+        if admission is not None:
+            admission.arrived(function, now)
+            if admission.due(now):
+                online = sum(d.online for d in self.devices)
+                functions = self.functions
+                admission.review(
+                    now, online, lambda n: functions[n].exec.at(1), lambda n: functions[n].slo.rrc(now) > 0
+                )
+            if not admission.admits(function):
+                state.slo.record(now, None)
+                return [Reject(rid, "overloaded")]
         state.queue.append(Waiting(rid, now, now + state.info.slo_ms / 1e3))
         self._pending.add(function)
         return self._dispatch()
@@ -238,6 +257,8 @@ class Scheduler:
         if run is None:
             return self._dispatch()
         now = self.clock()
+        if self.admission is not None and not failed:
+            self.admission.served(run.function, (now - d.started) * 1e3, len(run.rids))
         self._unpin(run)
         if run.load is not None and run.load.fill:
             decisions += self._filled(run.function, loaded_ok)  # if swap_done never came
@@ -303,12 +324,19 @@ class Scheduler:
     def queued(self) -> int:
         return sum(len(self.functions[n].queue) for n in self._pending)
 
+    def admits(self, function: str) -> bool:
+        """Whether admission serves the function now (False: it is shed, the node is overloaded)."""
+        return self.admission is None or self.admission.admits(function)
+
     def rrc(self, function: str) -> float:
         return self.functions[function].slo.rrc(self.clock())
 
     def predict(self, function: str) -> dict[str, float]:
         """What a request arriving now would cost (ms), by the cost model: for reports."""
         state = self.functions[function]
+        if not self.admits(function):  # answered 503 at once: a cluster forwards it to another holder
+            inf = float("inf")
+            return {"wait_ms": inf, "transfer_ms": 0.0, "exec_ms": state.exec.at(1), "completion_ms": inf}
         now = self.clock()
         self._victim_cache.clear()
         plan = self._plan(state, dry=True)
@@ -622,9 +650,13 @@ class Scheduler:
         smart = self.policy.smart_eviction
         by_model, copies, reswap = self._by_model, self._copies, self._reswap_cache
 
+        shed = self.admission.shed if self.admission is not None else frozenset()
+
         def price(r: Resident) -> tuple[float, float]:
             model = r.model_id
             owner = by_model.get(model)
+            if owner is not None and owner.info.name in shed and not owner.queue:
+                return (-1.0, r.last_used)  # its requests are refused: the first to go
             replicas = copies.get(model, 0)
             cheap = replicas > 1 or (owner is not None and not owner.info.heavy) or not smart
             p = 0.0 if cheap else reswap.get((model, d.index)) or self._reswap_ms(owner, d)

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from gateway import deploy, devicefacts, progress
@@ -17,7 +18,7 @@ from gateway.dispatcher import Dispatcher, Invocation, Limits, Outcome
 from gateway.hosttier import HostTier, Tier
 from gateway.metrics import Metrics
 from gateway.registry import READY, REGISTRY_FILE, UNAVAILABLE, UNLOADED, Function, Registry, check_name
-from gateway.scheduler import FunctionInfo, Scheduler
+from gateway.scheduler import POLICIES, FunctionInfo, Scheduler
 from gateway.tiers import Tiers
 from gateway.workers import WorkerPool
 from shared import shm
@@ -51,8 +52,9 @@ class Service:
         self.images = ImageStore(cfg.state_dir / "images")
         self.host = HostTier(cfg.host_memory)
         self.pool = WorkerPool(cfg, self.budget, self._worker_lost)
+        self.policy = replace(POLICIES["torpor"], admit_utilization=cfg.admit_utilization)
         # Provisional until the workers report their devices (start): no function is added before.
-        self.scheduler = Scheduler(Topology.flat([self.budget or 0] * len(cfg.devices)), time.monotonic)
+        self.scheduler = Scheduler(Topology.flat([self.budget or 0] * len(cfg.devices)), time.monotonic, self.policy)
         self.metrics = Metrics()
         self.dispatcher = Dispatcher(self.scheduler, self.pool, Limits(cfg.max_queue, cfg.max_queued), self.metrics)
         self.metrics.attach(self)
@@ -186,7 +188,7 @@ class Service:
         """The scheduler's topology from what the workers measured (READY and PEERS replies)."""
         facts = [self.pool.facts[i] for i in range(len(self.cfg.devices))]
         topology = devicefacts.topology(facts)
-        self.scheduler = Scheduler(topology, time.monotonic)
+        self.scheduler = Scheduler(topology, time.monotonic, self.policy)
         self.dispatcher.scheduler = self.scheduler
         self.budget = min(topology.capacities)
         log.info(
@@ -464,6 +466,7 @@ class Service:
             "heavy": state.info.heavy,
             "slowdown_under_copy": round(fn.timing.slowdown, 3) if fn.timing else None,
             "rrc": round(self.scheduler.rrc(fn.name), 3),
+            "shed": not self.scheduler.admits(fn.name),
             "predicted": predicted,
         }
 

@@ -11,7 +11,8 @@
     ├── RequestFailed (500)          the model raised while executing this request
     ├── WorkerLost (503)             the worker serving the request died or hung
     ├── Unavailable (503)            no device can serve (e.g. shutting down, function removed)
-    │   └── DroppedLate (503)        dropped early: it could no longer meet its SLO (drop_late)
+    │   ├── DroppedLate (503)        dropped early: it could no longer meet its SLO (drop_late)
+    │   └── Shed (503)               the node is overloaded and sheds this function (admission)
     ├── ProtocolError (502)          a malformed frame crossed a worker socket
     └── DamagedImage (500)           a model image file is missing, of another format or corrupt
 
@@ -85,6 +86,10 @@ class Unavailable(TorporError):
 
 class DroppedLate(Unavailable):
     kind = "dropped_late"
+
+
+class Shed(Unavailable):
+    kind = "shed"
 
 
 class ProtocolError(TorporError):

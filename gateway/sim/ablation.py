@@ -48,6 +48,12 @@ VARIANTS: list[tuple[str, str, Policy, bool]] = [
         replace(FULL, duplicates="never"),
         True,
     ),
+    (
+        "no-admission",
+        "every function is served, however overloaded the node (no shedding)",
+        replace(FULL, admit_utilization=None),
+        True,
+    ),
     ("no-segregate", "first fit from the bottom of the arena for every model", replace(FULL, segregate=False), True),
     ("no-preload", "models come onto devices only with their first request", FULL, False),
     ("no-prefetch", "no copies onto busy devices (and so no preload either)", replace(FULL, prefetch=False), False),

@@ -89,6 +89,7 @@ LATE_REASONS = {
     "swap_interference": "its swap-in was slowed by a neighbour's swap on the same PCIe switch",
     "exec": "its own execution (batch) took longer than the SLO",
     "dropped": "rejected (drop_late, no device) or still waiting at the end",
+    "shed": "rejected at once: admission shed its function while the node was overloaded",
 }
 HOT_S = 15.0  # a function served within this long is "hot": evicting its model is a policy miss
 
@@ -281,7 +282,7 @@ class Simulation:
             elif isinstance(d, Reject):
                 fi, _, _ = self._arrival.pop(d.rid)
                 self.tallies[fi].dropped += 1
-                self.tallies[fi].miss("dropped")
+                self.tallies[fi].miss("shed" if d.reason == "overloaded" else "dropped")
 
     def _exec1(self, m: ModelProfile) -> float:
         """Batch-1 execution time: the native baseline runs without remoting, at its own speed."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from gateway.costmodel import GB, CostModel, ExecProfile, Topology, pipelined
-from gateway.scheduler import Evict, FunctionInfo, Policy, Reject, Run, Scheduler
+from gateway.scheduler import POLICIES, Evict, FunctionInfo, Policy, Reject, Run, Scheduler
 from gateway.slo import PriorityTuner, SloWindow
 from tests.unit.clock import Clock
 
@@ -177,7 +179,8 @@ def test_rrc_formula_and_window() -> None:
 def test_budget_order_spares_the_function_that_can_afford_a_miss_and_serves_one_far_behind_last() -> None:
     topo = Topology((1000 * MB,), (0,))
     clock = Clock()
-    s = Scheduler(topo, clock, preload=False)
+    # The order alone: admission would shed "lost" (behind its SLO, 5 s of device time a request).
+    s = Scheduler(topo, clock, replace(POLICIES["torpor"], admit_utilization=None), preload=False)
     for name in ("spare", "tight", "lost", "blocker"):
         s.function_added(fn(name, 10, slo_ms=1000))
     rid = iter(range(100, 1000))
@@ -205,7 +208,7 @@ def test_budget_order_spares_the_function_that_can_afford_a_miss_and_serves_one_
 def test_rrc_order_serves_a_function_missing_its_slo_within_reach_first_and_one_far_behind_last() -> None:
     topo = Topology((1000 * MB,), (0,))
     clock = Clock()
-    s = Scheduler(topo, clock, Policy("torpor-rrc", order="rrc"), window_s=60, preload=False)
+    s = Scheduler(topo, clock, Policy("torpor-rrc", order="rrc", admit_utilization=None), window_s=60, preload=False)
     s.tuner = PriorityTuner(period_s=1e9)  # the threshold stays 0 here; its tuning is tested below
     for name in ("ok", "failing", "lost", "blocker"):
         s.function_added(fn(name, 10, slo_ms=1000))
