@@ -34,6 +34,8 @@ METRICS: dict[str, set[str]] = {
     "torpor_device_resident_bytes": {"device"},
     "torpor_device_budget_bytes": {"device"},
     "torpor_device_busy_ratio": {"device"},
+    "torpor_shed_functions": set(),
+    "torpor_admitted_demand_ratio": set(),
 }
 # Labels Prometheus adds to every scraped series.
 TARGET_LABELS = {"job", "instance"}
