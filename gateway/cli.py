@@ -10,23 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway import progress
-from shared.config import ServeConfig, env, format_size, parse_devices, parse_size
+from shared.config import ServeConfig, env, format_size, parse_admit_utilization, parse_devices, parse_size
 from shared.errors import InvalidInput
 from shared.specs import random_inputs
 
 DEFAULT_URL = "http://127.0.0.1:8080"
-
-
-def _admit_utilization(text: str) -> float | None:
-    if text.strip().lower() == "off":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 10:
-        raise InvalidInput(f"--admit-utilization: expected a share of device time such as 0.85, or off; got {text!r}")
-    return value
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -52,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_queued=args.max_queued,
         hang_timeout_s=args.hang_timeout,
         exec_timeout_s=args.exec_timeout,
-        admit_utilization=_admit_utilization(args.admit_utilization),
+        admit_utilization=parse_admit_utilization(args.admit_utilization),
         heartbeat_s=min(2.0, args.hang_timeout / 2),
     )
     cluster = None

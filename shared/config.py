@@ -28,6 +28,19 @@ _UNITS = {
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
+def parse_admit_utilization(text: str) -> float | None:
+    """Admission's bound: '0.85' -> 0.85, 'off' -> None (see gateway.admission)."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 10:
+        raise InvalidInput(f"--admit-utilization: expected a share of device time such as 0.85, or off; got {text!r}")
+    return value
+
+
 def parse_size(text: str, what: str = "size") -> int:
     """'512MiB' -> 536870912; plain numbers are bytes."""
     m = _SIZE.match(text)

@@ -57,6 +57,10 @@ def add_commands(sub: Any) -> None:
     s.add_argument("--models", nargs="+", default=[], help="models of the profile to use (default all)")
     s.add_argument("--max-batch", type=int, help="dynamic batching limit per function (default 1)")
     s.add_argument("--drop-late", action="store_true", help="functions drop requests that cannot meet the SLO")
+    s.add_argument(
+        "--admit-utilization",
+        help="admission's bound: a share of device time (default the policy's, 0.85 for torpor), or off",
+    )
     s.add_argument("--nodes", type=int, default=1, help="identical nodes, routed and placed by the cluster policy")
     s.add_argument(
         "--placement",
@@ -172,6 +176,17 @@ def _refuse(message: str) -> NoReturn:
 WORKLOADS = Path(__file__).parent / "workloads"
 
 
+def _admit_utilization(text: str | None) -> float | None:
+    """None: the policy's own bound; 0.0: off."""
+    from shared.config import parse_admit_utilization
+    from shared.errors import InvalidInput
+
+    try:
+        return None if text is None else parse_admit_utilization(text) or 0.0
+    except InvalidInput as exc:
+        raise ValueError(exc.message) from None
+
+
 def _workload(args: argparse.Namespace, functions: int | None) -> Any:
     """The workload file's fields (if any), overridden by the options given on the command line."""
     from gateway.sim.run import Workload, load_workload
@@ -189,6 +204,7 @@ def _workload(args: argparse.Namespace, functions: int | None) -> Any:
         "models": tuple(args.models) or None,
         "max_batch": args.max_batch,
         "drop_late": args.drop_late or None,
+        "admit_utilization": _admit_utilization(args.admit_utilization),
         "seed": args.seed,
         "trace": args.trace,
         "nodes": args.nodes,

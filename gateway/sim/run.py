@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from gateway.decisions import POLICIES, Policy
 from gateway.sim.engine import SimFunction, Simulation
 from gateway.sim.profile import HardwareProfile
 from gateway.sim.profile import load as load_profile
@@ -53,6 +54,7 @@ class Workload:
     shape: str = "lognormal"  # generated trace: "lognormal" or "uniform" (Torpor's §7.3 workload)
     rpm_low: int = 5  # uniform shape: requests per minute per function, drawn each minute
     rpm_high: int = 30
+    admit_utilization: float | None = None  # admission's bound: None = the policy's own, 0 = off
 
     def __post_init__(self) -> None:
         problems = [
@@ -66,6 +68,11 @@ class Workload:
             ("slo_ms", self.slo_ms is None or self.slo_ms > 0, "a number of milliseconds > 0"),
             ("slo_factor", self.slo_factor is None or self.slo_factor > 0, "a number > 0"),
             ("slos", all(ms > 0 for _, ms in self.slos), "milliseconds > 0 per model"),
+            (
+                "admit_utilization",
+                self.admit_utilization is None or self.admit_utilization >= 0,
+                "a share of device time >= 0 (0: off)",
+            ),
         ]
         for name, ok, expected in problems:
             if not ok:
@@ -141,11 +148,19 @@ def trace_for(w: Workload) -> traces.Trace:
     return traces.generate(n, w.minutes, w.mean_rate, w.sigma, w.burstiness, w.seed).head(w.functions)
 
 
-def simulate(profile: HardwareProfile, w: Workload, policy: str) -> list[Simulation]:
+def policy_for(policy: str | Policy, w: Workload) -> str | Policy:
+    """The named policy, with the workload's admission bound where the policy has admission."""
+    if w.admit_utilization is None or not isinstance(policy, str) or POLICIES[policy].admit_utilization is None:
+        return policy
+    return replace(POLICIES[policy], admit_utilization=w.admit_utilization or None)
+
+
+def simulate(profile: HardwareProfile, w: Workload, policy: str | Policy) -> list[Simulation]:
     """One simulation per node. With placement "static", functions are partitioned across
     nodes (no swapping between nodes), as a front end that routes each function to one node
     would; with "cluster", one merged run of the cluster policy (gateway/sim/cluster.py)."""
     functions, trace = functions_for(profile, w), trace_for(w)
+    policy = policy_for(policy, w)
     if w.nodes > 1 and w.placement == "cluster":
         from gateway.sim.cluster import ClusterKnobs, ClusterSimulation
 

@@ -38,6 +38,7 @@ def test_trace_without_functions_simulates_all_of_its_functions(tmp_path: Path, 
         (["--max-batch", "0"], "--max-batch 0: expected from 1 to 256"),
         (["--nodes", "4", "--functions", "3"], "--nodes 4: more nodes than functions (3)"),
         (["--slo-ms", "-1"], "--slo-ms -1.0: expected above 0 ms"),
+        (["--admit-utilization", "most"], "--admit-utilization: expected a share of device time such as 0.85, or off"),
     ],
 )
 def test_bad_combinations_are_one_line_errors(options: list[str], message: str, tmp_path: Path) -> None:
@@ -46,3 +47,16 @@ def test_bad_combinations_are_one_line_errors(options: list[str], message: str, 
     text = str(exc.value.code)
     assert text.startswith("torpor simulate: ") and message in text and "\n" not in text, text
     assert not any(tmp_path.iterdir()), "nothing is written for a refused run"
+
+
+def test_admission_bound_is_set_or_turned_off_from_the_command_line(tmp_path: Path) -> None:
+    from gateway.decisions import POLICIES
+    from gateway.sim.run import Workload, policy_for
+
+    assert policy_for("torpor", Workload(10)) == "torpor"
+    assert policy_for("torpor", Workload(10, admit_utilization=0.7)).admit_utilization == 0.7  # type: ignore[union-attr]
+    assert policy_for("torpor", Workload(10, admit_utilization=0.0)).admit_utilization is None  # type: ignore[union-attr]
+    assert policy_for("simpleswap", Workload(10, admit_utilization=0.7)) == "simpleswap"  # it has none
+    assert POLICIES["torpor"].admit_utilization == 0.85
+    with pytest.raises(ValueError, match="admit_utilization"):
+        Workload(10, admit_utilization=-1)
