@@ -205,7 +205,7 @@ class _StateCollector(Collector):
             yield GaugeMetricFamily(
                 "torpor_admitted_demand_ratio",
                 "Device time the admitted functions ask for, over the online devices' time (last review).",
-                admission.demand / admission.capacity if admission.capacity else 0.0,
+                admission.demand / admission.capacity * admission.utilization if admission.capacity else 0.0,
             )
         yield from self._requests()
 

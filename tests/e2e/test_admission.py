@@ -64,4 +64,6 @@ def test_an_overloaded_node_sheds_one_function_and_serves_the_other(server: Serv
     assert server.client.get(f"/v1/functions/{other}").json()["schedule"]["shed"] is False
     metrics = server.client.get("/metrics").text
     assert "torpor_shed_functions 1.0" in metrics
+    (ratio,) = [float(x.split()[1]) for x in metrics.splitlines() if x.startswith("torpor_admitted_demand_ratio ")]
+    assert 0.05 < ratio <= 1.5, "what the one admitted function asks of the device (it is kept busy)"
     assert f'torpor_requests_total{{function="{name}",outcome="shed"}}' in metrics
