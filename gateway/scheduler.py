@@ -109,7 +109,7 @@ class Scheduler:
         self.functions[info.name] = state
         self._by_model[info.model_id] = state
         if self.admission is not None:
-            self.admission.added(info.name, self.clock())
+            self.admission.added(info.name, self.clock(), info.exec_ms)
         if self.policy.static:
             self._assign_home(state)
             return []
@@ -159,9 +159,12 @@ class Scheduler:
             if admission.due(now):
                 online = sum(d.online for d in self.devices)
                 functions = self.functions
+                shed = len(admission.shed)
                 admission.review(
                     now, online, lambda n: functions[n].exec.at(1), lambda n: functions[n].slo.rrc(now) > 0
                 )
+                if len(admission.shed) < shed:
+                    self._room = True  # a readmitted function's model may be preloaded again
             if not admission.admits(function):
                 state.slo.record(now, None)
                 return [Reject(rid, "overloaded")]
@@ -405,10 +408,13 @@ class Scheduler:
         engines = {d.index for d in self.devices if d.online and not d.swapping}
         decisions: list[Decision] = []
         later = False  # a model fits a device whose copy engine is busy now
+        shed = self.admission.shed if self.admission is not None else frozenset()
         for name in list(self._unplaced):
             if not engines:
                 later = True
                 break
+            if name in shed:
+                continue  # its requests are refused: its model would only take a hot one's room
             state = self.functions[name]
             need = align_up(state.info.nbytes)
             ready = state.host_tier == "host" and self.clock() >= state.no_prefetch_until

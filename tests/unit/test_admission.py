@@ -17,7 +17,7 @@ from tests.unit.test_paper_profile import SMALL
 
 MB = 1 << 20
 FUNCTIONS, RPM = 60, (40, 80)
-EXEC = {"cheap": 10.0, "mid": 20.0, "dear": 40.0}
+EXEC = {"cheap": 10.0, "mid": 20.0, "dear": 40.0, "burst": 10.0, "steady": 30.0}
 
 
 def feed(a: Admission, per_s: dict[str, float], start: float, seconds: float) -> float:
@@ -28,14 +28,14 @@ def feed(a: Admission, per_s: dict[str, float], start: float, seconds: float) ->
     return start + seconds
 
 
-def review(a: Admission, now: float, devices: int = 1, behind: bool = True) -> None:
-    a.review(now, devices, EXEC.__getitem__, lambda _: behind)
+def review(a: Admission, now: float, devices: int = 1, behind: bool | set[str] = True) -> None:
+    a.review(now, devices, EXEC.__getitem__, behind.__contains__ if isinstance(behind, set) else lambda _: behind)
 
 
 def admission(**kw: float) -> Admission:
     a = Admission(0.8, **kw)
-    for name in EXEC:
-        a.added(name, 0.0)
+    for name in ("cheap", "mid", "dear"):
+        a.added(name, 0.0, EXEC[name])
     return a
 
 
@@ -93,11 +93,17 @@ def test_a_removed_function_is_forgotten() -> None:
     assert a.shed == set() and a.admits("dear")
 
 
-def test_the_scheduler_rejects_a_shed_functions_requests_and_evicts_its_model_first() -> None:
+def overload(admit: bool) -> tuple[Scheduler, Clock, int]:
+    """30 s of a light and a dear function at 20 requests/s each on one device: 1,100
+    device-ms asked per second. Returns the scheduler once its device is free, its clock and
+    the last request id."""
     clock = Clock(0.0)
-    s = Scheduler(Topology.flat([1000 * MB]), clock, preload=False)
-    for name, ms in (("light", 5.0), ("dear", 50.0)):
-        s.function_added(FunctionInfo(name, f"{name}@1", 400 * MB, slo_ms=1.0, exec_ms=ms))
+    policy = POLICIES["torpor"] if admit else replace(POLICIES["torpor"], admit_utilization=None)
+    s = Scheduler(Topology.flat([1000 * MB]), clock, policy=policy, preload=False)
+    # "light" is a light model (a swap beside it does not slow it): without admission, the
+    # first to make room; "dear" is heavy, kept while it is served.
+    s.function_added(FunctionInfo("light", "light@1", 400 * MB, slo_ms=1.0, exec_ms=5.0, heavy=False))
+    s.function_added(FunctionInfo("dear", "dear@1", 400 * MB, slo_ms=1.0, exec_ms=50.0))
     running: list[tuple[float, Run]] = []  # (when it ends, run): one device, one at a time
 
     def handle(decisions: list) -> None:
@@ -105,28 +111,36 @@ def test_the_scheduler_rejects_a_shed_functions_requests_and_evicts_its_model_fi
             if isinstance(d, Run):
                 running.append((clock.t + s.functions[d.function].info.exec_ms * len(d.rids) / 1e3, d))
 
-    # 30 s of both functions at 20 requests/s: 1,100 device-ms asked per second of one device.
+    def drain(until: float) -> None:
+        while running and running[0][0] <= until:
+            clock.t, run = running.pop(0)
+            handle(s.finished(run.device, exec_ms=s.functions[run.function].info.exec_ms))
+
     rid = 0
     for tick in range(600):
         for name in ("light", "dear"):
-            now = tick * 0.05
-            while running and running[0][0] <= now:
-                clock.t, run = running.pop(0)
-                handle(s.finished(run.device, exec_ms=s.functions[run.function].info.exec_ms))
-            clock.t = now
+            drain(tick * 0.05)
+            clock.t = tick * 0.05
             rid += 1
             handle(s.arrived(rid, name))
-    assert s.admission is not None and s.admission.shed == {"dear"}
-    (reject,) = s.arrived(rid + 1, "dear")
-    assert reject == Reject(rid + 1, "overloaded")
-    assert s.functions["dear"].slo.rrc(clock.t) > 0, "a shed request counts as a miss"
-    # Its model is the first to make room for a third function's, once the device is free.
-    while running:
-        clock.t, run = running.pop(0)
-        handle(s.finished(run.device, exec_ms=s.functions[run.function].info.exec_ms))
-    s.function_added(FunctionInfo("new", "new@1", 500 * MB, slo_ms=1000.0, exec_ms=1.0))
-    (run,) = [d for d in s.arrived(rid + 2, "new") if isinstance(d, Run)]
-    assert run.evict == ("dear@1",)
+    if admit:
+        assert s.admission is not None and s.admission.shed == {"dear"}
+        (reject,) = s.arrived(rid + 1, "dear")
+        assert reject == Reject(rid + 1, "overloaded")
+        assert s.functions["dear"].slo.rrc(clock.t) > 0, "a shed request counts as a miss"
+        rid += 1
+    drain(float("inf"))
+    return s, clock, rid
+
+
+def test_the_scheduler_rejects_a_shed_functions_requests_and_evicts_its_model_first() -> None:
+    # A third function's model needs one of the two: the shed function's goes, where the same
+    # node without admission gives up the light model's.
+    for admit, victim in ((True, "dear@1"), (False, "light@1")):
+        s, _, rid = overload(admit)
+        s.function_added(FunctionInfo("new", "new@1", 300 * MB, slo_ms=1000.0, exec_ms=1.0))
+        (run,) = [d for d in s.arrived(rid + 1, "new") if isinstance(d, Run)]
+        assert run.evict == (victim,), admit
 
 
 def test_admission_is_what_keeps_an_overloaded_node_from_collapsing(tmp_path: Path) -> None:
@@ -152,4 +166,94 @@ def test_quiet_periods_empty_the_window() -> None:
     # Ten quiet minutes, then one request: the burst has left the window, so all come back.
     a.arrived("cheap", end + 600.0)
     review(a, end + 600.0)
+    assert a.shed == set()
+
+
+def test_a_shed_function_alone_on_an_idle_node_is_admitted_back_even_if_it_does_not_fit() -> None:
+    a = admission()
+    end = feed(a, {"cheap": 20, "dear": 40}, 0.0, 10.0)  # 200 + 1600: "dear" alone is over the bound
+    review(a, end)
+    assert a.shed == {"dear"}
+    # "cheap" goes quiet while "dear" keeps calling: nothing admitted has traffic, so the one
+    # function still asking is served as well as the node can (as it would be had it never been shed).
+    for _ in range(6):
+        end = feed(a, {"dear": 40}, end, 10.0)
+        review(a, end)
+    assert a.shed == set()
+
+
+def test_readmission_skips_a_function_that_does_not_fit_for_a_later_one_that_does() -> None:
+    a = admission()
+    for name in ("burst", "steady"):
+        a.added(name, 0.0, EXEC[name])
+    end = 0.0
+    for _ in range(60):  # ten quiet minutes for "burst"; "steady" calls all along
+        end = feed(a, {"cheap": 20, "steady": 5}, end, 10.0)  # 200 + 150
+        review(a, end)
+    for _ in range(6):  # a busy minute: both miss their SLO and are shed
+        end = feed(a, {"cheap": 20, "burst": 70, "steady": 10}, end, 10.0)  # 200 + 700 + 300
+        review(a, end, behind={"burst", "steady"})
+    assert a.shed == {"burst", "steady"}, a.shed
+    # Readmission looks at the cheapest over the long run first: "burst", whose minute's
+    # demand does not fit the room (720 device-ms per s); "steady", costlier over the long
+    # run, fits and comes back.
+    for _ in range(6):
+        end = feed(a, {"cheap": 20, "burst": 70, "steady": 5}, end, 10.0)
+        review(a, end, behind=False)
+    assert a.shed == {"burst"}, a.shed
+
+
+def test_with_no_device_online_the_shed_set_stays_as_it_is() -> None:
+    a = admission()
+    end = feed(a, {"cheap": 20, "mid": 15, "dear": 15}, 0.0, 10.0)
+    review(a, end)
+    assert a.shed == {"dear"}
+    end = feed(a, {"cheap": 20, "mid": 15, "dear": 15}, end, 10.0)
+    review(a, end, devices=0)
+    assert a.shed == {"dear"}, "no capacity measured: nothing more is shed, nothing readmitted"
+
+
+def test_a_removed_function_leaves_no_arrivals_in_the_window() -> None:
+    a = admission()
+    end = feed(a, {"cheap": 20, "mid": 15, "dear": 15}, 0.0, 10.0)
+    review(a, end)
+    a.removed("dear")
+    a.added("dear", end, EXEC["dear"])  # deployed again under the same name
+    end = feed(a, {"cheap": 20, "mid": 15}, end, 10.0)
+    review(a, end)
+    assert a.demand == 500.0, "the old deployment's requests are not the new one's demand"
+
+
+def test_a_late_review_measures_rates_over_the_time_its_bucket_spans() -> None:
+    a = admission()
+    end = feed(a, {"cheap": 10, "mid": 10, "dear": 10}, 0.0, 30.0)  # arrivals over 30 s, one review
+    review(a, end)
+    assert a.demand == 700.0, "30 s of arrivals over 30 s, not over one 10 s period"
+
+
+def test_the_estimate_is_the_mean_of_the_first_runs_then_a_running_mean() -> None:
+    a = admission()
+    for ms in (100.0, 200.0, 300.0):  # the profile's 40 ms is replaced by what runs cost
+        a.served("dear", ms, 1)
+    end = feed(a, {"dear": 1}, 0.0, 10.0)
+    review(a, end)
+    assert a.demand == 200.0
+    for _ in range(100):  # past 20 runs, each moves it by a twentieth
+        a.served("dear", 40.0, 1)
+    end = feed(a, {"dear": 1}, end, 10.0)
+    review(a, end)
+    assert 40.0 < a.demand < 41.0, a.demand
+
+
+def test_a_cold_first_run_does_not_lock_a_function_out() -> None:
+    a = admission()
+    a.served("dear", 3000.0, 1)  # its first run, a cold one of 3 s
+    end = feed(a, {"cheap": 20, "mid": 10, "dear": 2}, 0.0, 10.0)  # 200 + 200 + 6,000
+    review(a, end)
+    assert a.shed == {"dear"}
+    # Shed, it has no runs: its estimate goes back towards its 40 ms of execution, and once
+    # its demand fits the room (720) it is admitted back.
+    for _ in range(40):
+        end = feed(a, {"cheap": 20, "mid": 10, "dear": 2}, end, 10.0)
+        review(a, end, behind=False)
     assert a.shed == set()
