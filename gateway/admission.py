@@ -32,8 +32,9 @@ forgets. While it is shed it has no runs, so its estimate drifts back towards it
 time: a cold first run of seconds does not lock it out, and the swaps it paid while the
 node thrashed need not recur once it is readmitted.
 
-Within a cluster the shed set is this node's own: peers learn nothing of it and may keep
-forwarding its functions' requests here, where they are refused like local ones.
+Within a cluster the shed set is this node's own; its heartbeat carries it, so peers route
+a shed function's requests to another holder, and with none a node forwarding them asks
+for a replica of its own (gateway/cluster/policy.py).
 """
 
 from __future__ import annotations

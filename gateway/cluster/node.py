@@ -471,6 +471,7 @@ class ClusterNode:
             queued=sched.queued(),
             running=sum(d.running is not None for d in sched.devices),
             exec_ms={n: round(s.exec.at(1), 3) for n, s in sched.functions.items()},
+            shed=tuple(sorted(sched.admission.shed)) if sched.admission is not None else (),
         )
 
     def nodes_view(self) -> list[dict[str, Any]]:

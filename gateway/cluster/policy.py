@@ -15,6 +15,7 @@ SLO, gets a replica here; an idle replica leaves when host memory is needed, nev
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -162,9 +163,15 @@ class ClusterPolicy:
         )
 
     def predicted_ms(self, function: str, node: str) -> float:
-        """A request's completion on another node: hop, its queue, swap-in unless resident, exec."""
+        """A request's completion on another node: hop, its queue, swap-in unless resident, exec.
+
+        Unbounded where that node's admission sheds the function: it would refuse the request
+        (a holder that does not is preferred; with none, a forward there still gets the 503).
+        """
         fn = self.functions[function]
         rec = self.nodes[node].record
+        if function in rec.shed:
+            return math.inf
         exec_ms = rec.exec_ms.get(function, UNPROFILED_EXEC_MS)
         ahead = rec.queued + self.nodes[node].sent + max(0, rec.running - rec.devices + 1)
         wait = ahead * exec_ms / max(1, rec.devices)

@@ -83,6 +83,7 @@ class NodeRecord:
     queued: int = 0  # requests waiting on this node
     running: int = 0  # devices executing now
     exec_ms: dict[str, float] = field(default_factory=dict)  # per held function, as its scheduler predicts
+    shed: tuple[str, ...] = ()  # functions its admission refuses now (the node is overloaded)
 
     def to_json(self) -> bytes:
         d = dict(self.__dict__)
@@ -105,4 +106,5 @@ class NodeRecord:
             queued=int(obj.get("queued", 0)),
             running=int(obj.get("running", 0)),
             exec_ms={str(k): float(v) for k, v in obj.get("exec_ms", {}).items()},
+            shed=tuple(obj.get("shed", ())),
         )

@@ -211,6 +211,7 @@ class ClusterSimulation:
                 queued=sched.queued(),
                 running=sum(d.running is not None for d in sched.devices),
                 exec_ms=self.exec_ms,
+                shed=tuple(sorted(sched.admission.shed)) if sched.admission is not None else (),
             )
             for p in self.policies:
                 p.node_seen(record)

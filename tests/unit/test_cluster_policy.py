@@ -174,6 +174,30 @@ def test_a_replica_when_the_holders_cannot_meet_the_slo() -> None:
     assert p.plan(0, 0) == [Claim("f", "replica")]
 
 
+def test_a_holder_that_sheds_the_function_is_passed_over_and_a_replica_follows() -> None:
+    p, _ = cluster("a")
+    # b is the faster holder, but its admission refuses f: c gets the request.
+    p.node_seen(rec("b", 2.0, exec_ms={"f": 10.0}, resident=("f",), shed=("f",)))
+    p.node_seen(rec("c", 2.0, queued=3, exec_ms={"f": 10.0}))
+    p.function_defined(fn(), held("b", "c"))
+    route = p.route("f", here_ms=None)
+    assert isinstance(route, Forward) and route.node == "c"
+    # Held here but past the SLO, and the only other holder sheds it: run here.
+    p.function_defined(fn(slo_ms=50), held("a", "b"))
+    assert p.route("f", here_ms=80.0) == Local(80.0)
+    # Held only by a node that sheds it: forwarded there (a 503 is all there is), and a
+    # replica is wanted here.
+    p.function_defined(fn(), held("b"))
+    assert isinstance(p.route("f", here_ms=None), Forward)
+    assert p.plan(0, 0) == [Claim("f", "replica")]
+
+
+def test_the_shed_set_travels_in_the_heartbeat() -> None:
+    r = rec("b", 2.0, shed=("f", "g"))
+    assert NodeRecord.from_json(r.to_json()).shed == ("f", "g")
+    assert NodeRecord.from_json(rec("b", 2.0).to_json()).shed == ()
+
+
 def test_idle_replicas_leave_when_memory_is_needed_never_the_last_copy() -> None:
     p, clock = cluster("a", idle_s=30.0)
     p.function_defined(fn("f"), held("a", "b"))
