@@ -172,7 +172,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 def _ls_nodes(args: argparse.Namespace) -> int:
     data, _ = _http(args, "GET", "/v1/nodes")
-    rows = [("NODE", "URL", "STATE", "HEARTBEAT", "DEVICES", "HOST MEMORY", "QUEUED", "HOLDS", "RESIDENT")]
+    rows = [("NODE", "URL", "STATE", "HEARTBEAT", "DEVICES", "HOST MEMORY", "QUEUED", "HOLDS", "RESIDENT", "SHED")]
     for n in data["nodes"]:
         budget = n["host_budget_bytes"]
         memory = format_size(n["host_used_bytes"]) + (f" / {format_size(budget)}" if budget else "")
@@ -187,6 +187,7 @@ def _ls_nodes(args: argparse.Namespace) -> int:
                 str(n["load"]["queued"]),
                 ",".join(n["holds"]) or "-",
                 ",".join(n["resident"]) or "-",
+                ",".join(n.get("shed", ())) or "-",
             )
         )
     _table(rows)

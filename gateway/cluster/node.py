@@ -491,6 +491,7 @@ class ClusterNode:
                     "host_budget_bytes": rec.host_budget or None,
                     "holds": list(rec.held),
                     "resident": list(rec.resident),
+                    "shed": list(rec.shed),  # refused by its admission now: the node is overloaded
                     "load": {"queued": rec.queued, "running": rec.running},
                 }
             )
