@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from functools import cache
 from typing import Any
 
+import httpx
 import numpy as np
 import torch
 
@@ -43,3 +46,22 @@ def output_array(body: dict[str, Any]) -> np.ndarray:
     (out,) = body["outputs"]
     assert out["datatype"] == "FP32"
     return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+
+
+def call_back_to_back(url: str, names: list[str], seconds: float, zoo_name: str) -> dict[str, list[httpx.Response]]:
+    """Each function invoked in a loop of its own (one client each) for `seconds`: every answer, in order."""
+    answers: dict[str, list[httpx.Response]] = {n: [] for n in names}
+    stop = time.monotonic() + seconds
+    inputs = sample_input(zoo_name)
+
+    def call(name: str) -> None:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            while time.monotonic() < stop:
+                answers[name].append(client.post(f"/v1/functions/{name}/invoke", json={"inputs": inputs}))
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 120)
+    return answers

@@ -7,15 +7,12 @@ it at once; after the first review (10 s of traffic) one is shed.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from loadtest.server import Server
-from tests.e2e.helpers import sample_input
+from tests.e2e.helpers import call_back_to_back
 
 pytestmark = pytest.mark.e2e
 
@@ -35,21 +32,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def test_an_overloaded_node_sheds_one_function_and_serves_the_other(server: Server) -> None:
-    answers: dict[str, list[httpx.Response]] = {"a": [], "b": []}
-    stop = time.monotonic() + 14.0
-
-    def call(name: str) -> None:
-        inputs = sample_input("resnet18")
-        with httpx.Client(base_url=server.url, timeout=60) as client:
-            while time.monotonic() < stop:
-                r = client.post(f"/v1/functions/{name}/invoke", json={"inputs": inputs})
-                answers[name].append(r)
-
-    threads = [threading.Thread(target=call, args=(n,)) for n in answers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    answers = call_back_to_back(server.url, ["a", "b"], 14.0, "resnet18")
     shed = [n for n, rs in answers.items() if rs[-1].status_code == 503]
     assert len(shed) == 1, {n: [r.status_code for r in rs[-3:]] for n, rs in answers.items()}
     (name,) = shed

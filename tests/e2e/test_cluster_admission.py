@@ -11,17 +11,14 @@ own and serve it there.
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from loadtest.cluster import REDIS_BINARY, RedisServer, node, wait_for
 from loadtest.server import Server
-from tests.e2e.helpers import sample_input
+from tests.e2e.helpers import call_back_to_back, sample_input
 
 pytestmark = [
     pytest.mark.e2e,
@@ -55,20 +52,8 @@ def test_a_shed_function_is_served_by_a_replica_on_the_peer(nodes: dict[str, Ser
     a, b = nodes["a"], nodes["b"]
     wait_for(lambda: _view_of(b, "a")["holds"] == ["f", "g"], timeout=10)
     assert _view_of(b, "a")["shed"] == []
-    codes: dict[str, list[int]] = {"f": [], "g": []}
-    stop = time.monotonic() + 14.0
-
-    def call(name: str) -> None:
-        inputs = sample_input("resnet18")
-        with httpx.Client(base_url=a.url, timeout=60) as client:
-            while time.monotonic() < stop:
-                codes[name].append(client.post(f"/v1/functions/{name}/invoke", json={"inputs": inputs}).status_code)
-
-    threads = [threading.Thread(target=call, args=(n,)) for n in codes]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    answers = call_back_to_back(a.url, ["f", "g"], 14.0, "resnet18")
+    codes = {n: [r.status_code for r in rs] for n, rs in answers.items()}
     shed = [n for n, seen in codes.items() if seen[-1] == 503]
     assert len(shed) == 1, {n: seen[-3:] for n, seen in codes.items()}
     (name,) = shed
