@@ -286,8 +286,22 @@ class Dispatcher:
                         raise
                 sent = self._send(run, invs, fill)
             load, batched = sent
-            swap_ms, load_error = 0.0, None
+            swap_ms: float | None = None  # None: each reply's own wait for the swap's groups
+            load_error: TorporError | None = None
+            exec_total = 0.0
+            answered = 0  # frames of `batched` answered already
             if load is not None:
+                # A swap from the disk tier replies once the host image is written too, after its
+                # last group reached the device: an inference done before that is answered at once
+                # (a failed one waits for the load's reply, which says why).
+                while answered < len(batched) and not load.done():
+                    fut = batched[answered][2]
+                    await asyncio.wait((load, fut), return_when=asyncio.FIRST_COMPLETED)
+                    if load.done() or fut.cancelled() or fut.exception() is not None:
+                        break
+                    ms, _ = await self._answer(run, batched[answered], started, None, None)
+                    exec_total += ms or 0.0
+                    answered += 1
                 try:
                     loaded = (await load).body
                     swap_ms = loaded.swap_ms
@@ -297,38 +311,13 @@ class Dispatcher:
                 self.apply(self.scheduler.swap_done(run.device, ok=loaded_ok))
             for inv in invs:
                 inv.phase = "exec"
-            exec_total = 0.0
-            for group, sizes, fut in batched:
-                try:
-                    frame = await fut
-                    reply = frame.body
-                    tensors = tensor_maps(reply.outputs, frame.buffers)
-                    outputs = batching.split(tensors, sizes) if len(group) > 1 else [tensors]
-                except TorporError as exc:
-                    lost = lost or isinstance(exc, WorkerLost)
+            for sent_frame in batched[answered:]:
+                ms, lost_here = await self._answer(run, sent_frame, started, swap_ms or 0.0, load_error)
+                lost = lost or lost_here
+                if ms is None:
                     failed = True
-                    for inv in group:
-                        self._failed(inv, load_error if load_error is not None and not lost else exc)
-                    continue
-                except ValueError as exc:  # a batched reply that does not split: the model broke its signature
-                    failed = True
-                    for inv in group:
-                        _fail(inv, RequestFailed(f"batched execution returned {exc}"))
-                    continue
-                exec_total += reply.exec_ms
-                for inv, out in zip(group, outputs, strict=True):
-                    if not inv.future.done():
-                        inv.future.set_result(
-                            Outcome(
-                                outputs=out,
-                                device=run.device,
-                                source="resident" if run.load is None else run.load.source,
-                                queue_ms=(started - inv.arrived) * 1e3,
-                                swap_ms=swap_ms,
-                                exec_ms=reply.exec_ms,
-                                batch=len(group),
-                            )
-                        )
+                else:
+                    exec_total += ms
             if len(batched) > 1:
                 exec_total = None  # run one by one: not the batched time the profile predicts
         except TorporError as exc:
@@ -349,6 +338,45 @@ class Dispatcher:
                 self.apply(self.scheduler.device_lost(run.device))
             else:
                 self.apply(self.scheduler.finished(run.device, loaded_ok=loaded_ok, exec_ms=exec_total, failed=failed))
+
+    async def _answer(
+        self,
+        run: Run,
+        sent: tuple[list[Invocation], list[int], Any],
+        started: float,
+        swap_ms: float | None,
+        load_error: TorporError | None,
+    ) -> tuple[float | None, bool]:
+        """Answer one INFER frame's requests from its reply: (its exec ms, None if it failed; worker lost)."""
+        group, sizes, fut = sent
+        try:
+            frame = await fut
+            reply = frame.body
+            tensors = tensor_maps(reply.outputs, frame.buffers)
+            outputs = batching.split(tensors, sizes) if len(group) > 1 else [tensors]
+        except TorporError as exc:
+            lost = isinstance(exc, WorkerLost)
+            for inv in group:
+                self._failed(inv, load_error if load_error is not None and not lost else exc)
+            return None, lost
+        except ValueError as exc:  # a batched reply that does not split: the model broke its signature
+            for inv in group:
+                _fail(inv, RequestFailed(f"batched execution returned {exc}"))
+            return None, False
+        for inv, out in zip(group, outputs, strict=True):
+            if not inv.future.done():
+                inv.future.set_result(
+                    Outcome(
+                        outputs=out,
+                        device=run.device,
+                        source="resident" if run.load is None else run.load.source,
+                        queue_ms=(started - inv.arrived) * 1e3,
+                        swap_ms=reply.wait_ms if swap_ms is None else swap_ms,
+                        exec_ms=reply.exec_ms,
+                        batch=len(group),
+                    )
+                )
+        return reply.exec_ms, False
 
     @staticmethod
     def _infer(client: Any, run: Run, inv: Invocation, inputs: list[dict[str, Any]]) -> Any:

@@ -325,12 +325,17 @@ class Executor:
         module, gate = graphs.plain, graphs.gate
         if swap is not None:
             module, gate.swap, gate.waited_s = graphs.gated, swap, 0.0
+        fill = swap.fill if swap is not None else None
+        if fill is not None:
+            fill.run_started()
         t0 = time.perf_counter()
         try:
             with torch.inference_mode():
                 out = module(*prog.state, *inputs)
         finally:
             gate.swap = None
+            if fill is not None:
+                fill.run_ended()
         return out, time.perf_counter() - t0, gate.waited_s if swap is not None else 0.0
 
     def forget(self, body: Forget) -> Forgotten:

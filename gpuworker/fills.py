@@ -78,9 +78,13 @@ def read_image(model_id: str, segment: str, path: str, arena: torch.Tensor | Non
             if arena is None:
                 imagefile.read_into(path, seg.buf, on_chunk=fill.advance, expect_model=model_id)
             else:
-                # One thread, read then check each chunk: the other core is the model's.
+                # Direct reads land in the slice by DMA: the reader's own CPU work is the checksum,
+                # and no second copy of the image stays behind in the page cache.
                 target = arena.numpy()
-                imagefile.read_into(path, target, progress, expect_model=model_id, overlap=False)
+                imagefile.read_into(path, target, progress, expect_model=model_id)
+                # The host copy is not on the request's path: it waits for the inference that ran
+                # on the arriving groups, instead of taking memory bandwidth and a core from it.
+                fill.wait_runs()
                 torch.frombuffer(seg.buf, dtype=torch.uint8)[: arena.numel()].copy_(arena)
             fill.done()
         except TorporError as exc:

@@ -64,6 +64,22 @@ class HostFill:
         self.cancelled = False  # the swap was cancelled: the filler stops at its next chunk
         self.finished = threading.Event()  # the filler no longer writes anywhere
         self._cond = threading.Condition()
+        self._runs = [0, 0]  # inferences started / ended on the model while its image is being filled
+
+    def run_started(self) -> None:
+        with self._cond:
+            self._runs[0] += 1
+
+    def run_ended(self) -> None:
+        with self._cond:
+            self._runs[1] += 1
+            self._cond.notify_all()
+
+    def wait_runs(self) -> None:
+        """Return once the inferences running now have ended (not those started later: no starvation)."""
+        with self._cond:
+            started = self._runs[0]
+            self._cond.wait_for(lambda: self._runs[1] >= started or self.cancelled)
 
     def done(self) -> None:
         with self._cond:

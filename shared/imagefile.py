@@ -157,7 +157,6 @@ def read_into(
     dest: Any,
     on_chunk: Callable[[int], None] | None = None,
     expect_model: str | None = None,
-    overlap: bool = True,
 ) -> ImageFileInfo:
     """Read an image file straight into `dest` (a writable buffer of at least its size).
 
@@ -165,8 +164,6 @@ def read_into(
     every verified chunk, so a consumer may start on the first bytes while the rest
     arrives (it may raise to stop the read). A damaged chunk raises DamagedImage naming
     it; the bytes already reported stay valid, the rest of `dest` is undefined.
-    `overlap=False` reads and checks on this thread alone: slower, but one core's work,
-    for a reader that shares the cores with a model's execution.
     """
     info = read_info(path)
     if expect_model is not None and info.model_id != expect_model:
@@ -174,15 +171,6 @@ def read_into(
     view = memoryview(dest).cast("B")
     if len(view) < info.nbytes:
         raise ValueError(f"destination of {len(view)} bytes for an image of {info.nbytes}")
-    if not overlap:
-        with _Source(info, direct=False) as src:
-            for index, start in enumerate(range(0, info.nbytes, info.chunk_bytes)):
-                end = min(start + info.chunk_bytes, info.nbytes)
-                src.read(view[start:end], start)
-                _check_chunk(info, view, index, start, end)
-                if on_chunk is not None:
-                    on_chunk(end)
-        return info
     # Reader threads stay ahead while this thread checks, chunk by chunk in order: the reads
     # and the hash each release the GIL, so on two cores checking hides behind reading. Two
     # readers (alternate chunks) keep two requests at the disk: a direct read has no readahead.
@@ -256,11 +244,12 @@ class _Source:
     lands in the destination itself, where a buffered read fills the page cache and then
     copies out of it -- a second pass over memory and a second copy of the image in RAM
     (restoring 10 GB of images into shared memory doubled the memory in use). Only for a
-    reader that does nothing but read (`read_into` with overlap): a direct read has no
-    readahead, so a reader that checks each chunk between reads would leave the disk idle
+    reader that does nothing but read (`read_into`'s reader threads): a direct read has no
+    readahead, so a reader that checked each chunk between reads would leave the disk idle
     meanwhile (on this machine's bert-base disk-tier request: 545-578 ms direct against
-    412-453 ms buffered). Pieces that are not block-aligned (an image's last bytes), a file
-    whose pages are cached, and filesystems without O_DIRECT go through the page cache.
+    412-453 ms buffered, from one thread reading and checking). Pieces that are not
+    block-aligned (an image's last bytes), a file whose pages are cached, and filesystems
+    without O_DIRECT go through the page cache.
     """
 
     def __init__(self, info: ImageFileInfo, direct: bool) -> None:

@@ -15,7 +15,7 @@ from gpuworker.backends.cpu import CpuBackend
 from gpuworker.config import WorkerConfig
 from gpuworker.executor import Executor
 from gpuworker.gate import GATE
-from gpuworker.swap import plan_groups
+from gpuworker.swap import HostFill, plan_groups
 from shared import program, shm, zoo
 from shared.errors import RequestFailed
 from shared.modelstore import ModelImage, pack
@@ -196,6 +196,21 @@ def test_a_swap_from_disk_fills_the_host_image_and_runs_bitwise_equal(devices, r
         orig.close()
     finally:
         empty.unlink()
+
+
+def test_a_host_fill_waits_for_the_inferences_running_then_not_for_later_ones() -> None:
+    """The disk reader copies the arena into the host image only once the request's inference ended."""
+    fill = HostFill()
+    fill.wait_runs()  # nothing running: at once
+    fill.run_started()
+    waited = threading.Event()
+    threading.Thread(target=lambda: (fill.wait_runs(), waited.set()), daemon=True).start()
+    assert not waited.wait(0.2), "the copy started beside the running inference"
+    fill.run_started()  # a later one cannot hold the copy back for ever
+    fill.run_ended()
+    assert waited.wait(5)
+    fill.cancel()
+    fill.wait_runs()  # a cancelled fill never waits (one run is still in flight here)
 
 
 def test_a_damaged_image_file_fails_the_swap_and_leaves_nothing_resident(devices, resnet18, tmp_path) -> None:
