@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +52,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(tmp / "state", devices="cpu:1", memory="64MiB").start()
     try:
         for datatype, (dtype, _, _) in CASES.items():
-            path = tmp / f"{datatype}.pt2"
             ep = torch.export.export(Double(), (torch.ones(1, 4, dtype=dtype),))
-            torch.export.save(ep, str(path))
+            torch.export.save(ep, str(tmp / f"{datatype}.pt2"))
+
+        def deploy(datatype: str) -> None:  # concurrent deploys: each builds in a process of its own
+            path = tmp / f"{datatype}.pt2"
             r = srv.deploy(f"dt-{datatype.lower()}", {"model": {"path": str(path)}, "slo_ms": 1000})
             assert r.status_code == 201, (datatype, r.text)
+
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(deploy, CASES))
         yield srv
     finally:
         srv.stop()
