@@ -288,20 +288,17 @@ class Dispatcher:
             load, batched = sent
             swap_ms: float | None = None  # None: each reply's own wait for the swap's groups
             load_error: TorporError | None = None
-            exec_total = 0.0
-            answered = 0  # frames of `batched` answered already
+            answers: list[tuple[float | None, bool]] = []  # per INFER frame answered: (exec ms or None, lost)
             if load is not None:
                 # A swap from the disk tier replies once the host image is written too, after its
                 # last group reached the device: an inference done before that is answered at once
                 # (a failed one waits for the load's reply, which says why).
-                while answered < len(batched) and not load.done():
-                    fut = batched[answered][2]
+                while len(answers) < len(batched) and not load.done():
+                    fut = batched[len(answers)][2]
                     await asyncio.wait((load, fut), return_when=asyncio.FIRST_COMPLETED)
                     if load.done() or fut.cancelled() or fut.exception() is not None:
                         break
-                    ms, _ = await self._answer(run, batched[answered], started, None, None)
-                    exec_total += ms or 0.0
-                    answered += 1
+                    answers.append(await self._answer(run, batched[len(answers)], started, None, None))
                 try:
                     loaded = (await load).body
                     swap_ms = loaded.swap_ms
@@ -311,13 +308,11 @@ class Dispatcher:
                 self.apply(self.scheduler.swap_done(run.device, ok=loaded_ok))
             for inv in invs:
                 inv.phase = "exec"
-            for sent_frame in batched[answered:]:
-                ms, lost_here = await self._answer(run, sent_frame, started, swap_ms or 0.0, load_error)
-                lost = lost or lost_here
-                if ms is None:
-                    failed = True
-                else:
-                    exec_total += ms
+            for sent_frame in batched[len(answers) :]:
+                answers.append(await self._answer(run, sent_frame, started, swap_ms or 0.0, load_error))
+            lost = any(gone for _, gone in answers)
+            failed = any(ms is None for ms, _ in answers)
+            exec_total = sum(ms for ms, _ in answers if ms is not None)
             if len(batched) > 1:
                 exec_total = None  # run one by one: not the batched time the profile predicts
         except TorporError as exc:
