@@ -315,6 +315,9 @@ class Dispatcher:
             exec_total = sum(ms for ms, _ in answers if ms is not None)
             if len(batched) > 1:
                 exec_total = None  # run one by one: not the batched time the profile predicts
+            # One loop turn: the requests answered above write their responses before the
+            # scheduler hears of the run's end and decides again, which they need not wait for.
+            await asyncio.sleep(0)
         except TorporError as exc:
             lost = lost or isinstance(exc, WorkerLost)
             failed = True

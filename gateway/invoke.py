@@ -119,23 +119,25 @@ class InvokeEndpoint:
 async def invoke(svc: Service, name: str, version: str | None, scope: Scope, receive: Receive, send: Send) -> None:
     started = time.perf_counter()
     fn: Function | None = None
+    done: tuple[str, float, tuple[float, float, float] | None] | None = None  # metrics, once answered
     try:
         fn = svc.registry.served(name, version)  # 404 for a version that is not served
         headers, payload, out = await _invoke(svc, fn, scope, receive)
         status = 200
-        phases = (out.queue_ms / 1e3, out.swap_ms / 1e3, out.exec_ms / 1e3)
-        svc.metrics.request_done(name, "ok", time.perf_counter() - started, phases)
+        done = "ok", time.perf_counter() - started, (out.queue_ms / 1e3, out.swap_ms / 1e3, out.exec_ms / 1e3)
     except ClientGone:
         return
     except TorporError as exc:
         if fn is not None:  # an unknown name is not a function's request (and no unbounded label)
             outcome = _OUTCOMES.get(type(exc), "error" if exc.status >= 500 else "rejected")
-            svc.metrics.request_done(name, outcome, time.perf_counter() - started, None)
+            done = outcome, time.perf_counter() - started, None
         status, headers, payload = error_response(exc)
     except Exception as exc:
         log.error("unhandled error on POST %s", scope["path"], exc_info=exc)
         status, headers, payload = 500, [JSON_TYPE], b'{"error":"internal server error"}'
     await respond(send, status, headers, payload)
+    if done is not None:  # after the answer is written: the client does not wait for the bookkeeping
+        svc.metrics.request_done(name, *done)
 
 
 async def respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], payload: bytes) -> None:

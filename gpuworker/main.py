@@ -239,7 +239,8 @@ def _serve_one(conn: Connection, executor: Any, handlers: dict[Kind, Any], frame
             result = handler(frame.body, frame.buffers) if frame.kind is Kind.INFER else handler(frame.body)
         finally:
             executor.busy_since = None
-        log.debug("%s %d took %.2f ms", frame.kind.name, frame.rid, (time.monotonic() - started) * 1e3)
+        if log.isEnabledFor(logging.DEBUG):  # not even the arguments are built otherwise
+            log.debug("%s %d took %.2f ms", frame.kind.name, frame.rid, (time.monotonic() - started) * 1e3)
         conn.reply(frame.rid, result)
     except Exception as exc:  # one request's failure must not end the worker
         conn.reply(frame.rid, exc)
