@@ -16,10 +16,12 @@ per device:
    PCIe-switch neighbours are not swapping, then one whose neighbours swap only
    light models, then the one that must evict the fewest bytes.
 Requests that find no device wait in their function's queue. Functions are served
-by urgency (see gateway.slo for RRC): behind their SLO but within reach (tuned
-threshold < RRC <= give_up) first, then those meeting it, then those too far behind;
-functions whose next request can no longer make its deadline after all (defer_late);
-earliest deadline first within a tier. `drop_late` functions have requests that can
+by urgency (gateway.urgency): earliest deadline first, a function with misses to
+spare in its SLO window yielding a little to those without, and functions whose next
+request can no longer make its deadline after all (defer_late). Order "rrc" is
+Torpor's classes instead (see gateway.slo for RRC): behind their SLO but within reach
+(tuned threshold < RRC <= give_up) first, then those meeting it, then those too far
+behind. `drop_late` functions have requests that can
 no longer meet their SLO rejected early (Clockwork's rule). Waiting requests of one
 function run as one batch, up to max_batch_size, while every one stays within its SLO.
 Eviction happens only when a model does not fit, never of one executing, loading or

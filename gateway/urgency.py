@@ -3,15 +3,17 @@
 Pure functions over the scheduler's state (gateway.scheduler.Scheduler), split out of it
 to keep the policy's parts readable one at a time.
 
-Order ("budget", the default): earliest deadline first, with two exceptions. A function
+Order ("budget", the default): earliest deadline first, with one exception: a function
 whose next request can no longer make its deadline goes after every one that still can
-(served first, it would make those late too). A function far behind its SLO in the window
-(RRC above `give_up`) goes after those that are not, so under overload the misses gather on
-few functions instead of pushing every one just past its percentile. Within that, a function
-with misses to spare (its window would still meet the percentile after one more) yields
-`spare_ms` to those with none: a conflict costs the function that can afford it.
+(served first, it would make those late too). Within that, a function with misses to spare
+(its window would still meet the percentile after one more) yields `spare_ms` to those with
+none: a conflict costs the function that can afford it. A function behind its SLO is not
+put last: with admission shedding whole functions past the knee, doing so only turned a
+burst's few misses into a lasting deficit for one function (on the paper's node, 479 of 480
+and 531 of 560 within SLO with it, 480 and 539 without; see the README).
 
-Order "rrc" is Torpor's: functions above a tuned RRC threshold first, then by deadline.
+Order "rrc" is Torpor's: functions above a tuned RRC threshold first, then by deadline, and
+those too far behind (RRC above `give_up`) last.
 
 Warm first: when the head of the order would run on device d, but a less urgent request
 has its model warm on d alone, d serves that one if the head can still make its deadline
@@ -41,12 +43,12 @@ def order(s: Scheduler) -> list[str]:
         state = functions[name]
         head = state.queue[0]
         hopeless = policy.defer_late and now + state.exec.at(1) / 1e3 > head.deadline
-        rrc = state.slo.rrc(now)
         if policy.order == "rrc":
+            rrc = state.slo.rrc(now)
             tier = 2 if rrc > policy.give_up else 0 if rrc > threshold else 1
             return (hopeless, tier, head.deadline, name)
         key = head.deadline + (spare_s if state.slo.spare(now) >= 1 else 0.0)
-        return (hopeless, int(rrc > policy.give_up), key, name)
+        return (hopeless, 0, key, name)
 
     return sorted(s._pending, key=urgency)
 
