@@ -17,7 +17,8 @@ per device:
    light models, then the one that must evict the fewest bytes.
 Requests that find no device wait in their function's queue. Functions are served
 by urgency (gateway.urgency): earliest deadline first, a function with misses to
-spare in its SLO window yielding a little to those without, and functions whose next
+spare in its SLO window yielding a little to those without, a function far behind
+its SLO (RRC above give_up) after those that are not, and functions whose next
 request can no longer make its deadline after all (defer_late). Order "rrc" is
 Torpor's classes instead (see gateway.slo for RRC): behind their SLO but within reach
 (tuned threshold < RRC <= give_up) first, then those meeting it, then those too far
@@ -377,6 +378,8 @@ class Scheduler:
             order = self._order()
             for i, name in enumerate(order):
                 state = self.functions[name]
+                if not state.queue:
+                    continue  # emptied in this pass: its late requests dropped when warm first chose it
                 plan = self._plan(state)
                 if plan is None:
                     continue

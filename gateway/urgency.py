@@ -3,17 +3,18 @@
 Pure functions over the scheduler's state (gateway.scheduler.Scheduler), split out of it
 to keep the policy's parts readable one at a time.
 
-Order ("budget", the default): earliest deadline first, with one exception: a function
+Order ("budget", the default): earliest deadline first, with two exceptions. A function
 whose next request can no longer make its deadline goes after every one that still can
-(served first, it would make those late too). Within that, a function with misses to spare
-(its window would still meet the percentile after one more) yields `spare_ms` to those with
-none: a conflict costs the function that can afford it. A function behind its SLO is not
-put last: with admission shedding whole functions past the knee, doing so only turned a
-burst's few misses into a lasting deficit for one function (on the paper's node, 479 of 480
-and 531 of 560 within SLO with it, 480 and 539 without; see the README).
+(served first, it would make those late too). A function far behind its SLO in the window
+(RRC above `give_up`, 200: four requests beyond what its percentile allows, at p98) goes
+after those that are not, so under overload the misses gather on few functions instead of
+pushing every one just past its percentile; at 50 (one request beyond) a burst's few misses
+put a function last for the rest of the window, and it never caught up. Within that, a function
+with misses to spare (its window would still meet the percentile after one more) yields
+`spare_ms` to those with none: a conflict costs the function that can afford it.
 
 Order "rrc" is Torpor's: functions above a tuned RRC threshold first, then by deadline, and
-those too far behind (RRC above `give_up`) last.
+those above `give_up` last.
 
 Warm first: when the head of the order would run on device d, but a less urgent request
 has its model warm on d alone, d serves that one if the head can still make its deadline
@@ -43,12 +44,12 @@ def order(s: Scheduler) -> list[str]:
         state = functions[name]
         head = state.queue[0]
         hopeless = policy.defer_late and now + state.exec.at(1) / 1e3 > head.deadline
+        rrc = state.slo.rrc(now)
         if policy.order == "rrc":
-            rrc = state.slo.rrc(now)
             tier = 2 if rrc > policy.give_up else 0 if rrc > threshold else 1
             return (hopeless, tier, head.deadline, name)
         key = head.deadline + (spare_s if state.slo.spare(now) >= 1 else 0.0)
-        return (hopeless, 0, key, name)
+        return (hopeless, int(rrc > policy.give_up), key, name)
 
     return sorted(s._pending, key=urgency)
 
@@ -60,6 +61,8 @@ def warm_elsewhere(s: Scheduler, state: FunctionState, plan: Plan, rest: list[st
         return None  # the head is warm here itself
     for name in rest:
         other = s.functions[name]
+        if not other.queue:
+            continue  # emptied earlier in this pass (drop_late)
         model = other.info.model_id
         r = d.resident.get(model)
         if r is None or r.loading:

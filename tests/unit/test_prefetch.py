@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from gateway.costmodel import Topology
-from gateway.scheduler import POLICIES, FunctionInfo, Prefetch, Run, Scheduler
+from gateway.scheduler import POLICIES, FunctionInfo, Prefetch, Reject, Run, Scheduler
 from shared.arena import ArenaLayout
 from tests.unit.clock import Clock
 
@@ -142,3 +142,38 @@ def test_without_the_rule_the_head_of_the_order_takes_the_device() -> None:
     s.devices[holder].running = None
     (r,) = of(s.finished(holder), Run)
     assert r.function == "flexible" and r.evict == ("pinned@1",), "the earliest deadline evicts the pinned model"
+
+
+def test_a_function_whose_requests_were_dropped_in_a_pass_is_not_considered_again_in_it() -> None:
+    # Warm first picks "pinned" for the freeing device (its model is there alone), but with a
+    # neighbour swapping, its heavy run would take 3x as long: its drop_late request is
+    # rejected instead. "pinned" then has no request left, yet it is still in the pass's
+    # order behind "middle": the pass must go on with "middle", not look at pinned's queue.
+    clock = Clock()
+    policy = replace(POLICIES["torpor"], prefetch=False)
+    s = Scheduler(Topology((300 * MB,) * 3, (0, 0, 0), interference=3.0), clock, policy, preload=False)
+    s.function_added(fn("pinned", 250, exec_ms=40, slo_ms=100, drop_late=True))
+    s.function_added(fn("flexible", 60, exec_ms=10, slo_ms=80))
+    s.function_added(fn("middle", 60, exec_ms=10, slo_ms=90))
+    s.function_added(fn("mover", 100, exec_ms=10, slo_ms=10_000))
+    s.function_added(fn("filler", 40, exec_ms=10, slo_ms=10_000))
+    (warmup,) = of(s.arrived(1, "pinned"), Run)
+    s.swap_done(warmup.device)
+    s.finished(warmup.device)
+    holder = warmup.device
+    (moving,) = of(s.arrived(2, "mover"), Run)  # its swap stays in flight: the holder's neighbour swaps
+    assert moving.device != holder and moving.load is not None
+    (third,) = {0, 1, 2} - {holder, moving.device}
+    s.devices[holder].running = Run(holder, "filler", "filler@1", (), predicted_ms=10)
+    s.devices[third].running = Run(third, "filler", "filler@1", (), predicted_ms=20)
+    s.devices[holder].started = s.devices[third].started = clock.t
+    s.arrived(3, "pinned")
+    clock.t += 0.001
+    s.arrived(4, "flexible")  # the earliest deadline
+    s.arrived(5, "middle")
+    clock.t += 0.01
+    s.devices[holder].running = None
+    out = s.finished(holder)
+    assert Reject(3, "late") in out
+    (r,) = of(out, Run)
+    assert (r.function, r.device) == ("middle", holder)
