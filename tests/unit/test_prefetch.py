@@ -21,6 +21,14 @@ def of(decisions: list, kind: type) -> list:
     return [d for d in decisions if isinstance(d, kind)]
 
 
+def warm_alone(s: Scheduler, name: str) -> int:
+    """Serve one request of `name` (rid 1) cold and let it finish: the device now holding it, idle."""
+    (run,) = of(s.arrived(1, name), Run)
+    s.swap_done(run.device)
+    s.finished(run.device)
+    return run.device
+
+
 def test_free_device_memory_takes_deployed_models_before_their_first_request() -> None:
     s = Scheduler(Topology.flat([250 * MB, 250 * MB]), Clock())
     for name in ("a", "b", "c", "d", "e"):
@@ -102,10 +110,8 @@ def test_a_freeing_device_serves_what_only_it_holds_when_the_head_can_wait() -> 
     s.function_added(fn("pinned", 250, exec_ms=40, slo_ms=200))
     s.function_added(fn("flexible", 60, exec_ms=10, slo_ms=80))
     s.function_added(fn("filler", 40, exec_ms=10, slo_ms=10_000))
-    (warmup,) = of(s.arrived(1, "pinned"), Run)
-    s.swap_done(warmup.device)
-    s.finished(warmup.device)  # pinned's model is on one device only, now idle
-    holder, other = warmup.device, 1 - warmup.device
+    holder = warm_alone(s, "pinned")  # pinned's model is on one device only, now idle
+    other = 1 - holder
     s.devices[holder].running = Run(holder, "filler", "filler@1", (), predicted_ms=10)
     s.devices[other].running = Run(other, "filler", "filler@1", (), predicted_ms=20)
     s.devices[holder].started = s.devices[other].started = clock.t
@@ -128,10 +134,8 @@ def test_without_the_rule_the_head_of_the_order_takes_the_device() -> None:
     s.function_added(fn("pinned", 250, exec_ms=40, slo_ms=200))
     s.function_added(fn("flexible", 60, exec_ms=10, slo_ms=80))
     s.function_added(fn("filler", 40, exec_ms=10, slo_ms=10_000))
-    (warmup,) = of(s.arrived(1, "pinned"), Run)
-    s.swap_done(warmup.device)
-    s.finished(warmup.device)
-    holder, other = warmup.device, 1 - warmup.device
+    holder = warm_alone(s, "pinned")
+    other = 1 - holder
     s.devices[holder].running = Run(holder, "filler", "filler@1", (), predicted_ms=10)
     s.devices[other].running = Run(other, "filler", "filler@1", (), predicted_ms=20)
     s.devices[holder].started = s.devices[other].started = clock.t
@@ -157,10 +161,7 @@ def test_a_function_whose_requests_were_dropped_in_a_pass_is_not_considered_agai
     s.function_added(fn("middle", 60, exec_ms=10, slo_ms=90))
     s.function_added(fn("mover", 100, exec_ms=10, slo_ms=10_000))
     s.function_added(fn("filler", 40, exec_ms=10, slo_ms=10_000))
-    (warmup,) = of(s.arrived(1, "pinned"), Run)
-    s.swap_done(warmup.device)
-    s.finished(warmup.device)
-    holder = warmup.device
+    holder = warm_alone(s, "pinned")
     (moving,) = of(s.arrived(2, "mover"), Run)  # its swap stays in flight: the holder's neighbour swaps
     assert moving.device != holder and moving.load is not None
     (third,) = {0, 1, 2} - {holder, moving.device}
