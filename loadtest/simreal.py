@@ -16,7 +16,10 @@
 
 The profile is measured on this machine first (as `torpor profile` does; written to
 OUT/profile.json): a 2-core machine's speed differs between hosts and hours, and a profile
-measured elsewhere predicts that other machine.
+measured elsewhere predicts that other machine. The models' execution times are timed
+again, the same way, right after the replay (OUT/profile-after.json); the simulation uses
+the times halfway between the two (a line shows the simulation on the times before only).
+The server's SLOs are the ones deployed, from the profile measured before.
 Where the two disagree, the model of the hardware or of the server is what to fix.
 
 A diagnostic follows the verdict: the same simulations with each model's execution time
@@ -43,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from gateway.sim.engine import SimFunction, Simulation
-from gateway.sim.profile import HardwareProfile, load
+from gateway.sim.profile import HardwareProfile, ModelProfile, load
 from gateway.sim.summary import summarize
 from loadtest.server import Server
 from shared import traces
@@ -84,17 +87,19 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.again and not (out / "real" / "requests.csv").exists():
         raise SystemExit(f"simreal: --again: no replay in {out} (expected {out / 'real' / 'requests.csv'})")
+    measuring = args.profile == "measure" and not args.again
     try:
         if args.again:
             measured = load(out / "profile.json")
         else:
-            measured = _measured(args, out) if args.profile == "measure" else load(args.profile)
+            measured = _measured(args, out) if measuring else load(args.profile)
         profile = _server_profile(measured, args.devices, args.device_memory)
     except ValueError as exc:
         raise SystemExit(f"simreal: {exc}") from None
     unknown = [m for m in args.models if m not in profile.models]
     if unknown:
         raise SystemExit(f"simreal: models {unknown} are not in the profile ({sorted(profile.models)})")
+    # SLOs from the profile measured before the replay: the server is deployed with them.
     functions = [
         SimFunction(f"f{i:03d}", profile.models[m], args.slo_factor * profile.models[m].exec_ms)
         for i, m in enumerate(args.models[i % len(args.models)] for i in range(args.functions))
@@ -103,6 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     log = out / "real" / "requests.csv"
     if not args.again:
         replay(functions, args, seconds, out / "real")
+    if measuring:
+        _retimed(measured, args, out)
+    before = functions
+    if (out / "profile-after.json").exists() and (measuring or args.again):
+        # The host's speed drifts by 10-20% within minutes: the execution times timed before and
+        # after the replay, averaged, are the speed the replay most likely ran at.
+        after = load(out / "profile-after.json")
+        functions = [replace(f, model=_between(f.model, after.models.get(f.model.name))) for f in functions]
     real = outcomes(log, functions)
     trace = traces.generate(args.functions, -(-seconds // 60), args.rate, SIGMA, BURSTINESS, args.seed)
     arrivals = [(t, fi) for t, fi in trace.arrivals(seed=args.seed) if t < seconds]
@@ -128,6 +141,16 @@ def main(argv: list[str] | None = None) -> int:
         "sim_meeting_slo_range": seen["sim_meeting_slo_range"],
         "median_p98_ratio": seen["median_p98_ratio"],
     }
+    if functions is not before:
+        first = compare(real, simulate(before), before)
+        result["profile_before_only"] = {
+            "exec_ms": {
+                f.model.name: (b.model.exec_ms, f.model.exec_ms) for f, b in zip(functions, before, strict=True)
+            },
+            "sim_meeting_slo": first["sim_meeting_slo"],
+            "sim_meeting_slo_range": first["sim_meeting_slo_range"],
+            "median_p98_ratio": first["median_p98_ratio"],
+        }
     (out / "comparison.json").write_text(json.dumps(result, indent=1))
     print(render(result))
     return 0
@@ -148,6 +171,25 @@ def _measured(args: argparse.Namespace, out: Path) -> HardwareProfile:
     )
     (out / "profile.json").write_text(json.dumps(dump(profile, budget), indent=1))
     return profile
+
+
+def _retimed(measured: HardwareProfile, args: argparse.Namespace, out: Path) -> None:
+    """Time the models again after the replay, as the profile did before it (OUT/profile-after.json)."""
+    from gateway.sim.measure import retime  # imports torch: only for this step
+    from gateway.sim.profile import dump
+
+    print("after the replay:")
+    after = retime(measured, args.profile_window, progress=print)
+    budget = parse_size(args.device_memory, "--device-memory")
+    (out / "profile-after.json").write_text(json.dumps(dump(after, budget), indent=1))
+
+
+def _between(before: ModelProfile, after: ModelProfile | None) -> ModelProfile:
+    """The model's execution times halfway between those timed before and after the replay."""
+    if after is None:
+        return before
+    exec_ms = (before.exec_ms + after.exec_ms) / 2
+    return replace(before, exec_ms=exec_ms, batch_exec_ms=_scaled(before.batch_exec_ms, exec_ms / before.exec_ms))
 
 
 def _server_profile(profile: HardwareProfile, devices: str, memory: str) -> HardwareProfile:
@@ -309,6 +351,16 @@ def render(result: dict[str, Any]) -> str:
         f"(gap {100 * result['meeting_gap_share']:.1f}% of deployed, goal <= 5%); median p98 sim/real "
         f"{ms(result['median_p98_ratio'], 2)} (goal 0.75-1.25): {'AGREE' if result['agrees'] else 'DISAGREE'}"
     )
+    first = result.get("profile_before_only")
+    if first:
+        times = ", ".join(f"{m} {b:.0f} -> {a:.0f} ms" for m, (b, a) in first["exec_ms"].items())
+        lo, hi = first["sim_meeting_slo_range"]
+        lines.insert(
+            -1,
+            f"execution times timed before the replay -> used (halfway to those timed after it): {times}; "
+            f"with the times before it only: simulated {first['sim_meeting_slo']}/{n} ({lo}-{hi}), "
+            f"median p98 sim/real {ms(first['median_p98_ratio'], 2)}",
+        )
     seen = result.get("at_server_speed")
     if seen:
         speeds = ", ".join(f"{m} {ms(v, 2)}" for m, v in seen["speed"].items())

@@ -5,7 +5,7 @@ bandwidth and for how much of a swap-in hides behind execution, and
 shared.profiling for execution times: every model's batch-1 run in turn, round after
 round over a window (`window_s`), as a server runs one function after another on a host
 whose speed drifts; by batch size; and under a concurrent copy or execution; and the
-gateway's parse of a request alone and with every device busy. On GPUs: pinned
+gateway's time per request through uvicorn (gateway.sim.requestcost). On GPUs: pinned
 host-to-device and device-to-device copies and synchronised execution timings, with
 standard torch APIs only.
 """
@@ -21,6 +21,7 @@ from dataclasses import replace
 import torch
 
 from gateway.costmodel import Topology
+from gateway.sim import requestcost
 from gateway.sim.profile import HardwareProfile, ModelProfile
 from shared import program, zoo
 from shared.config import DeviceSpec
@@ -80,7 +81,6 @@ def _measure_cpu(
             copied, _ = corun(gm, specs, LoadProcesses(1, 1, "copy", str(COPY_BYTES)), threads)
             slowdowns.append(copied)
             spreads.append(spread)
-            request = request_ms(name)
             built[name] = (gm, random_tensors(specs, 1))
             measured[name] = ModelProfile(
                 name,
@@ -91,23 +91,19 @@ def _measure_cpu(
                 timing.heavy,
                 corun_slowdown=slowed,
                 copy_slowdown=copied,
-                request_ms=request,
             )
             progress(
                 f"  {name}: {swap['bytes'] / 2**20:.0f} MiB, exec {timing.exec_ms:.1f} ms, "
                 f"batch {max_batch} {timing.batch_exec_ms or 0:.1f} ms, beside another device's copy {copied:.2f}, "
-                f"execution {slowed:.2f} (spread {spread:.2f}), "
-                f"request parse and encode {request:.1f} ms"
+                f"execution {slowed:.2f} (spread {spread:.2f})"
             )
+        progress("timing a request of each model through uvicorn (the gateway's receive, parse and answer) ...")
+        for name, ms in requestcost.measure(models).items():
+            measured[name] = replace(measured[name], request_ms=ms)
+            progress(f"  {name}: request {ms:.1f} ms")
         progress(f"timing the models in turn for {window_s:.0f} s ...")
         times = runs_in_turn(built, window_s, RUNS)
-        for name, ts in times.items():
-            m = measured[name]
-            exec_ms = statistics.median(ts)
-            # The batch's time was measured beside the batch-1 one; it keeps their ratio.
-            batch = m.batch_exec_ms * exec_ms / m.exec_ms if m.batch_exec_ms else None
-            measured[name] = replace(m, exec_ms=exec_ms, batch_exec_ms=batch)
-            progress(f"  {name}: exec {exec_ms:.1f} ms in turn ({len(ts)} runs, {min(ts):.1f}-{max(ts):.1f})")
+        measured = _timed_in_turn(measured, times, progress)
         in_turn = log_spread(times)
     finally:
         bench.close()
@@ -134,28 +130,39 @@ def _measure_cpu(
     )
 
 
-def request_ms(name: str, runs: int = 5) -> float:
-    """The gateway's time for one request of a zoo model: parse the JSON body the load test sends
-    (loadtest/replay.py: one batch-1 input, free dims FREE_DIM), encode a response of its outputs."""
-    import numpy as np
-    import orjson
+def retime(
+    profile: HardwareProfile, window_s: float, progress: Callable[[str], None] = lambda _: None
+) -> HardwareProfile:
+    """The profile with each zoo model's execution time timed again, in turn over `window_s`, as
+    `torpor profile` times it (batch times keep their ratio to batch 1): the host's speed now."""
+    threads = profile.device_threads or 1
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # as many as a worker computes with
+    try:
+        built = {
+            name: (program.build({"zoo": name}, meta=False), random_tensors(zoo.entry(name).inputs, 1))
+            for name in profile.models
+        }
+        progress(f"timing the models in turn for {window_s:.0f} s ...")
+        times = runs_in_turn(built, window_s, RUNS)
+    finally:
+        torch.set_num_threads(before)
+    return replace(profile, models=_timed_in_turn(profile.models, times, progress))
 
-    from gateway import oip
-    from shared.specs import random_inputs, specs_to_json
 
-    entry = zoo.entry(name)
-    body = orjson.dumps({"inputs": random_inputs(specs_to_json(entry.inputs), 1, rng=np.random.default_rng(0))})
-    outputs = [
-        {"name": spec.name, "datatype": spec.datatype, "shape": list(t.shape), "data": t.numpy().tobytes()}
-        for spec, t in zip(entry.outputs, random_tensors(entry.outputs, 1), strict=True)
-    ]
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        oip.parse_request(body, name, entry.inputs)
-        oip.response(name, None, outputs, None)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+def _timed_in_turn(
+    models: dict[str, ModelProfile], times: dict[str, list[float]], progress: Callable[[str], None]
+) -> dict[str, ModelProfile]:
+    """The models with their execution times the medians of their runs in turn."""
+    models = dict(models)
+    for name, ts in times.items():
+        m = models[name]
+        exec_ms = statistics.median(ts)
+        # The batch's time was measured beside the batch-1 one; it keeps their ratio.
+        batch = m.batch_exec_ms * exec_ms / m.exec_ms if m.batch_exec_ms else None
+        models[name] = replace(m, exec_ms=exec_ms, batch_exec_ms=batch)
+        progress(f"  {name}: exec {exec_ms:.1f} ms in turn ({len(ts)} runs, {min(ts):.1f}-{max(ts):.1f})")
+    return models
 
 
 def _measure_cuda(

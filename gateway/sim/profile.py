@@ -29,9 +29,10 @@ executes at the same time: CPU devices share the host's caches and memory bandwi
 `device_threads` per CPU device) says they share the host's cores too: while the
 executions, copies and the gateway's parsing want more cores than there are, each
 progresses at cores / demand. `request_ms` is the gateway's
-own time per request of the model (parsing a JSON request of its input, encoding the
-response): the gateway does it on one event loop, one request after another, before the
-scheduler sees the request. With `"shared_host": true` (CPU devices, which
+own time per request of the model (receiving a JSON request of its input through uvicorn,
+parsing it, encoding the response; `torpor profile` times it through the HTTP stack,
+gateway/sim/requestcost.py): the gateway does it on one event loop, one request after
+another, before the scheduler sees the request. With `"shared_host": true` (CPU devices, which
 share one host's memory system) a model's `copy_slowdown` applies to its execution while any
 other device copies a model in.
 

@@ -19,5 +19,6 @@ def test_profile_writes_a_profile_the_simulator_loads(tmp_path: Path) -> None:
     assert profile.devices == 2
     mlp = profile.models["mlp"]
     assert mlp.nbytes > 0 and mlp.exec_ms > 0 and mlp.max_batch == 2
+    assert mlp.request_ms > 0, "a request timed through uvicorn"
     assert profile.host_cores is not None and profile.host_cores >= 1 and profile.device_threads == 1
     assert "in turn" in done.stdout, "execution timed with the models in turn over the window"

@@ -37,6 +37,11 @@ def test_simreal_replays_and_simulates_the_same_trace(tmp_path: Path) -> None:
     assert (out / "real" / "report.md").exists()
     assert "diagnostic, at the speed the server showed" in done.stdout
     assert set(result["at_server_speed"]["speed"]) == {"resnet18"}
+    # The models were timed again after the replay; the verdict uses the times halfway between.
+    assert (out / "profile-after.json").exists() and "timed before the replay" in done.stdout
+    before_ms, used_ms = result["profile_before_only"]["exec_ms"]["resnet18"]
+    after_ms = json.loads((out / "profile-after.json").read_text())["models"]["resnet18"]["exec_ms"]
+    assert used_ms == pytest.approx((before_ms + after_ms) / 2, rel=1e-3)
     # --again re-simulates that replay without measuring or replaying: the same real side.
     again = subprocess.run([*cmd, "--again"], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stdout + again.stderr
