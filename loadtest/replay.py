@@ -7,7 +7,6 @@ locust, and tests can exercise it without a load generator.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -18,7 +17,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from shared import traces
-from shared.specs import random_inputs
+from shared.specs import request_body
 
 REQUEST_LOG_COLUMNS = tuple(
     "start function trace_function ms status cold source late_ms queue_ms swap_ms exec_ms".split()
@@ -150,9 +149,7 @@ class Replay:
         rng = np.random.default_rng(seed)
         # One body per function, encoded once: a fresh JSON encoding per request would cost
         # the load generator more CPU than mlp costs the server.
-        self.bodies = {
-            f["name"]: json.dumps({"inputs": random_inputs(f["inputs"], 1, rng=rng)}).encode() for f in targets
-        }
+        self.bodies = {f["name"]: request_body(f["inputs"], rng) for f in targets}
         self.start = time.time() + lead_s  # every user's clock starts together, after the plan is built
         self._arrivals = self._map(trace.arrivals(seed=seed))
 

@@ -5,6 +5,7 @@ Torch-free on purpose: the gateway validates requests with numpy only.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,3 +112,9 @@ def random_inputs(
             data = rng.standard_normal(n).astype("float32").tolist()
         out.append({"name": spec["name"], "shape": shape, "datatype": dt, "data": data})
     return out
+
+
+def request_body(inputs: list[dict[str, Any]], rng: np.random.Generator | None = None) -> bytes:
+    """The JSON body of one batch-1 random request: what the load test sends, and what
+    `torpor profile` times a request of (gateway/sim/requestcost.py)."""
+    return json.dumps({"inputs": random_inputs(inputs, 1, rng=rng)}).encode()

@@ -77,10 +77,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def body_for(name: str) -> bytes:
     """The body the load test sends for a zoo model (loadtest/replay.py)."""
     from shared import zoo
-    from shared.specs import random_inputs, specs_to_json
+    from shared.specs import request_body, specs_to_json
 
-    specs = specs_to_json(zoo.entry(name).inputs)
-    return orjson.dumps({"inputs": random_inputs(specs, 1, rng=np.random.default_rng(0))})
+    return request_body(specs_to_json(zoo.entry(name).inputs), np.random.default_rng(0))
 
 
 def measure(models: list[str], runs: int = 7, warmup: int = 2) -> dict[str, float]:
