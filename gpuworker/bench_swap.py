@@ -24,6 +24,7 @@ import torch
 from gpuworker.backends.cpu import CpuBackend
 from gpuworker.config import WorkerConfig
 from gpuworker.executor import Executor
+from gpuworker.heap import keep_free_heap
 from shared import program, shm, zoo
 from shared.modelstore import ModelImage, pack
 from shared.protocol import Evict, Infer, Load, prepare_record, tensor_meta, tensor_to_wire
@@ -48,6 +49,7 @@ class Bench:
     """The worker's own executor and swap engine on one device backend (CPU here, CUDA in gpucheck)."""
 
     def __init__(self, backend: Any, group_bytes: int, arena_name: str | None = None) -> None:
+        keep_free_heap()  # as a worker's process does (gpuworker/heap.py)
         self.arena_name = arena_name
         self.backend = backend
         self.replies: dict[int, Any] = {}

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from gpuworker.config import WorkerConfig
-from gpuworker.heap import release_free_heap
+from gpuworker.heap import keep_free_heap, release_free_heap
 from shared.errors import ProtocolError, TorporError
 from shared.protocol import (
     BadFrame,
@@ -73,6 +73,7 @@ def run(cfg: WorkerConfig) -> None:
     logging.basicConfig(level=cfg.log_level.upper(), format=f"%(asctime)s worker{cfg.device} %(levelname)s %(message)s")
     # Ctrl-C goes to the whole process group; the gateway decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    keep_free_heap()  # before any tensor is allocated (gpuworker/heap.py)
     from gpuworker.backends import make_backend
     from gpuworker.executor import Executor
 
