@@ -48,7 +48,7 @@ def keep_free_heap() -> bool:
     """Fix glibc's trim and mmap thresholds (see the module's doc); True if they were set."""
     if _lib is None:
         return False
-    # Setting the mmap threshold first, as setting either turns glibc's adjustment off.
+    # Both: setting either one turns glibc's own adjustment of both off.
     return bool(_lib.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(_lib.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
