@@ -120,6 +120,8 @@ class CostModel:
         """Reading an image from disk into host memory (pipelined with its copy to the device)."""
         return nbytes / self.disk_bandwidth * 1e3
 
-    def service_ms(self, transfer_ms: float, exec_ms: float) -> float:
+    def service_ms(self, transfer_ms: float, exec_ms: float, overlap: float | None = None) -> float:
+        """A run's time: its swap-in (if any) pipelined with its execution, at `overlap` or the topology's."""
         extra = self.topology.swap_latency_ms if transfer_ms > 0 else 0.0
-        return pipelined(transfer_ms, exec_ms, self.topology.pipeline_overlap) + extra
+        share = self.topology.pipeline_overlap if overlap is None else overlap
+        return pipelined(transfer_ms, exec_ms, share) + extra

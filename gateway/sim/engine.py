@@ -20,8 +20,8 @@ only the devices are simulated. The simulated truth, given a hardware profile:
   parsing share the host's cores: while they want more than there are (`device_threads`
   per executing device, one per copy, one for a parse), every execution progresses at
   cores / demand, re-shared at each change, and a parse takes longer by the demand at its start;
-- swap-in and execution overlap as the profile's pipeline_overlap says, plus the
-  profile's fixed swap_latency_ms per swap-in.
+- swap-in and execution overlap as the model's pipeline_overlap says (the profile's
+  where the model has none), plus the profile's fixed swap_latency_ms per swap-in.
 
 A profile with `interference_pairs` (Torpor's Table 3) replaces the bandwidth share and
 the one factor: a swap-in over PCIe takes the pair's factor longer when a device on its
@@ -111,6 +111,28 @@ class _Started:
     rate: float = 1.0  # the share of full speed it gets (the host's cores, when oversubscribed)
 
 
+@dataclass
+class _Copy:
+    """A swap-in or prefetch under way: its copy thread shares the host's cores as executions do."""
+
+    kind: int  # the event that ends it: SWAP_DONE or PREFETCH_DONE
+    work_ms: float  # its time at full speed still to do, as of `since`
+    finish_at: float
+    since: float
+    rate: float = 1.0
+
+
+def _progress(p: _Started | _Copy, now: float, rate: float) -> bool:
+    """Bring `p`'s work up to `now`; True if its end moved (it then goes at `rate`)."""
+    p.work_ms -= (now - p.since) * 1e3 * p.rate
+    p.since = now
+    if rate == p.rate:
+        return False
+    p.rate = rate
+    p.finish_at = now + max(0.0, p.work_ms) / rate / 1e3
+    return True
+
+
 class Simulation:
     def __init__(
         self,
@@ -119,8 +141,12 @@ class Simulation:
         functions: list[SimFunction],
         seed: int = 0,
         preload: bool = True,
+        record: bool = False,
     ) -> None:
         self.profile = profile
+        # With `record`, every served request as (function index, arrived s, began s, ended s,
+        # execution ms at full speed, cold): to set beside the server's request log.
+        self.served: list[tuple[int, float, float, float, float, bool]] | None = [] if record else None
         self.policy = policy if isinstance(policy, str) else policy.name
         self.functions = functions
         self.now = 0.0
@@ -132,7 +158,8 @@ class Simulation:
         self._seq = itertools.count()
         self._running: dict[int, _Started] = {}
         self._transferring: dict[int, tuple[set[int], ModelProfile]] = {}  # device -> (switches, model)
-        self._prefetching: dict[int, tuple[str, float]] = {}  # device -> (model id, when its copy ends)
+        self._copies: dict[int, _Copy] = {}  # device -> its copy under way
+        self._prefetching: dict[int, str] = {}  # device -> the model id its copy (in _copies) brings in
         self._arrival: dict[int, tuple[int, float, bool]] = {}  # rid -> (function index, time, a device idle)
         self._parsing_until = 0.0  # when the gateway has parsed every request that has arrived
         self.devices = [DeviceTally() for _ in range(profile.devices)]
@@ -227,12 +254,11 @@ class Simulation:
             return
         rate = self._rate()
         for device, s in self._running.items():
-            s.work_ms -= (self.now - s.since) * 1e3 * s.rate
-            s.since = self.now
-            if rate != s.rate:
-                s.rate = rate
-                s.finish_at = self.now + max(0.0, s.work_ms) / rate / 1e3
+            if _progress(s, self.now, rate):
                 self._push(s.finish_at, FINISH, device)
+        for device, c in self._copies.items():
+            if _progress(c, self.now, rate):
+                self._push(c.finish_at, c.kind, device)
 
     # -- internals ---------------------------------------------------------------
     def _step(self) -> None:
@@ -241,16 +267,15 @@ class Simulation:
         if kind == PARSED:
             self._parsed(device)  # `device` is the request id
             return
-        if kind == SWAP_DONE:
-            self._transferring.pop(device, None)
-            self._reshare()
-            self._apply(self.scheduler.swap_done(device))
-            return
-        if kind == PREFETCH_DONE:
+        if kind in (SWAP_DONE, PREFETCH_DONE):
+            copy = self._copies.get(device)
+            if copy is None or copy.kind != kind or t != copy.finish_at:
+                return  # re-timed since: a later event stands for it
+            del self._copies[device]
             self._transferring.pop(device, None)
             self._prefetching.pop(device, None)
             self._reshare()
-            self._apply(self.scheduler.prefetched(device))
+            self._apply(self.scheduler.swap_done(device) if kind == SWAP_DONE else self.scheduler.prefetched(device))
             return
         started = self._running.get(device)
         if started is None or t != started.finish_at:
@@ -266,6 +291,11 @@ class Simulation:
             fi, arrived, idle = self._arrival.pop(r)
             latency = (t - arrived) * 1e3  # from its arrival at the gateway, parse included
             tally.latencies_ms.append(latency)
+            if self.served is not None:
+                o = self.offset
+                self.served.append(
+                    (fi, arrived - o, started.began - o, t - o, started.exec_ms, started.run.load is not None)
+                )
             if latency > slo:
                 tally.miss(late_reason(started, started.wait_ms[r], idle))
         tally.last_served = t
@@ -300,9 +330,9 @@ class Simulation:
         ahead_ms = 0.0  # the part of a prefetch still under way when the run starts
         if run.load is not None:
             transfer_ms, slow = self._transfer(run.device, run.load.peer, fi)
-            self._push(self.now + slow * transfer_ms / 1e3, SWAP_DONE, run.device)
-        elif run.device in self._prefetching and self._prefetching[run.device][0] == run.model_id:
-            ahead_ms = max(0.0, (self._prefetching[run.device][1] - self.now) * 1e3)
+            self._copy(run.device, SWAP_DONE, slow * transfer_ms)
+        elif self._prefetching.get(run.device) == run.model_id:
+            ahead_ms = max(0.0, (self._copies[run.device].finish_at - self.now) * 1e3)
         m1 = self._exec1(m)
         exec_ms = ExecProfile(m1, m.batch_exec_ms, m.max_batch).at(len(run.rids))
         swapping_near = any(n in self._transferring for n in topo.neighbours(run.device))
@@ -314,9 +344,10 @@ class Simulation:
             exec_ms *= m.corun_slowdown  # another device executes now: shared cores and memory (CPU devices)
         if self.profile.exec_jitter:
             exec_ms *= math.exp(self._rng.gauss(0, self.profile.exec_jitter))
-        alone_ms = self.cost.service_ms(transfer_ms, exec_ms)
+        overlap = topo.pipeline_overlap if m.pipeline_overlap is None else m.pipeline_overlap
+        alone_ms = self.cost.service_ms(transfer_ms, exec_ms, overlap)
         if ahead_ms:  # execution waits for the groups the prefetch has not brought in yet
-            alone_ms = pipelined(ahead_ms, exec_ms, topo.pipeline_overlap)
+            alone_ms = pipelined(ahead_ms, exec_ms, overlap)
         total_ms = alone_ms * slow
         tally.runs += 1
         waits = {r: (self.now - self._arrival[r][1]) * 1e3 for r in run.rids}
@@ -332,10 +363,14 @@ class Simulation:
         fi = self._index[p.function]
         self.devices[p.device].evictions += len(p.evict)
         transfer_ms, slow = self._transfer(p.device, p.load.peer, fi)
-        end = self.now + (slow * transfer_ms + self.profile.topology.swap_latency_ms) / 1e3
-        self._prefetching[p.device] = (p.model_id, end)
-        self._push(end, PREFETCH_DONE, p.device)
+        self._copy(p.device, PREFETCH_DONE, slow * transfer_ms + self.profile.topology.swap_latency_ms)
+        self._prefetching[p.device] = p.model_id
         self._reshare()
+
+    def _copy(self, device: int, kind: int, ms: float) -> None:
+        """A copy of `ms` at full speed starts onto `device` (the next _reshare sets its share)."""
+        copy = self._copies[device] = _Copy(kind, ms, self.now + ms / 1e3, self.now)
+        self._push(copy.finish_at, kind, device)
 
     def _transfer(self, device: int, peer: int | None, fi: int) -> tuple[float, float]:
         """Start a copy of function `fi`'s model onto `device`: (its time alone in ms, its slowdown)."""

@@ -72,7 +72,8 @@ def _measure_cpu(
             timing = profile_exec(gm, zoo.entry(name).inputs, max_batch, threads, runs=RUNS)
             bandwidths.append(swap["bytes"] / (swap["memcpy"] / 1e3))
             hidden = swap["serial"] - swap["piped"]
-            overlaps.append(min(1.0, max(0.0, hidden / max(1e-9, min(swap["swap"], swap["warm"])))))
+            overlap = min(1.0, max(0.0, hidden / max(1e-9, min(swap["swap"], swap["warm"]))))
+            overlaps.append(overlap)
             specs = zoo.entry(name).inputs
             # Beside the other devices executing it too, and beside a copy: processes of their
             # own, as the server's workers are.
@@ -91,10 +92,12 @@ def _measure_cpu(
                 timing.heavy,
                 corun_slowdown=slowed,
                 copy_slowdown=copied,
+                pipeline_overlap=round(overlap, 3),
             )
             progress(
                 f"  {name}: {swap['bytes'] / 2**20:.0f} MiB, exec {timing.exec_ms:.1f} ms, "
-                f"batch {max_batch} {timing.batch_exec_ms or 0:.1f} ms, beside another device's copy {copied:.2f}, "
+                f"batch {max_batch} {timing.batch_exec_ms or 0:.1f} ms, copy hidden behind execution {overlap:.2f}, "
+                f"beside another device's copy {copied:.2f}, "
                 f"execution {slowed:.2f} (spread {spread:.2f})"
             )
         progress("timing a request of each model through uvicorn (the gateway's receive, parse and answer) ...")

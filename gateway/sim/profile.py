@@ -36,6 +36,10 @@ another, before the scheduler sees the request. With `"shared_host": true` (CPU 
 share one host's memory system) a model's `copy_slowdown` applies to its execution while any
 other device copies a model in.
 
+A model's own `pipeline_overlap` (`torpor profile` measures it per model) replaces the
+topology's for its swap-ins: how much of a copy hides behind execution depends on the
+model's first operations.
+
 `interference_pairs` (as in Torpor's Table 3) replaces that one factor with one per
 pair: pairs[A][B] is how much longer a swap-in of a model that behaves like A takes
 while a device on its PCIe switch swaps in one like B (`interference_as` names which
@@ -81,6 +85,10 @@ class ModelProfile:
     # The gateway's own time per request: parsing the body the load test sends, encoding the
     # response (a 224x224 image as JSON is 3 MB to parse); added to every request's latency.
     request_ms: float = 0.0
+    # How much of this model's swap-in hides behind its execution (0..1), where it differs from
+    # the topology's: a model whose first operation needs a large tensor whole (bert's 89 MiB
+    # word embeddings) hides less of its copy than one that starts with a small convolution.
+    pipeline_overlap: float | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +182,7 @@ def parse(data: Any, where: str = "profile") -> HardwareProfile:
             corun_slowdown=_factor(m, "corun_slowdown", where, at),
             copy_slowdown=_factor(m, "copy_slowdown", where, at),
             request_ms=_positive(m, "request_ms", where, at) or 0.0,
+            pipeline_overlap=_share(m, "pipeline_overlap", where, at),
         )
     if not models:
         raise ValueError(f"{where}: models is empty")
@@ -229,6 +238,16 @@ def _factor(m: dict[str, Any], key: str, where: str, at: str) -> float:
     return float(v)
 
 
+def _share(m: dict[str, Any], key: str, where: str, at: str) -> float | None:
+    """An optional fraction within [0, 1] (None when absent)."""
+    if key not in m:
+        return None
+    v = m[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+        raise ValueError(f"{where}: {at}{key}: expected a fraction within [0, 1], got {v!r}")
+    return float(v)
+
+
 def _positive(m: dict[str, Any], key: str, where: str, at: str) -> float | None:
     """An optional positive number of milliseconds."""
     if key not in m:
@@ -268,6 +287,7 @@ def dump(profile: HardwareProfile, device_memory: int, reserve: int = 0) -> dict
                 **({"corun_slowdown": round(m.corun_slowdown, 3)} if m.corun_slowdown != 1.0 else {}),
                 **({"request_ms": round(m.request_ms, 3)} if m.request_ms else {}),
                 **({"copy_slowdown": round(m.copy_slowdown, 3)} if m.copy_slowdown != 1.0 else {}),
+                **({"pipeline_overlap": round(m.pipeline_overlap, 3)} if m.pipeline_overlap is not None else {}),
             }
             for m in profile.models.values()
         },

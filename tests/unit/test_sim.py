@@ -201,3 +201,24 @@ def test_on_a_shared_host_another_devices_copy_slows_execution() -> None:
     assert latencies(True) == [20.0, 40.0]
     with pytest.raises(ValueError, match="shared_host"):
         parse(dict(PROFILE, shared_host="yes"))
+
+
+def test_a_copy_shares_the_cores_and_a_model_may_hide_less_of_it() -> None:
+    """A swap-in's copy thread is one more runnable activity: on one core it and the run it
+    feeds go at half speed until the copy ends. A model's own pipeline_overlap replaces the
+    topology's (bert hides less of its copy than resnet: its first operation needs the whole
+    embedding table)."""
+
+    def cold_ms(cores: int | None, overlap: float | None = None) -> float:
+        big = dict(PROFILE["models"]["big"], **({"pipeline_overlap": overlap} if overlap is not None else {}))
+        p = parse(dict(PROFILE, pipeline_overlap=1.0, models={"big": big}, **({"host_cores": cores} if cores else {})))
+        # 400 MB at 10 GB/s: a 40 ms copy pipelined with a 20 ms execution.
+        sim = Simulation(p, "torpor", [SimFunction("b", p.models["big"], 1000.0)], preload=False).run([(0.0, 0)])
+        return round(sim.tallies[0].latencies_ms[0], 6)
+
+    assert cold_ms(None) == 40.0
+    assert cold_ms(1) == 80.0, "copy and execution share one core until the copy ends"
+    assert cold_ms(None, overlap=0.0) == 60.0, "the model's overlap, not the topology's"
+    assert cold_ms(None, overlap=0.5) == 50.0
+    with pytest.raises(ValueError, match=r"models.big.pipeline_overlap: expected a fraction"):
+        parse(dict(PROFILE, models={"big": dict(PROFILE["models"]["big"], pipeline_overlap=1.5)}))
