@@ -120,13 +120,20 @@ def main(argv: list[str] | None = None) -> int:
     trace = traces.generate(args.functions, -(-seconds // 60), args.rate, SIGMA, BURSTINESS, args.seed)
     arrivals = [(t, fi) for t, fi in trace.arrivals(seed=args.seed) if t < seconds]
 
+    sims: list[Simulation] = []
+
     def simulate(functions: list[SimFunction]) -> list[dict[str, Any]]:
-        return [
-            summarize(Simulation(profile, "torpor", functions, seed=args.seed + k).run(arrivals))
+        sims[:] = [
+            Simulation(profile, "torpor", functions, seed=args.seed + k, record=True).run(arrivals)
             for k in range(args.sim_seeds)
         ]
+        return [summarize(sim) for sim in sims]
 
     result = compare(real, simulate(functions), functions)
+    result["beside"] = {
+        "real": beside([real_runs(log, functions)]),
+        "sim": beside([sim_runs(sim) for sim in sims]),
+    }
     result["exec_by_model"] = exec_by_model(log, functions)
     speed = speed_seen(log, functions)
     at_speed = [
@@ -259,6 +266,53 @@ def speed_seen(log: Path, functions: list[SimFunction]) -> dict[str, float | Non
     return {m: float(np.median(v)) / profiled[m] if v else None for m, v in alone.items()}
 
 
+def real_runs(log: Path, functions: list[SimFunction]) -> list[tuple[float, float, str, bool, float]]:
+    """The server's runs as (start, end, model, cold, execution / profile's) from the client's log:
+    a run ends when its response arrives and lasted its reported execution (approximate)."""
+    model_of = {f.name: f.model for f in functions}
+    runs = []
+    with open(log, newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["status"] == "200" and row.get("exec_ms"):
+                m, ms = model_of[row["function"]], float(row["exec_ms"])
+                end = float(row["start"]) + float(row["ms"]) / 1e3
+                runs.append((end - ms / 1e3, end, m.name, row["source"] != "resident", ms / m.exec_ms))
+    return runs
+
+
+def sim_runs(sim: Simulation) -> list[tuple[float, float, str, bool, float]]:
+    """The simulation's runs, as real_runs gives the server's (one line per run, not per request)."""
+    runs = {(began, ended, fi, cold) for fi, _, began, ended, _, cold in sim.served or []}
+    return [
+        (a, b, sim.functions[fi].model.name, cold, (b - a) * 1e3 / sim.functions[fi].model.exec_ms)
+        for a, b, fi, cold in runs
+    ]
+
+
+def beside(replays: list[list[tuple[float, float, str, bool, float]]]) -> dict[str, float]:
+    """Mean execution / the profile's per model, warm or cold, and what ran beside it: nothing
+    (under 5% of its time), a cold start (a copy) for over 30% of its time, or warm runs: where
+    the simulator's model of contention on the host is right or wrong."""
+    seen: dict[str, list[float]] = {}
+    for runs in map(sorted, replays):  # each replay or simulation on its own clock
+        _classify(runs, seen)
+    return {k: round(float(np.mean(v)), 3) for k, v in sorted(seen.items())}
+
+
+def _classify(runs: list[tuple[float, float, str, bool, float]], seen: dict[str, list[float]]) -> None:
+    for i, (a, b, model, cold, ratio) in enumerate(runs):
+        overlap = copying = 0.0
+        for j, (x, y, _, c, _) in enumerate(runs):
+            if x >= b:
+                break
+            if j != i and y > a:
+                share = (min(b, y) - max(a, x)) / max(b - a, 1e-9)
+                overlap += share
+                copying += share if c else 0.0
+        where = "alone" if overlap < 0.05 else "beside a cold start" if copying > 0.3 else "beside warm runs"
+        seen.setdefault(f"{model} {'cold' if cold else 'warm'} {where}", []).append(ratio)
+
+
 def exec_by_model(log: Path, functions: list[SimFunction]) -> dict[str, dict[str, float | None]]:
     """Per model: the profile's execution time against the median the server reported (x-torpor-exec-ms)."""
     model_of = {f.name: f.model for f in functions}
@@ -343,6 +397,10 @@ def render(result: dict[str, Any]) -> str:
         real = e["real_median_ms"]
         ratio = "" if real is None else f" (real / profile {real / e['profile_ms']:.2f})"
         lines.append(f"{model}: execution {e['profile_ms']:.0f} ms profiled, {ms(real)} ms median on the server{ratio}")
+    both = result.get("beside")
+    if both:
+        lines.append("execution / profile by what ran beside it (mean; real, simulated):")
+        lines += [f"  {k:<42}{v:>6.2f}{both['sim'].get(k, float('nan')):>6.2f}" for k, v in both["real"].items()]
     n = result["functions"]
     lo, hi = result["sim_meeting_slo_range"]
     lines.append(

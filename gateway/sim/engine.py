@@ -18,8 +18,9 @@ only the devices are simulated. The simulated truth, given a hardware profile:
   sees it once parsed;
 - with the profile's `host_cores` (CPU devices), executions, copies and the gateway's
   parsing share the host's cores: while they want more than there are (`device_threads`
-  per executing device, one per copy, one for a parse), every execution progresses at
-  cores / demand, re-shared at each change, and a parse takes longer by the demand at its start;
+  per executing device, one per copy, one for a parse), every execution and copy progresses
+  at cores / demand, re-shared at each change, and a parse takes longer by the demand at its
+  start, or by its model's measured request_slowdown if that is more;
 - swap-in and execution overlap as the model's pipeline_overlap says (the profile's
   where the model has none), plus the profile's fixed swap_latency_ms per swap-in.
 
@@ -218,7 +219,8 @@ class Simulation:
 
     def arrive(self, rid: int, fi: int, arrived: float) -> None:
         """A request of function `fi` that arrived at `arrived` (its latency counts from then)."""
-        parse_ms = self.functions[fi].model.request_ms
+        model = self.functions[fi].model
+        parse_ms = model.request_ms
         if not parse_ms:
             self._arrival[rid] = (fi, arrived, any(d.idle for d in self.scheduler.devices))
             self._apply(self.scheduler.arrived(rid, self.functions[fi].name))
@@ -227,7 +229,9 @@ class Simulation:
         self._arrival[rid] = (fi, arrived, False)
         idle = self.now >= self._parsing_until
         start = max(self.now, self._parsing_until)
-        self._parsing_until = start + parse_ms / self._rate(parsing=True) / 1e3
+        rate = self._rate(parsing=True)
+        slow = 1.0 if rate == 1.0 else max(1 / rate, model.request_slowdown)
+        self._parsing_until = start + parse_ms * slow / 1e3
         self._push(self._parsing_until, PARSED, rid)
         if idle:
             self._reshare()

@@ -101,9 +101,9 @@ def _measure_cpu(
                 f"execution {slowed:.2f} (spread {spread:.2f})"
             )
         progress("timing a request of each model through uvicorn (the gateway's receive, parse and answer) ...")
-        for name, ms in requestcost.measure(models).items():
-            measured[name] = replace(measured[name], request_ms=ms)
-            progress(f"  {name}: request {ms:.1f} ms")
+        for name, (ms, slowed) in requestcost.measure(models, beside=n, threads=threads).items():
+            measured[name] = replace(measured[name], request_ms=ms, request_slowdown=round(slowed, 3))
+            progress(f"  {name}: request {ms:.1f} ms, {slowed:.2f}x beside {n} device(s) executing")
         progress(f"timing the models in turn for {window_s:.0f} s ...")
         times = runs_in_turn(built, window_s, RUNS)
         measured = _timed_in_turn(measured, times, progress)

@@ -85,6 +85,11 @@ class ModelProfile:
     # The gateway's own time per request: parsing the body the load test sends, encoding the
     # response (a 224x224 image as JSON is 3 MB to parse); added to every request's latency.
     request_ms: float = 0.0
+    # How much longer that request takes while every device executes (measured by `torpor
+    # profile` on CPU devices): its body crosses loopback TCP in many turns, each waiting for a
+    # core, so it slows more than processor sharing says. Applied while the host's cores are
+    # oversubscribed (at least cores / demand).
+    request_slowdown: float = 1.0
     # How much of this model's swap-in hides behind its execution (0..1), where it differs from
     # the topology's: a model whose first operation needs a large tensor whole (bert's 89 MiB
     # word embeddings) hides less of its copy than one that starts with a small convolution.
@@ -182,6 +187,7 @@ def parse(data: Any, where: str = "profile") -> HardwareProfile:
             corun_slowdown=_factor(m, "corun_slowdown", where, at),
             copy_slowdown=_factor(m, "copy_slowdown", where, at),
             request_ms=_positive(m, "request_ms", where, at) or 0.0,
+            request_slowdown=_factor(m, "request_slowdown", where, at),
             pipeline_overlap=_share(m, "pipeline_overlap", where, at),
         )
     if not models:
@@ -286,6 +292,7 @@ def dump(profile: HardwareProfile, device_memory: int, reserve: int = 0) -> dict
                 "heavy": m.heavy,
                 **({"corun_slowdown": round(m.corun_slowdown, 3)} if m.corun_slowdown != 1.0 else {}),
                 **({"request_ms": round(m.request_ms, 3)} if m.request_ms else {}),
+                **({"request_slowdown": round(m.request_slowdown, 3)} if m.request_slowdown != 1.0 else {}),
                 **({"copy_slowdown": round(m.copy_slowdown, 3)} if m.copy_slowdown != 1.0 else {}),
                 **({"pipeline_overlap": round(m.pipeline_overlap, 3)} if m.pipeline_overlap is not None else {}),
             }

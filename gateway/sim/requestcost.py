@@ -17,6 +17,14 @@ which receives the body with the gateway's own `read_body`, parses it with
 `oip.parse_request` and answers with `oip.response` of the model's outputs, as the hot
 path does; the median round trip is the model's `request_ms`. What it leaves out: the
 body's hop to the worker over a Unix socket (under a millisecond for 600 KB).
+
+`measure(..., beside=n)` also times the request while n processes execute the model, as
+n CPU devices do, alternating with the load paused; the median ratio is the model's
+`request_slowdown`. A replay on the 2-core machine showed why processor sharing alone
+does not predict it: with both devices executing, a resnet50 request took 45-53 ms
+beyond its queue and execution against 22 ms with none (2.1-2.4x, where 3 runnable
+threads on 2 cores would give 1.5x): the 3 MB body crosses loopback TCP in dozens of
+turns between the client and the gateway, and each waits for a core.
 """
 
 from __future__ import annotations
@@ -82,8 +90,13 @@ def body_for(name: str) -> bytes:
     return request_body(specs_to_json(zoo.entry(name).inputs), np.random.default_rng(0))
 
 
-def measure(models: list[str], runs: int = 7, warmup: int = 2) -> dict[str, float]:
-    """Per model, the median round trip (ms) of its request through a uvicorn process serving `app`."""
+def measure(
+    models: list[str], runs: int = 7, warmup: int = 2, beside: int = 0, threads: int = 1
+) -> dict[str, tuple[float, float]]:
+    """Per model, the median round trip (ms) of its request through a uvicorn process serving `app`,
+    and its slowdown beside `beside` processes executing the model on `threads` threads (1.0 if none)."""
+    from shared.loadproc import LoadProcesses
+
     with socket.socket() as s:  # a free port for the server
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
@@ -97,15 +110,27 @@ def measure(models: list[str], runs: int = 7, warmup: int = 2) -> dict[str, floa
             result = {}
             for name in models:
                 body = body_for(name)
-                times = []
-                for i in range(warmup + runs):
+
+                def once(name: str = name, body: bytes = body) -> float:
                     t0 = time.perf_counter()
                     r = client.post(f"{url}/{name}", content=body, headers={"content-type": "application/json"})
                     if r.status_code != 200:
                         raise RuntimeError(f"request cost of {name}: {r.status_code} {r.text[:200]}")
-                    if i >= warmup:
-                        times.append((time.perf_counter() - t0) * 1e3)
-                result[name] = statistics.median(times)
+                    return (time.perf_counter() - t0) * 1e3
+
+                times = [once() for _ in range(warmup + runs)][warmup:]
+                slowdown = 1.0
+                if beside:
+                    # Paired with runs while the load is paused, so the host's drift slows both alike.
+                    ratios = []
+                    with LoadProcesses(beside, threads, "model", name) as load:
+                        for _ in range(runs):
+                            load.pause()
+                            alone = once()
+                            load.resume()
+                            ratios.append(once() / alone)
+                    slowdown = max(1.0, statistics.median(ratios))
+                result[name] = (statistics.median(times), slowdown)
             return result
     finally:
         proc.terminate()

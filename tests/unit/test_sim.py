@@ -222,3 +222,23 @@ def test_a_copy_shares_the_cores_and_a_model_may_hide_less_of_it() -> None:
     assert cold_ms(None, overlap=0.5) == 50.0
     with pytest.raises(ValueError, match=r"models.big.pipeline_overlap: expected a fraction"):
         parse(dict(PROFILE, models={"big": dict(PROFILE["models"]["big"], pipeline_overlap=1.5)}))
+
+
+def test_a_parse_on_oversubscribed_cores_takes_the_models_measured_slowdown() -> None:
+    """While the host's cores are oversubscribed a parse takes the longer of cores / demand and the
+    model's request_slowdown (measured beside every device executing); with a free core, neither."""
+
+    def parse_ms(slowdown: float | None, cores: int) -> float:
+        small = dict(PROFILE["models"]["small"], request_ms=4.0, **({"request_slowdown": slowdown} if slowdown else {}))
+        p = parse(dict(PROFILE, pipeline_overlap=1.0, host_cores=cores, models={"small": small}))
+        fns = [SimFunction(f"f{i}", p.models["small"], 1000.0) for i in range(2)]
+        # f0 executes from 4 to 9 ms; f1's request arrives at 5 ms and is parsed beside it.
+        sim = Simulation(p, "torpor", fns, record=True).run([(0.0, 0), (0.005, 1)])
+        (_, arrived, began, _, _, _) = next(r for r in sim.served or [] if r[0] == 1)
+        return round((began - arrived) * 1e3, 6)
+
+    assert parse_ms(None, 2) == parse_ms(3.0, 2) == 4.0, "a core is free"
+    assert parse_ms(None, 1) == 8.0, "processor sharing: two runnable on one core"
+    assert parse_ms(3.0, 1) == 12.0, "the measured slowdown, more than processor sharing"
+    with pytest.raises(ValueError, match="models.small.request_slowdown"):
+        parse(dict(PROFILE, models={"small": dict(PROFILE["models"]["small"], request_slowdown=0.5)}))
