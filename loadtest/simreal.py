@@ -41,7 +41,7 @@ import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -130,12 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         return [summarize(sim) for sim in sims]
 
     result = compare(real, simulate(functions), functions)
-    result["beside"] = {
-        "real": beside([real_runs(log, functions)]),
-        "sim": beside([sim_runs(sim) for sim in sims]),
-    }
-    result["exec_by_model"] = exec_by_model(log, functions)
-    speed = speed_seen(log, functions)
+    runs = real_runs(log, functions)
+    result["beside"] = {"real": beside([runs]), "sim": beside([sim_runs(sim) for sim in sims])}
+    result["exec_by_model"] = exec_by_model(runs, functions)
+    speed = speed_seen(runs, functions)
     at_speed = [
         replace(f, model=replace(f.model, exec_ms=f.model.exec_ms * s, batch_exec_ms=_scaled(f.model.batch_exec_ms, s)))
         for f in functions
@@ -240,35 +238,20 @@ def outcomes(log: Path, functions: list[SimFunction]) -> dict[str, list]:
     return seen
 
 
-def speed_seen(log: Path, functions: list[SimFunction]) -> dict[str, float | None]:
-    """Per model: the median execution the server reported for runs with no other run beside them,
-    over the profile's execution time (the host's speed during the replay, against the profile's).
+class Run(NamedTuple):
+    """One execution, on the server or in a simulation."""
 
-    A run's interval is [response - exec_ms, response] from the client's log: approximate, and
-    good enough to tell an execution alone from one beside another.
-    """
-    model_of = {f.name: f.model for f in functions}
-    runs = []
-    with open(log, newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["status"] == "200" and row.get("exec_ms"):
-                end = float(row["start"]) + float(row["ms"]) / 1e3
-                runs.append((end - float(row["exec_ms"]) / 1e3, end, row))
-    runs.sort(key=lambda r: r[0])
-    alone: dict[str, list[float]] = {m.name: [] for m in model_of.values()}
-    for i, (a, b, row) in enumerate(runs):
-        if row["source"] != "resident":
-            continue  # a cold run's execution includes waiting for its copy
-        beside = any(x < b and y > a for j, (x, y, _) in enumerate(runs) if j != i)
-        if not beside:
-            alone[model_of[row["function"]].name].append(float(row["exec_ms"]))
-    profiled = {m.name: m.exec_ms for m in model_of.values()}
-    return {m: float(np.median(v)) / profiled[m] if v else None for m, v in alone.items()}
+    start: float  # s, on its replay's or simulation's own clock
+    end: float
+    model: str
+    cold: bool
+    ratio: float  # its execution / the profile's
 
 
-def real_runs(log: Path, functions: list[SimFunction]) -> list[tuple[float, float, str, bool, float]]:
-    """The server's runs as (start, end, model, cold, execution / profile's) from the client's log:
-    a run ends when its response arrives and lasted its reported execution (approximate)."""
+def real_runs(log: Path, functions: list[SimFunction]) -> list[Run]:
+    """The server's runs from the client's log, in start order: a run ends when its response
+    arrives and lasted its reported execution (approximate, and good enough to tell an
+    execution alone from one beside another)."""
     model_of = {f.name: f.model for f in functions}
     runs = []
     with open(log, newline="") as fh:
@@ -276,52 +259,57 @@ def real_runs(log: Path, functions: list[SimFunction]) -> list[tuple[float, floa
             if row["status"] == "200" and row.get("exec_ms"):
                 m, ms = model_of[row["function"]], float(row["exec_ms"])
                 end = float(row["start"]) + float(row["ms"]) / 1e3
-                runs.append((end - ms / 1e3, end, m.name, row["source"] != "resident", ms / m.exec_ms))
-    return runs
+                runs.append(Run(end - ms / 1e3, end, m.name, row["source"] != "resident", ms / m.exec_ms))
+    return sorted(runs)
 
 
-def sim_runs(sim: Simulation) -> list[tuple[float, float, str, bool, float]]:
-    """The simulation's runs, as real_runs gives the server's (one line per run, not per request)."""
+def sim_runs(sim: Simulation) -> list[Run]:
+    """The simulation's runs, as real_runs gives the server's (one per run, not per request)."""
     runs = {(began, ended, fi, cold) for fi, _, began, ended, _, cold in sim.served or []}
-    return [
-        (a, b, sim.functions[fi].model.name, cold, (b - a) * 1e3 / sim.functions[fi].model.exec_ms)
+    return sorted(
+        Run(a, b, sim.functions[fi].model.name, cold, (b - a) * 1e3 / sim.functions[fi].model.exec_ms)
         for a, b, fi, cold in runs
-    ]
+    )
 
 
-def beside(replays: list[list[tuple[float, float, str, bool, float]]]) -> dict[str, float]:
+def speed_seen(runs: list[Run], functions: list[SimFunction]) -> dict[str, float | None]:
+    """Per model: the median execution the server reported for warm runs with no other run beside
+    them, over the profile's execution time (the host's speed during the replay, against the profile's).
+    A cold run's execution includes waiting for its copy."""
+    alone: dict[str, list[float]] = {f.model.name: [] for f in functions}
+    for i, r in enumerate(runs):
+        if not r.cold and not any(x.start < r.end and x.end > r.start for j, x in enumerate(runs) if j != i):
+            alone[r.model].append(r.ratio)
+    return {m: float(np.median(v)) if v else None for m, v in alone.items()}
+
+
+def beside(replays: list[list[Run]]) -> dict[str, float]:
     """Mean execution / the profile's per model, warm or cold, and what ran beside it: nothing
     (under 5% of its time), a cold start (a copy) for over 30% of its time, or warm runs: where
-    the simulator's model of contention on the host is right or wrong."""
+    the simulator's model of contention on the host is right or wrong. Each replay or
+    simulation is on its own clock."""
     seen: dict[str, list[float]] = {}
-    for runs in map(sorted, replays):  # each replay or simulation on its own clock
-        _classify(runs, seen)
+    for runs in replays:
+        for i, r in enumerate(runs):
+            overlap = copying = 0.0
+            for j, x in enumerate(runs):
+                if x.start >= r.end:
+                    break
+                if j != i and x.end > r.start:
+                    share = (min(r.end, x.end) - max(r.start, x.start)) / max(r.end - r.start, 1e-9)
+                    overlap += share
+                    copying += share if x.cold else 0.0
+            where = "alone" if overlap < 0.05 else "beside a cold start" if copying > 0.3 else "beside warm runs"
+            seen.setdefault(f"{r.model} {'cold' if r.cold else 'warm'} {where}", []).append(r.ratio)
     return {k: round(float(np.mean(v)), 3) for k, v in sorted(seen.items())}
 
 
-def _classify(runs: list[tuple[float, float, str, bool, float]], seen: dict[str, list[float]]) -> None:
-    for i, (a, b, model, cold, ratio) in enumerate(runs):
-        overlap = copying = 0.0
-        for j, (x, y, _, c, _) in enumerate(runs):
-            if x >= b:
-                break
-            if j != i and y > a:
-                share = (min(b, y) - max(a, x)) / max(b - a, 1e-9)
-                overlap += share
-                copying += share if c else 0.0
-        where = "alone" if overlap < 0.05 else "beside a cold start" if copying > 0.3 else "beside warm runs"
-        seen.setdefault(f"{model} {'cold' if cold else 'warm'} {where}", []).append(ratio)
-
-
-def exec_by_model(log: Path, functions: list[SimFunction]) -> dict[str, dict[str, float | None]]:
+def exec_by_model(runs: list[Run], functions: list[SimFunction]) -> dict[str, dict[str, float | None]]:
     """Per model: the profile's execution time against the median the server reported (x-torpor-exec-ms)."""
-    model_of = {f.name: f.model for f in functions}
-    seen: dict[str, list[float]] = {m.name: [] for m in model_of.values()}
-    with open(log, newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["status"] == "200" and row.get("exec_ms"):
-                seen[model_of[row["function"]].name].append(float(row["exec_ms"]))
-    profiled = {m.name: m.exec_ms for m in model_of.values()}
+    profiled = {f.model.name: f.model.exec_ms for f in functions}
+    seen: dict[str, list[float]] = {m: [] for m in profiled}
+    for r in runs:
+        seen[r.model].append(r.ratio * profiled[r.model])
     return {
         m: {"profile_ms": profiled[m], "real_median_ms": float(np.median(v)) if v else None} for m, v in seen.items()
     }

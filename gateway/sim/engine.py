@@ -117,6 +117,9 @@ class _Copy:
     """A swap-in or prefetch under way: its copy thread shares the host's cores as executions do."""
 
     kind: int  # the event that ends it: SWAP_DONE or PREFETCH_DONE
+    model: ModelProfile
+    model_id: str
+    through: set[int]  # the PCIe switches it crosses (none over NVLink)
     work_ms: float  # its time at full speed still to do, as of `since`
     finish_at: float
     since: float
@@ -158,9 +161,7 @@ class Simulation:
         self._events: list[tuple[float, int, int, int]] = []  # (time, seq, kind, device)
         self._seq = itertools.count()
         self._running: dict[int, _Started] = {}
-        self._transferring: dict[int, tuple[set[int], ModelProfile]] = {}  # device -> (switches, model)
-        self._copies: dict[int, _Copy] = {}  # device -> its copy under way
-        self._prefetching: dict[int, str] = {}  # device -> the model id its copy (in _copies) brings in
+        self._copies: dict[int, _Copy] = {}  # device -> its swap-in or prefetch under way
         self._arrival: dict[int, tuple[int, float, bool]] = {}  # rid -> (function index, time, a device idle)
         self._parsing_until = 0.0  # when the gateway has parsed every request that has arrived
         self.devices = [DeviceTally() for _ in range(profile.devices)]
@@ -249,7 +250,7 @@ class Simulation:
         if cores is None:
             return 1.0
         gateway = self.now < self._parsing_until if parsing is None else parsing
-        demand = self.profile.device_threads * len(self._running) + len(self._transferring) + gateway
+        demand = self.profile.device_threads * len(self._running) + len(self._copies) + gateway
         return 1.0 if demand <= cores else cores / demand
 
     def _reshare(self) -> None:
@@ -276,8 +277,6 @@ class Simulation:
             if copy is None or copy.kind != kind or t != copy.finish_at:
                 return  # re-timed since: a later event stands for it
             del self._copies[device]
-            self._transferring.pop(device, None)
-            self._prefetching.pop(device, None)
             self._reshare()
             self._apply(self.scheduler.swap_done(device) if kind == SWAP_DONE else self.scheduler.prefetched(device))
             return
@@ -333,16 +332,16 @@ class Simulation:
         transfer_ms, slow = 0.0, 1.0
         ahead_ms = 0.0  # the part of a prefetch still under way when the run starts
         if run.load is not None:
-            transfer_ms, slow = self._transfer(run.device, run.load.peer, fi)
-            self._copy(run.device, SWAP_DONE, slow * transfer_ms)
-        elif self._prefetching.get(run.device) == run.model_id:
-            ahead_ms = max(0.0, (self._copies[run.device].finish_at - self.now) * 1e3)
+            transfer_ms, slow = self._transfer(run.device, run.load.peer, fi, run.model_id, SWAP_DONE)
+        elif (ahead := self._copies.get(run.device)) is not None and ahead.kind == PREFETCH_DONE:
+            if ahead.model_id == run.model_id:
+                ahead_ms = max(0.0, (ahead.finish_at - self.now) * 1e3)
         m1 = self._exec1(m)
         exec_ms = ExecProfile(m1, m.batch_exec_ms, m.max_batch).at(len(run.rids))
-        swapping_near = any(n in self._transferring for n in topo.neighbours(run.device))
+        swapping_near = any(n in self._copies for n in topo.neighbours(run.device))
         if not pairs and m.heavy and swapping_near:
             exec_ms *= topo.interference
-        if self.profile.shared_host and any(d != run.device for d in self._transferring):
+        if self.profile.shared_host and any(d != run.device for d in self._copies):
             exec_ms *= m.copy_slowdown  # another device's copy competes for the host's memory
         if m.corun_slowdown != 1.0 and any(d != run.device for d in self._running):
             exec_ms *= m.corun_slowdown  # another device executes now: shared cores and memory (CPU devices)
@@ -366,24 +365,20 @@ class Simulation:
     def _start_prefetch(self, p: Prefetch) -> None:
         fi = self._index[p.function]
         self.devices[p.device].evictions += len(p.evict)
-        transfer_ms, slow = self._transfer(p.device, p.load.peer, fi)
-        self._copy(p.device, PREFETCH_DONE, slow * transfer_ms + self.profile.topology.swap_latency_ms)
-        self._prefetching[p.device] = p.model_id
+        self._transfer(p.device, p.load.peer, fi, p.model_id, PREFETCH_DONE, self.profile.topology.swap_latency_ms)
         self._reshare()
 
-    def _copy(self, device: int, kind: int, ms: float) -> None:
-        """A copy of `ms` at full speed starts onto `device` (the next _reshare sets its share)."""
-        copy = self._copies[device] = _Copy(kind, ms, self.now + ms / 1e3, self.now)
-        self._push(copy.finish_at, kind, device)
-
-    def _transfer(self, device: int, peer: int | None, fi: int) -> tuple[float, float]:
-        """Start a copy of function `fi`'s model onto `device`: (its time alone in ms, its slowdown)."""
+    def _transfer(
+        self, device: int, peer: int | None, fi: int, model_id: str, event: int, extra_ms: float = 0.0
+    ) -> tuple[float, float]:
+        """Start a copy of function `fi`'s model onto `device`, ended by an `event` (the next
+        _reshare sets its share of the cores): (its time alone in ms, its slowdown)."""
         topo = self.profile.topology
         pairs = bool(self.profile.interference_pairs)
         m = self.functions[fi].model
         active: dict[int, int] = {}
-        for switches, _ in [] if pairs else self._transferring.values():
-            for s in switches:
+        for copy in [] if pairs else self._copies.values():
+            for s in copy.through:
                 active[s] = active.get(s, 0) + 1
         transfer_ms = self.cost.transfer_ms(m.nbytes, device, peer, active)
         kind = "host" if peer is None else "peer"
@@ -400,9 +395,11 @@ class Simulation:
         slow = 1.0
         if pairs and through:
             for n in topo.neighbours(device):
-                if n in self._transferring and self._transferring[n][0]:
-                    slow = max(slow, self.profile.slowdown(m, self._transferring[n][1]))
-        self._transferring[device] = (through, m)
+                if n in self._copies and self._copies[n].through:
+                    slow = max(slow, self.profile.slowdown(m, self._copies[n].model))
+        ms = slow * transfer_ms + extra_ms
+        copy = self._copies[device] = _Copy(event, m, model_id, through, ms, self.now + ms / 1e3, self.now)
+        self._push(copy.finish_at, event, device)
         return transfer_ms, slow
 
     def _push(self, t: float, kind: int, device: int) -> None:
