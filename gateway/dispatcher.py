@@ -9,6 +9,7 @@ deadline is answered 504 and its queue slot released.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -20,7 +21,7 @@ from gateway import batching
 from gateway.hostfeed import HostFeed
 from gateway.metrics import Metrics
 from gateway.scheduler import Decision, Evict, FunctionInfo, Prefetch, Reject, Run, Scheduler
-from gateway.workers import WorkerPool
+from gateway.workers import OnReply, WorkerPool
 from shared.errors import (
     DeadlineExceeded,
     DroppedLate,
@@ -33,7 +34,7 @@ from shared.errors import (
     WorkerLost,
 )
 from shared.protocol import Evict as EvictFrame
-from shared.protocol import Infer, Load, Peer, tensor_maps, tensor_meta
+from shared.protocol import Frame, Infer, Load, Peer, tensor_maps, tensor_meta
 
 log = logging.getLogger("torpor.gateway")
 
@@ -240,12 +241,12 @@ class Dispatcher:
             inv.phase = "swap" if run.load is not None else "exec"
         if not run.evict and (run.load is None or not run.load.fill):
             try:
-                st.sent = self._send(run, invs, None)
+                st.sent = self._send(run, invs, None, st.started)
             except Exception as exc:  # answered in _run, as any failure of the run
                 st.error = exc
         return st
 
-    def _send(self, run: Run, invs: list[Invocation], fill: str | HostFeed | None) -> Sent:
+    def _send(self, run: Run, invs: list[Invocation], fill: str | HostFeed | None, started: float) -> Sent:
         """Send the run's LOAD (if any) and INFER frames; their reply futures."""
         client = self.pool.client(run.device)
         load = None
@@ -260,9 +261,22 @@ class Dispatcher:
                 load = client.request(body)
         # Sent right behind the load: the worker starts executing while the copy runs.
         joined = batching.join([inv.inputs for inv in invs]) if len(invs) > 1 else None
-        if joined is not None:
-            return load, [(invs, joined[1], self._infer(client, run, invs[0], joined[0]))]
-        return load, [([inv], [0], self._infer(client, run, inv, inv.inputs)) for inv in invs]
+        groups = [(invs, joined[1], joined[0])] if joined is not None else [([inv], [0], inv.inputs) for inv in invs]
+        return load, [
+            (group, sizes, self._infer(client, run, group[0], inputs, self._early(run, group, sizes, started, load)))
+            for group, sizes, inputs in groups
+        ]
+
+    def _early(self, run: Run, group: list[Invocation], sizes: list[int], started: float, load: Any) -> OnReply | None:
+        """With no swap to wait for, a reply answers its requests as it is read (see _answer)."""
+        if load is not None:
+            return None
+
+        def answer(frame: Frame) -> None:
+            with contextlib.suppress(ValueError):  # a batch that does not split: _answer fails it
+                self._resolve(run, group, sizes, started, 0.0, frame)
+
+        return answer
 
     async def _run(self, run: Run, st: Started) -> None:
         invs, started = st.invs, st.started
@@ -284,7 +298,7 @@ class Dispatcher:
                     except TorporError:
                         loaded_ok = False
                         raise
-                sent = self._send(run, invs, fill)
+                sent = self._send(run, invs, fill, started)
             load, batched = sent
             swap_ms: float | None = None  # None: each reply's own wait for the swap's groups
             load_error: TorporError | None = None
@@ -349,9 +363,8 @@ class Dispatcher:
         group, sizes, fut = sent
         try:
             frame = await fut
-            reply = frame.body
-            tensors = tensor_maps(reply.outputs, frame.buffers)
-            outputs = batching.split(tensors, sizes) if len(group) > 1 else [tensors]
+            if not all(inv.future.done() for inv in group):  # else answered as the reply was read
+                self._resolve(run, group, sizes, started, swap_ms, frame)
         except TorporError as exc:
             lost = isinstance(exc, WorkerLost)
             for inv in group:
@@ -361,6 +374,16 @@ class Dispatcher:
             for inv in group:
                 _fail(inv, RequestFailed(f"batched execution returned {exc}"))
             return None, False
+        return frame.body.exec_ms, False
+
+    @staticmethod
+    def _resolve(
+        run: Run, group: list[Invocation], sizes: list[int], started: float, swap_ms: float | None, frame: Frame
+    ) -> None:
+        """Answer one INFER frame's requests from its reply (ValueError: a batch that does not split)."""
+        reply = frame.body
+        tensors = tensor_maps(reply.outputs, frame.buffers)
+        outputs = batching.split(tensors, sizes) if len(group) > 1 else [tensors]
         for inv, out in zip(group, outputs, strict=True):
             if not inv.future.done():
                 inv.future.set_result(
@@ -374,13 +397,12 @@ class Dispatcher:
                         batch=len(group),
                     )
                 )
-        return reply.exec_ms, False
 
     @staticmethod
-    def _infer(client: Any, run: Run, inv: Invocation, inputs: list[dict[str, Any]]) -> Any:
+    def _infer(client: Any, run: Run, inv: Invocation, inputs: list[dict[str, Any]], on_reply: OnReply | None) -> Any:
         # Tensor bytes travel as the frame's buffers, after the header: not copied into it.
         body = Infer(model_id=run.model_id, inputs=[tensor_meta(t) for t in inputs], output_names=inv.output_names)
-        return client.request(body, [t["data"] for t in inputs])
+        return client.request(body, [t["data"] for t in inputs], on_reply)
 
     def _failed(self, inv: Invocation, exc: TorporError) -> None:
         if isinstance(exc, WorkerLost) and inv.attempts < MAX_RETRIES and not inv.future.done():

@@ -44,6 +44,8 @@ from shared.protocol import (
 
 log = logging.getLogger("torpor.gateway")
 
+OnReply = Callable[[Frame], None]
+
 START_TIMEOUT_S = 120.0
 STOP_GRACE_S = 10.0
 
@@ -53,7 +55,8 @@ class WorkerClient:
         self.device = device
         self.reader = FrameReader(self._on_frame, self._on_close)
         self._next = 1
-        self._pending: dict[int, tuple[asyncio.Future[Frame], Kind]] = {}  # rid -> (future, reply kind)
+        # rid -> (future, reply kind, on_reply)
+        self._pending: dict[int, tuple[asyncio.Future[Frame], Kind, OnReply | None]] = {}
         self.ready: Ready | None = None
         self.facts: DeviceFacts | None = None  # what the worker measured, checked (from READY)
         loop = asyncio.get_running_loop()
@@ -77,8 +80,14 @@ class WorkerClient:
             self._fail_all(WorkerLost(f"worker {self.device} sent a malformed READY"))
             raise WorkerLost(f"worker {self.device} sent a malformed READY: {exc.message}") from exc
 
-    def request(self, body: Record, buffers: Sequence[Buffer] = ()) -> asyncio.Future[Frame]:
-        """Send a frame now; the returned future resolves with the reply frame (typed body, buffers)."""
+    def request(
+        self, body: Record, buffers: Sequence[Buffer] = (), on_reply: OnReply | None = None
+    ) -> asyncio.Future[Frame]:
+        """Send a frame now; the returned future resolves with the reply frame (typed body, buffers).
+
+        `on_reply` is called with a successful reply as it is read, before the future resolves: a
+        client waiting for it is answered in this loop turn, not after the awaiting task's turn.
+        """
         fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         if self.closed.done():
             fut.set_exception(WorkerLost(f"worker {self.device} is not running"))
@@ -89,7 +98,7 @@ class WorkerClient:
             fut.set_exception(exc)
             return fut
         rid, self._next = self._next, self._next + 1
-        self._pending[rid] = (fut, REPLY[KIND_OF[type(body)]])
+        self._pending[rid] = (fut, REPLY[KIND_OF[type(body)]], on_reply)
         # One gathered write (uvloop's writelines is a writev): the worker wakes once per frame,
         # and a tensor the socket takes at once is sent from where it lies, not joined first.
         self._transport.writelines(parts)
@@ -109,7 +118,7 @@ class WorkerClient:
         if not self._first.done():
             self._first.set_result(frame)
             return
-        fut, expected = self._pending.pop(frame.rid, (None, None))
+        fut, expected, on_reply = self._pending.pop(frame.rid, (None, None, None))
         if fut is None or fut.done():
             if isinstance(frame.body, Error):
                 log.warning("worker %d: %s", self.device, frame.body.message)
@@ -117,6 +126,11 @@ class WorkerClient:
         if isinstance(frame.body, Error):
             fut.set_exception(from_wire({"kind": frame.body.kind, "message": frame.body.message}))
         elif frame.kind is expected:
+            if on_reply is not None:
+                try:
+                    on_reply(frame)
+                except Exception:  # the awaiting task still gets the frame and answers it
+                    log.exception("worker %d: reply callback failed", self.device)
             fut.set_result(frame)
         else:
             fut.set_exception(ProtocolError(f"unexpected {frame.kind.name} reply, expected {expected}"))
@@ -132,7 +146,7 @@ class WorkerClient:
 
     def _fail_all(self, exc: TorporError) -> None:
         pending, self._pending = self._pending, {}
-        for fut, _ in pending.values():
+        for fut, _, _ in pending.values():
             if not fut.done():
                 fut.set_exception(exc)
         if not self.closed.done():

@@ -105,7 +105,7 @@ def test_buckets_export_what_a_prometheus_histogram_would() -> None:
 class _Silent:
     """A worker client that never answers: runs stay in flight, so requests stay queued behind them."""
 
-    def request(self, body: Any, buffers: Any = ()) -> asyncio.Future[Any]:
+    def request(self, body: Any, buffers: Any = (), on_reply: Any = None) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().create_future()
 
     async def call(self, body: Any, timeout: float | None = None) -> Any:
