@@ -5,7 +5,7 @@ bandwidth and for how much of a swap-in hides behind execution, and
 shared.profiling for execution times: every model's batch-1 run in turn, round after
 round over a window (`window_s`), as a server runs one function after another on a host
 whose speed drifts; by batch size; and under a concurrent copy or execution; and the
-gateway's time per request through uvicorn (gateway.sim.requestcost). On GPUs: pinned
+server's own time per request, through a real `torpor serve` (gateway.sim.requestcost). On GPUs: pinned
 host-to-device and device-to-device copies and synchronised execution timings, with
 standard torch APIs only.
 """
@@ -100,8 +100,9 @@ def _measure_cpu(
                 f"beside another device's copy {copied:.2f}, "
                 f"execution {slowed:.2f} (spread {spread:.2f})"
             )
-        progress("timing a request of each model through uvicorn (the gateway's receive, parse and answer) ...")
-        for name, (ms, slowed) in requestcost.measure(models, beside=n, threads=threads).items():
+        progress("timing a request of each model through a real torpor serve (outside queue and execution) ...")
+        room = sum(m.nbytes for m in measured.values()) + (64 << 20)  # every model resident on every device
+        for name, (ms, slowed) in requestcost.measure(models, n, room, beside=n, threads=threads).items():
             measured[name] = replace(measured[name], request_ms=ms, request_slowdown=round(slowed, 3))
             progress(f"  {name}: request {ms:.1f} ms, {slowed:.2f}x beside {n} device(s) executing")
         progress(f"timing the models in turn for {window_s:.0f} s ...")

@@ -1,40 +1,35 @@
-"""The request-cost app answers as the gateway's hot path does: parse, answer, refuse bad bodies."""
+"""The request cost `torpor profile` measures: through a real server, less what the server reports."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 import orjson
+import pytest
 
-from gateway.sim.requestcost import app, body_for
-
-
-def post(path: str, body: bytes, chunk: int = 1 << 16) -> tuple[int, dict[str, Any]]:
-    """One POST through the ASGI app, its body in `chunk`-byte receive messages as uvicorn sends it."""
-    parts = [body[i : i + chunk] for i in range(0, len(body), chunk)] or [b""]
-    messages = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)]
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0)
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {"type": "http", "method": "POST", "path": path, "headers": []}
-    asyncio.run(app(scope, receive, send))
-    return sent[0]["status"], orjson.loads(sent[1]["body"])
+from gateway.sim import requestcost
 
 
-def test_a_models_request_is_parsed_and_answered_with_its_outputs() -> None:
-    status, answer = post("/mlp", body_for("mlp"))
-    assert status == 200
-    assert [o["name"] for o in answer["outputs"]] and answer["model_name"] == "mlp"
+def test_the_body_is_the_load_tests_request_of_the_model() -> None:
+    body = orjson.loads(requestcost.body_for("mlp"))
+    (tensor,) = body["inputs"]
+    assert tensor["name"] == "input" and tensor["shape"] == [1, 64] and len(tensor["data"]) == 64
 
 
-def test_a_body_the_gateway_refuses_is_refused_the_same_way() -> None:
-    status, answer = post("/mlp", b'{"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32"}]}')
-    assert status == 400 and "data" in answer["error"]
-    status, answer = post("/no-such-model", b"{}")
-    assert status == 404 and "unknown zoo model" in answer["error"]
+def test_a_request_is_timed_through_a_real_server_outside_its_queue_and_execution() -> None:
+    # Two functions on one device: the second one's time includes none of the first's execution.
+    got = requestcost.measure(["mlp", "resnet18"], devices=1, memory=256 << 20, runs=3, warmup=1)
+    assert set(got) == {"mlp", "resnet18"}
+    for name, (ms, slowdown) in got.items():
+        assert 0.0 < ms < 1000.0, name
+        assert slowdown == 1.0  # nothing measured beside: no slowdown claimed
+    # A resnet18 request carries a 600 KB JSON body, mlp's 1 KB: its time outside execution is longer.
+    assert got["resnet18"][0] > got["mlp"][0]
+
+
+def test_a_model_the_server_cannot_deploy_is_named() -> None:
+    with pytest.raises(RuntimeError, match="deploying no-such-model"):
+        requestcost.measure(["no-such-model"], devices=1, memory=64 << 20, runs=1, warmup=0)
+
+
+def test_memory_is_given_in_whole_mebibytes_rounded_up() -> None:
+    assert requestcost.memory_arg(64 << 20) == "64MiB"
+    assert requestcost.memory_arg((64 << 20) + 1) == "65MiB"
