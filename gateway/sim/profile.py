@@ -28,11 +28,12 @@ executes at the same time: CPU devices share the host's caches and memory bandwi
 (`torpor profile` measures it; 1 when absent, as for GPUs). `host_cores` (with
 `device_threads` per CPU device) says they share the host's cores too: while the
 executions, copies and the gateway's parsing want more cores than there are, each
-progresses at cores / demand. `request_ms` is the gateway's
-own time per request of the model (receiving a JSON request of its input through uvicorn,
-parsing it, encoding the response; `torpor profile` times it through the HTTP stack,
-gateway/sim/requestcost.py): the gateway does it on one event loop, one request after
-another, before the scheduler sees the request. With `"shared_host": true` (CPU devices, which
+progresses at cores / demand. `request_ms` is the server's
+own time per request of the model (the JSON request of its input crossing the HTTP stack,
+parsed, sent to the worker and answered; `torpor profile` times it through a real
+`torpor serve`, less the queue and execution it reports, gateway/sim/requestcost.py): the
+engine spends it on the gateway's one event loop, one request after another, before the
+scheduler sees the request. With `"shared_host": true` (CPU devices, which
 share one host's memory system) a model's `copy_slowdown` applies to its execution while any
 other device copies a model in.
 
@@ -82,8 +83,9 @@ class ModelProfile:
     # Execution slowdown while another device of the same host copies a model in (CPU devices:
     # the copy and the execution share the memory bandwidth). Only applied with `shared_host`.
     copy_slowdown: float = 1.0
-    # The gateway's own time per request: parsing the body the load test sends, encoding the
-    # response (a 224x224 image as JSON is 3 MB to parse); added to every request's latency.
+    # The server's own time per request, outside its queue and execution: the body the load
+    # test sends crossing HTTP and parsed (a 224x224 image as JSON is 3 MB), the frame to the
+    # worker, the response; added to every request's latency.
     request_ms: float = 0.0
     # How much longer that request takes while every device executes (measured by `torpor
     # profile` on CPU devices): its body crosses loopback TCP in many turns, each waiting for a
