@@ -9,7 +9,6 @@ deadline is answered 504 and its queue slot released.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -21,7 +20,7 @@ from gateway import batching
 from gateway.hostfeed import HostFeed
 from gateway.metrics import Metrics
 from gateway.scheduler import Decision, Evict, FunctionInfo, Prefetch, Reject, Run, Scheduler
-from gateway.workers import OnReply, WorkerPool
+from gateway.workers import WorkerPool
 from shared.errors import (
     DeadlineExceeded,
     DroppedLate,
@@ -67,7 +66,11 @@ class Invocation:
 
 # A run's frames once sent: the LOAD's reply future (or None), and per INFER frame the
 # requests it carries, their batch sizes and its reply future.
-Sent = tuple["asyncio.Future[Any] | None", list[tuple[list[Invocation], list[int], "asyncio.Future[Any]"]]]
+# A run's frames once sent: the LOAD's reply future (if any), and per INFER frame its requests,
+# their batch sizes, its reply future and, for a resident model, what answers them as it is read.
+Sent = tuple[
+    "asyncio.Future[Any] | None", list[tuple[list[Invocation], list[int], "asyncio.Future[Any]", "_Early | None"]]
+]
 
 
 @dataclass
@@ -262,21 +265,11 @@ class Dispatcher:
         # Sent right behind the load: the worker starts executing while the copy runs.
         joined = batching.join([inv.inputs for inv in invs]) if len(invs) > 1 else None
         groups = [(invs, joined[1], joined[0])] if joined is not None else [([inv], [0], inv.inputs) for inv in invs]
-        return load, [
-            (group, sizes, self._infer(client, run, group[0], inputs, self._early(run, group, sizes, started, load)))
-            for group, sizes, inputs in groups
-        ]
-
-    def _early(self, run: Run, group: list[Invocation], sizes: list[int], started: float, load: Any) -> OnReply | None:
-        """With no swap to wait for, a reply answers its requests as it is read (see _answer)."""
-        if load is not None:
-            return None
-
-        def answer(frame: Frame) -> None:
-            with contextlib.suppress(ValueError):  # a batch that does not split: _answer fails it
-                self._resolve(run, group, sizes, started, 0.0, frame)
-
-        return answer
+        sent = []
+        for group, sizes, inputs in groups:
+            early = _Early(run, group, sizes, started) if load is None else None  # no swap to wait for
+            sent.append((group, sizes, self._infer(client, run, group[0], inputs, early), early))
+        return load, sent
 
     async def _run(self, run: Run, st: Started) -> None:
         invs, started = st.invs, st.started
@@ -354,17 +347,17 @@ class Dispatcher:
     async def _answer(
         self,
         run: Run,
-        sent: tuple[list[Invocation], list[int], Any],
+        sent: tuple[list[Invocation], list[int], Any, _Early | None],
         started: float,
         swap_ms: float | None,
         load_error: TorporError | None,
     ) -> tuple[float | None, bool]:
         """Answer one INFER frame's requests from its reply: (its exec ms, None if it failed; worker lost)."""
-        group, sizes, fut = sent
+        group, sizes, fut, early = sent
         try:
             frame = await fut
-            if not all(inv.future.done() for inv in group):  # else answered as the reply was read
-                self._resolve(run, group, sizes, started, swap_ms, frame)
+            if early is None or not early.answered:
+                _resolve(run, group, sizes, started, swap_ms, frame)
         except TorporError as exc:
             lost = isinstance(exc, WorkerLost)
             for inv in group:
@@ -377,29 +370,7 @@ class Dispatcher:
         return frame.body.exec_ms, False
 
     @staticmethod
-    def _resolve(
-        run: Run, group: list[Invocation], sizes: list[int], started: float, swap_ms: float | None, frame: Frame
-    ) -> None:
-        """Answer one INFER frame's requests from its reply (ValueError: a batch that does not split)."""
-        reply = frame.body
-        tensors = tensor_maps(reply.outputs, frame.buffers)
-        outputs = batching.split(tensors, sizes) if len(group) > 1 else [tensors]
-        for inv, out in zip(group, outputs, strict=True):
-            if not inv.future.done():
-                inv.future.set_result(
-                    Outcome(
-                        outputs=out,
-                        device=run.device,
-                        source="resident" if run.load is None else run.load.source,
-                        queue_ms=(started - inv.arrived) * 1e3,
-                        swap_ms=reply.wait_ms if swap_ms is None else swap_ms,
-                        exec_ms=reply.exec_ms,
-                        batch=len(group),
-                    )
-                )
-
-    @staticmethod
-    def _infer(client: Any, run: Run, inv: Invocation, inputs: list[dict[str, Any]], on_reply: OnReply | None) -> Any:
+    def _infer(client: Any, run: Run, inv: Invocation, inputs: list[dict[str, Any]], on_reply: _Early | None) -> Any:
         # Tensor bytes travel as the frame's buffers, after the header: not copied into it.
         body = Infer(model_id=run.model_id, inputs=[tensor_meta(t) for t in inputs], output_names=inv.output_names)
         return client.request(body, [t["data"] for t in inputs], on_reply)
@@ -413,6 +384,46 @@ class Dispatcher:
         if isinstance(exc, WorkerLost):
             exc = WorkerLost(f"{exc.message}; the request was retried once and failed again")
         _fail(inv, exc)
+
+
+def _resolve(
+    run: Run, group: list[Invocation], sizes: list[int], started: float, swap_ms: float | None, frame: Frame
+) -> None:
+    """Answer one INFER frame's requests from its reply (ValueError, TorporError: a malformed reply)."""
+    reply = frame.body
+    tensors = tensor_maps(reply.outputs, frame.buffers)
+    outputs = batching.split(tensors, sizes) if len(group) > 1 else [tensors]
+    for inv, out in zip(group, outputs, strict=True):
+        if not inv.future.done():
+            inv.future.set_result(
+                Outcome(
+                    outputs=out,
+                    device=run.device,
+                    source="resident" if run.load is None else run.load.source,
+                    queue_ms=(started - inv.arrived) * 1e3,
+                    swap_ms=reply.wait_ms if swap_ms is None else swap_ms,
+                    exec_ms=reply.exec_ms,
+                    batch=len(group),
+                )
+            )
+
+
+class _Early:
+    """A resident run's INFER reply answers its requests as it is read (WorkerClient's on_reply),
+    a loop turn before the run's task would; `answered` says it did, so _answer does not again."""
+
+    __slots__ = ("run", "group", "sizes", "started", "answered")
+
+    def __init__(self, run: Run, group: list[Invocation], sizes: list[int], started: float) -> None:
+        self.run, self.group, self.sizes, self.started = run, group, sizes, started
+        self.answered = False
+
+    def __call__(self, frame: Frame) -> None:
+        try:
+            _resolve(self.run, self.group, self.sizes, self.started, 0.0, frame)
+        except (ValueError, TorporError):
+            return  # a malformed reply: _answer meets it too, and fails the requests
+        self.answered = True
 
 
 async def _no_disk_tier(function: str) -> str | HostFeed | None:

@@ -61,8 +61,8 @@ def measure(
         srv = Server(
             Path(tmp) / "state", "--compute-threads", str(threads), devices=f"cpu:{devices}", memory=memory_arg(memory)
         )
-        srv.start()
         try:
+            srv.start()
             for name in models:
                 r = srv.deploy(name, {"model": {"zoo": name}, "slo_ms": 600_000})
                 if r.status_code != 201:
@@ -73,7 +73,8 @@ def measure(
                 result[name] = paired(once, runs, warmup, beside, threads, name)
             return result
         finally:
-            srv.stop()
+            if srv.proc is not None:  # started, or failed to become ready: stopped either way
+                srv.stop()
 
 
 def memory_arg(nbytes: int) -> str:

@@ -19,7 +19,16 @@ from gateway.metrics import BUCKETS, Buckets
 from gateway.registry import Function
 from gateway.scheduler import FunctionInfo, Scheduler
 from gateway.service import token_digest
-from shared.errors import DeadlineExceeded, InvalidInput, Overloaded, PayloadTooLarge, Unauthorized, Unavailable
+from shared.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    Overloaded,
+    PayloadTooLarge,
+    ProtocolError,
+    Unauthorized,
+    Unavailable,
+)
+from shared.protocol import Frame, Inferred, Kind, Load, Loaded, TensorMeta
 from shared.specs import TensorSpec
 
 
@@ -177,6 +186,68 @@ def test_deadline_fires_without_wait_for() -> None:
         with pytest.raises(DeadlineExceeded, match="a device \\(queued\\)"):
             await disp.invoke(Invocation("a", [], ["y"], 0.02))
         assert disp._queued == sched.queued() == 0
+        await _close(disp)
+
+    asyncio.run(scenario())
+
+
+class _Manual:
+    """A worker client whose INFER replies the test delivers as the frame reader does: on_reply, then the future."""
+
+    def __init__(self) -> None:
+        self.infers: list[tuple[asyncio.Future[Any], Any]] = []
+        self.sent = asyncio.Event()
+
+    async def next_infer(self) -> tuple[asyncio.Future[Any], Any]:
+        await self.sent.wait()
+        self.sent.clear()
+        return self.infers.pop()
+
+    def request(self, body: Any, buffers: Any = (), on_reply: Any = None) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if isinstance(body, Load):
+            fut.set_result(Frame(Kind.LOADED, 0, Loaded(swap_ms=1.0, bytes=1, source="host")))
+        else:
+            self.infers.append((fut, on_reply))
+            self.sent.set()
+        return fut
+
+    def client(self, index: int) -> _Manual:
+        return self
+
+
+def _reply(buffers: int = 1) -> Frame:
+    out = Inferred(outputs=[TensorMeta(name="y", datatype="FP32", shape=[1])], exec_ms=0.5, wait_ms=0.0)
+    return Frame(Kind.INFERRED, 0, out, [b"\0\0\0\0"] * buffers)
+
+
+def test_a_resident_runs_reply_answers_its_request_as_it_is_read() -> None:
+    async def scenario() -> None:
+        worker = _Manual()
+        disp = Dispatcher(Scheduler([1 << 30], asyncio.get_running_loop().time), worker)  # type: ignore[arg-type]
+        disp.function_added(FunctionInfo("a", "m-a", 1 << 20, slo_ms=10_000, exec_ms=1.0))
+        for expect_early in (False, True):  # cold (its swap is waited for), then resident
+            inv = Invocation("a", [], ["y"], 5.0)
+            call = asyncio.create_task(disp.invoke(inv))
+            fut, on_reply = await worker.next_infer()
+            assert (on_reply is not None) == expect_early
+            frame = _reply()
+            if on_reply is not None:
+                on_reply(frame)
+                assert inv.future.done()  # answered in the read callback, before any task resumes
+            fut.set_result(frame)
+            out = await call
+            assert out.exec_ms == 0.5 and out.source == ("resident" if expect_early else "host")
+        # A malformed reply answers nothing early; the run's task fails the request with the reason.
+        inv = Invocation("a", [], ["y"], 5.0)
+        call = asyncio.create_task(disp.invoke(inv))
+        fut, on_reply = await worker.next_infer()
+        bad = _reply(buffers=2)
+        on_reply(bad)
+        assert not inv.future.done()
+        fut.set_result(bad)
+        with pytest.raises(ProtocolError, match="1 tensors described, 2 buffers sent"):
+            await call
         await _close(disp)
 
     asyncio.run(scenario())
