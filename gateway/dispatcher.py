@@ -64,8 +64,6 @@ class Invocation:
     rid: int = 0
 
 
-# A run's frames once sent: the LOAD's reply future (or None), and per INFER frame the
-# requests it carries, their batch sizes and its reply future.
 # A run's frames once sent: the LOAD's reply future (if any), and per INFER frame its requests,
 # their batch sizes, its reply future and, for a resident model, what answers them as it is read.
 Sent = tuple[
