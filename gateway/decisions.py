@@ -5,7 +5,7 @@ Pure data, shared by the scheduler, the gateway's dispatcher and the simulator.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from shared.arena import Slice
 
@@ -53,6 +53,10 @@ class Policy:
     # Admission (gateway.admission): shed the costliest functions while the admitted ones ask for
     # more than this share of the online devices' time; None = serve every function.
     admit_utilization: float | None = 0.85
+    # Pipeline-parallel cold start (ParaServe): a cold model whose swap-in would miss the SLO is
+    # split across idle devices on different PCIe switches (gateway.paradegree). Simulated only:
+    # the dispatcher does not drive split runs yet.
+    split: bool = False
 
 
 POLICIES = {
@@ -90,6 +94,8 @@ POLICIES = {
         admit_utilization=None,
     ),
 }
+# Torpor with pipeline-parallel cold starts (simulation only, see Policy.split).
+POLICIES["torpor+split"] = replace(POLICIES["torpor"], name="torpor+split", split=True)
 
 
 @dataclass(frozen=True)
@@ -100,12 +106,28 @@ class Load:
     peer: int | None = None  # source device; None = the host image
     peer_offset: int = 0  # where the model lies in the peer's arena
     fill: bool = False  # the host image is on disk: read it in while this copy follows
+    # Of a split cold start over k devices: (0, k) -- only the first of k equal shares lands in
+    # `slice`, which has the whole model's size; the rest follows as a consolidation (a Prefetch
+    # with `rest`, the same `share`). The other stages' shares are the Run's `shares`.
+    share: tuple[int, int] | None = None
+    rest: bool = False  # a consolidation: the image after the first share, into the same slice
 
     @property
     def source(self) -> str:
         if self.peer is not None:
             return f"peer:{self.peer}"
         return "disk" if self.fill else "host"
+
+
+@dataclass(frozen=True)
+class Share:
+    """Another device of a split cold start: it copies stage `stage`'s share of the image into
+    `slice` (the share's size) and runs that stage; the share is evicted when the run ends."""
+
+    device: int
+    slice: Slice
+    stage: int
+    evict: tuple[str, ...] = ()  # models dropped from that device first, to make room
 
 
 @dataclass(frozen=True)
@@ -117,6 +139,11 @@ class Run:
     evict: tuple[str, ...] = ()  # models to drop first, to make room
     load: Load | None = None  # None: the model is already resident
     predicted_ms: float = 0.0  # service time the cost model expects
+    shares: tuple[Share, ...] = ()  # a split cold start: the other stages' devices (busy with it)
+
+    @property
+    def devices(self) -> tuple[int, ...]:
+        return (self.device, *(s.device for s in self.shares))
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ class DeviceState:
     started: float = 0.0
     online: bool = True
     prefetch: Transfer | None = None  # the copy engine's own transfer, if any
+    share: Slice | None = None  # its part of a split cold start it runs a stage of (not a resident model)
 
     @property
     def idle(self) -> bool:
@@ -55,6 +56,8 @@ class DeviceState:
         if self.prefetch is not None:
             return True
         run = self.running
+        if run is not None and run.device != self.index:
+            return True  # a share of a split cold start: its copy is counted until the run ends
         return run is not None and run.load is not None and self.resident[run.model_id].loading
 
     def transfer_function(self) -> str | None:
@@ -100,3 +103,5 @@ class Plan:
     transfer_ms: float  # 0 when resident
     source: int | None  # peer device, or None for host (or resident)
     cold: bool
+    # A split cold start (ParaServe): the other stages' devices, in stage order, with what each evicts
+    shares: list[tuple[DeviceState, list[str]]] = field(default_factory=list)

@@ -13,9 +13,10 @@ different switches first. As ParaServe chooses its degree, the smallest k whose 
 meets the SLO wins -- a split ties up k devices and must be consolidated afterwards -- and when
 none meets it, the fastest, if it beats the next smaller k by a margin worth the devices.
 
-CPU devices all copy with the same cores and memory bus: the caller describes them as one
-switch, so a split buys nothing and k stays 1 (gpuworker/bench_pipeline.py measured a split of
-bert-base over two CPU devices slower than the one-device swap on this 2-core machine).
+The scheduler asks only when one device would miss the SLO (Policy.split; simulated, not yet
+driven by the live gateway). CPU devices copy through one memory bus -- gpuworker/bench_pipeline.py
+measures two copy threads no faster than one on the development machines -- so described as one
+switch, a split of them buys nothing and k stays 1.
 """
 
 from __future__ import annotations
@@ -43,27 +44,52 @@ class Degree:
         return f"<Degree k={self.k} on {list(self.devices)} {self.predicted_ms:.1f} ms (1 device {one})>"
 
 
-def spread(cost: CostModel, idle: list[int]) -> list[int]:
-    """Idle devices ordered so that the first k sit behind as many different switches as possible."""
+def spread(cost: CostModel, idle: list[int], first: int | None = None) -> list[int]:
+    """Idle devices ordered so that the first k sit behind as many different switches as possible
+    (`first`, if given, leads: the device the model is consolidated onto)."""
     switches = cost.topology.switches
-    order, seen = [], set()
-    for d in sorted(idle):  # one per switch first, then the rest
-        if switches[d] not in seen:
+    order: list[int] = []
+    seen: set[int] = set()
+    for d in ([first] if first is not None else []) + sorted(idle):  # one per switch first, then the rest
+        if d not in order and switches[d] not in seen:
             order.append(d)
             seen.add(switches[d])
     return order + [d for d in sorted(idle) if d not in order]
 
 
-def predicted_ms(cost: CostModel, nbytes: int, exec_ms: float, devices: list[int], wait_ms: float = 0.0) -> float:
-    """A cold request split over `devices` (one stage each): its predicted completion."""
+def share_bytes(nbytes: int, k: int) -> int:
+    """The bytes of one of k equal shares (the last may be a little smaller)."""
+    return -(-nbytes // k)
+
+
+def share_transfer_ms(cost: CostModel, nbytes: int, devices: list[int], active: dict[int, int] | None = None) -> float:
+    """The longest of the shares' copies when `devices` each copy one of len(devices) shares at once.
+
+    `active`: transfers already running per PCIe switch, which each share's copy shares too."""
     switches = cost.topology.switches
-    share = nbytes / len(devices)
+    share = share_bytes(nbytes, len(devices))
     transfers = []
     for d in devices:
         # The other stages behind this device's switch share its uplink with this one's copy.
-        others = sum(1 for o in devices if o != d and switches[o] == switches[d])
-        transfers.append(cost.transfer_ms(int(share), d, None, {switches[d]: others}))
-    return wait_ms + cost.service_ms(max(transfers), exec_ms) + (len(devices) - 1) * HANDOFF_MS
+        counts = dict(active or {})
+        counts[switches[d]] = counts.get(switches[d], 0) + sum(
+            1 for o in devices if o != d and switches[o] == switches[d]
+        )
+        transfers.append(cost.transfer_ms(share, d, None, counts))
+    return max(transfers)
+
+
+def predicted_ms(
+    cost: CostModel,
+    nbytes: int,
+    exec_ms: float,
+    devices: list[int],
+    wait_ms: float = 0.0,
+    active: dict[int, int] | None = None,
+) -> float:
+    """A cold request split over `devices` (one stage each): its predicted completion."""
+    transfer = share_transfer_ms(cost, nbytes, devices, active)
+    return wait_ms + cost.service_ms(transfer, exec_ms) + (len(devices) - 1) * HANDOFF_MS
 
 
 def choose(
@@ -74,13 +100,17 @@ def choose(
     slo_ms: float,
     wait_ms: float = 0.0,
     max_k: int = 4,
+    active: dict[int, int] | None = None,
+    first: int | None = None,
 ) -> Degree:
-    """The split of a cold start of `nbytes` (executing in `exec_ms`) over the `idle` devices."""
+    """The split of a cold start of `nbytes` (executing in `exec_ms`) over the `idle` devices
+    (`first` takes stage 0, when given; `active`: transfers already under way per switch)."""
     if not idle:
         raise ValueError("a cold start needs an idle device")
-    order = spread(cost, idle)
+    order = spread(cost, idle, first)
     options = [
-        (k, predicted_ms(cost, nbytes, exec_ms, order[:k], wait_ms)) for k in range(1, min(max_k, len(order)) + 1)
+        (k, predicted_ms(cost, nbytes, exec_ms, order[:k], wait_ms, active))
+        for k in range(1, min(max_k, len(order)) + 1)
     ]
     one = options[0][1]
     meets = [(k, p) for k, p in options if p <= slo_ms]

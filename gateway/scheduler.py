@@ -42,10 +42,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from gateway import urgency
+from gateway import paradegree, urgency
 from gateway.admission import Admission
 from gateway.costmodel import CostModel, ExecProfile, Topology
-from gateway.decisions import POLICIES, Decision, Evict, FunctionInfo, Load, Policy, Prefetch, Reject, Run
+from gateway.decisions import POLICIES, Decision, Evict, FunctionInfo, Load, Policy, Prefetch, Reject, Run, Share
 from gateway.devicestate import DeviceState, FunctionState, Plan, Resident, Transfer, Waiting
 from gateway.eviction import cheapest_window
 from gateway.slo import PriorityTuner, SloWindow
@@ -55,7 +55,19 @@ LARGE_SHARE = 32  # a model of at least 1/32 of a device's memory is "large": pl
 PREFETCH_BACKOFF_S = 5.0  # after a failed prefetch of a function's model, none for this long
 WAITING_PRICE = 1e6  # eviction price of the only copy of a model with requests waiting: last resort
 
-__all__ = ["POLICIES", "Decision", "Evict", "FunctionInfo", "Load", "Policy", "Prefetch", "Reject", "Run", "Scheduler"]
+__all__ = [
+    "POLICIES",
+    "Decision",
+    "Evict",
+    "FunctionInfo",
+    "Load",
+    "Policy",
+    "Prefetch",
+    "Reject",
+    "Run",
+    "Scheduler",
+    "Share",
+]
 
 
 class Scheduler:
@@ -208,8 +220,10 @@ class Scheduler:
         """The running model is now wholly on the device: it may serve as a peer source."""
         d = self.devices[device]
         run = d.running
+        if run is not None and run.device != device:
+            return []  # a share of a split cold start: only the run's end frees it
         if run is not None and run.load is not None and run.model_id in d.resident:
-            if ok:
+            if ok and run.load.share is None:  # a split's first share is not the whole model yet
                 d.resident[run.model_id].loading = False
             self._unpin(run)
         decisions: list[Decision] = []
@@ -262,9 +276,17 @@ class Scheduler:
         decisions: list[Decision] = []
         if run is None:
             return self._dispatch()
+        if run.device != device:  # a share of a split cold start: done with the run, evicted
+            if d.share is not None:
+                d.layout.release(d.share)
+                d.share = None
+            self._room = True
+            return [Evict(device, run.model_id), *self._dispatch()]
         now = self.clock()
+        split = run.load is not None and run.load.share is not None
         if self.admission is not None and not failed:
-            self.admission.served(run.function, (now - d.started) * 1e3, len(run.rids))
+            # A split run held each of its devices for its whole time.
+            self.admission.served(run.function, (now - d.started) * 1e3 * len(run.devices), len(run.rids))
         self._unpin(run)
         if run.load is not None and run.load.fill:
             decisions += self._filled(run.function, loaded_ok)  # if swap_done never came
@@ -272,7 +294,7 @@ class Scheduler:
             self._drop(d, run.model_id)
             self._room = True
         elif run.model_id in d.resident:
-            d.resident[run.model_id].loading = False
+            d.resident[run.model_id].loading = split  # a split's first share: consolidated below
             d.resident[run.model_id].last_used = now
             d.resident.move_to_end(run.model_id)
         state = self.functions.get(run.function)
@@ -290,11 +312,21 @@ class Scheduler:
                 state.exec.observe(len(run.rids), exec_ms)
                 for e in self.devices:
                     self._reswap_cache.pop((run.model_id, e.index), None)
+            if split and loaded_ok and run.model_id in d.resident:
+                decisions.append(self._consolidate(d, state, run))
         return decisions + self._dispatch()
 
     def device_lost(self, device: int) -> list[Decision]:
         d = self.devices[device]
         run, d.online, d.running = d.running, False, None
+        decisions: list[Decision] = []
+        if run is not None and run.shares:  # a split cold start fails with any of its devices
+            for e in self.devices:
+                if e.running is run:
+                    decisions += self.finished(e.index, loaded_ok=False, failed=True)
+        if d.share is not None:
+            d.layout.release(d.share)
+            d.share = None
         if d.prefetch is not None:
             self._release_source(d.prefetch.peer, d.prefetch.model_id)
             d.prefetch = None
@@ -308,7 +340,7 @@ class Scheduler:
         for state in self.functions.values():
             if state.home == device:  # native: the model comes back with the device
                 state.home = None
-        return []
+        return decisions
 
     def device_added(self, device: int) -> list[Decision]:
         self.devices[device].online = True
@@ -595,7 +627,61 @@ class Scheduler:
                 # Torpor §5.4's one replica per model when memory is full).
                 if any(self._copies.get(v, 0) <= 1 and self._costly(v) for v in plan.victims):
                     return None
+        if self.policy.split and not dry and plan.cold and plan.source is None and state.host_tier == "host":
+            return self._split(state, plan, idle)
         return plan
+
+    def _split(self, state: FunctionState, plan: Plan, idle: list[DeviceState]) -> Plan:
+        """A cold swap-in from the host, split across idle devices when one device would miss the SLO.
+
+        ParaServe's pipeline-parallel cold start: each of k devices copies 1/k of the image at
+        once over its own switch's uplink, the request runs stage by stage across them, and the
+        model is consolidated onto the first (gateway.paradegree chooses k). Another device takes
+        a share only where it has room without evicting a model some request waits for or a
+        heavy model's only copy: a split must not trade one cold start for others.
+        """
+        info = state.info
+        wait_ms = max(0.0, (self.clock() - state.queue[0].arrived) * 1e3)
+        if wait_ms + self._service_ms(state, plan, 1) <= info.slo_ms:
+            return plan  # one device makes it (as paradegree.choose would find, without the devices)
+        others: dict[int, DeviceState] = {}
+        for e in idle:
+            if e is plan.device:
+                continue
+            victims = self._victims(e, state, paradegree.share_bytes(info.nbytes, 2))
+            if victims is not None and not any(self._dear(v) for v in victims):
+                others[e.index] = e
+        if not others:
+            return plan
+        active = self._active_transfers()
+        first = plan.device.index
+        exec_ms = self._exec_ms(state, plan.device, 1)
+        degree = paradegree.choose(
+            self.cost, info.nbytes, exec_ms, [first, *others], info.slo_ms, wait_ms, active=active, first=first
+        )
+        if degree.k == 1:
+            return plan
+        share = paradegree.share_bytes(info.nbytes, degree.k)
+        shares = []
+        for i in degree.devices[1:]:
+            victims = self._victims(others[i], state, share)
+            assert victims is not None, "a smaller share fits where half the model does"
+            shares.append((others[i], victims))
+        transfer = paradegree.share_transfer_ms(self.cost, info.nbytes, list(degree.devices), active)
+        return Plan(plan.device, plan.victims, transfer, None, True, shares)
+
+    def _dear(self, model_id: str) -> bool:
+        """Evicting it for a split's share would cost its function a cold start that matters."""
+        return self._waited_for(model_id) or (self._copies.get(model_id, 0) <= 1 and self._costly(model_id))
+
+    def _consolidate(self, d: DeviceState, state: FunctionState, run: Run) -> Prefetch:
+        """After a split cold start: the rest of the image onto its first device, by its copy engine."""
+        assert run.load is not None and run.load.share is not None
+        r = d.resident[run.model_id]
+        rest = state.info.nbytes - paradegree.share_bytes(state.info.nbytes, run.load.share[1])
+        ms = self.cost.transfer_ms(rest, d.index, None, self._active_transfers())
+        d.prefetch = Transfer(state.info.name, run.model_id, None, self.clock(), ms)
+        return Prefetch(d.index, state.info.name, run.model_id, (), Load(r.slice, share=run.load.share, rest=True), ms)
 
     def _remaining_ms(self, d: DeviceState) -> float:
         """Predicted time until the device's current run ends."""
@@ -645,9 +731,10 @@ class Scheduler:
         return ms
 
     def _service_ms(self, state: FunctionState, plan: Plan, batch: int) -> float:
-        return self.cost.service_ms(plan.transfer_ms, self._exec_ms(state, plan.device, batch))
+        handoffs = len(plan.shares) * paradegree.HANDOFF_MS  # a split's values crossing each cut
+        return self.cost.service_ms(plan.transfer_ms, self._exec_ms(state, plan.device, batch)) + handoffs
 
-    def _victims(self, d: DeviceState, state: FunctionState) -> list[str] | None:
+    def _victims(self, d: DeviceState, state: FunctionState, nbytes: int | None = None) -> list[str] | None:
         """The cheapest run of adjacent models to evict from `d` so the model fits, or None.
 
         Price of a model: 0 for a duplicate replica or a light model; else what swapping it
@@ -655,7 +742,8 @@ class Scheduler:
         copy of a model with requests waiting. Ties go to the least recently used; under
         plain LRU every model is free and only recency counts.
         """
-        key = (d.index, state.info.nbytes)
+        nbytes = state.info.nbytes if nbytes is None else nbytes  # or a split's share
+        key = (d.index, nbytes)
         if key in self._victim_cache:
             return self._victim_cache[key]
         smart = self.policy.smart_eviction
@@ -677,7 +765,7 @@ class Scheduler:
                 p += WAITING_PRICE
             return (p, r.last_used)
 
-        victims = self._victim_cache[key] = cheapest_window(d, state.info.nbytes, price, recency_of_all=not smart)
+        victims = self._victim_cache[key] = cheapest_window(d, nbytes, price, recency_of_all=not smart)
         return victims
 
     def _reswap_ms(self, owner: FunctionState | None, d: DeviceState) -> float:
@@ -708,6 +796,8 @@ class Scheduler:
             assert s is not None, "victims were chosen to make room"
             self._add(d, Resident(info.model_id, s, now, loading=True))
             load = Load(s, fill=plan.source is None and state.host_tier == "disk")
+            if plan.shares:
+                load = Load(s, share=(0, len(plan.shares) + 1))
             if plan.source is not None:
                 src = self.devices[plan.source].resident[info.model_id]
                 src.pins += 1
@@ -715,6 +805,10 @@ class Scheduler:
                 load = Load(s, plan.source, src.slice.offset)
         if load is not None and load.fill:
             state.host_tier = "filling"
+        shares = tuple(
+            self._place_share(e, info, victims, stage, len(plan.shares) + 1)
+            for stage, (e, victims) in enumerate(plan.shares, 1)
+        )
         run = Run(
             d.index,
             info.name,
@@ -723,11 +817,22 @@ class Scheduler:
             tuple(plan.victims) if plan.cold and not self.policy.static else (),
             load,
             self._service_ms(state, plan, len(batch)),
+            shares,
         )
-        d.running, d.started = run, now
+        for e in [d, *(e for e, _ in plan.shares)]:
+            e.running, e.started = run, now
         self._inflight[d.index] = batch
         self._victim_cache.clear()
         return run
+
+    def _place_share(self, e: DeviceState, info: FunctionInfo, victims: list[str], stage: int, k: int) -> Share:
+        for v in victims:
+            self._drop(e, v)
+        nbytes = paradegree.share_bytes(info.nbytes, k)
+        s = e.layout.allocate(nbytes, self._large(e, nbytes))
+        assert s is not None, "victims were chosen to make room"
+        e.share = s
+        return Share(e.index, s, stage, tuple(victims))
 
     def _assign_home(self, state: FunctionState) -> None:
         """Native: reserve room on the online device with the most free memory, if any fits."""

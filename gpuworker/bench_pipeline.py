@@ -1,6 +1,6 @@
 """Pipeline-parallel cold start over two CPU devices against the one-device swap, side by side in one run.
 
-    python -m gpuworker.bench_pipeline [--model bert-base] [--repeats 5]
+    python -m gpuworker.bench_pipeline [--model bert-base] [--repeats 5] [--tokens N]
 
 With the worker's own code (backends, arenas, swap engines, gate, stage split), for one model:
   warm       resident on one device, one inference
@@ -10,6 +10,9 @@ With the worker's own code (backends, arenas, swap engines, gate, stage split), 
              the cut handed over as frame buffers), as ParaServe's pipeline-parallel cold start
 and the cold-start penalty (cold - warm) of each, their ratio (goal <= 0.6), and the
 consolidation onto device 0 that follows (the rest of the image, then device 1's share evicted).
+First it measures what a split relies on: a plain copy of the image by one thread against its
+two halves copied at once by two threads into two devices (two links of their own would double
+the rate; CPU devices share the host's memory bus).
 Each device runs its stage on a thread of its own, 1 compute thread each (torch threads); a
 third device keeps the model resident for the warm run timed just before each cold one.
 """
@@ -83,6 +86,30 @@ def _consolidate(devs: list[Device], m: str) -> float:
     return took
 
 
+def _copy_rates(devs: list[Device], image: ModelImage, repeats: int) -> tuple[float, float]:
+    """Bytes/s of a plain copy of the image into device 0's arena by one thread, and of its two
+    halves copied at once into devices 0 and 1 by two threads: how far the devices' "links" are
+    their own (on GPUs behind two PCIe switches the second would be about twice the first)."""
+    src = devs[0].backend.host_buffer(image.segment_name)[: image.nbytes]
+    half = image.nbytes // 2
+    dst = [devs[0].backend.arena[: image.nbytes], devs[1].backend.arena[:half]]
+    two = ThreadPoolExecutor(2)
+    one_s, two_s = [], []
+    try:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            dst[0].copy_(src)
+            one_s.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            jobs = [two.submit(dst[0][:half].copy_, src[:half]), two.submit(dst[1].copy_, src[half : 2 * half])]
+            for j in jobs:
+                j.result()
+            two_s.append(time.perf_counter() - t)
+    finally:
+        two.shutdown()
+    return image.nbytes / statistics.median(one_s), 2 * half / statistics.median(two_s)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="bert-base")
@@ -94,6 +121,11 @@ def main() -> None:
         nargs="+",
         default=[0.3, 0.5],
         help="fractions of the image in stage 0 (each a row)",
+    )
+    ap.add_argument(
+        "--tokens",
+        type=int,
+        help="bert-base: requests of this many tokens instead of 128 (a short query: less compute, the same copy)",
     )
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -113,7 +145,7 @@ def main() -> None:
         prog = devs[0].executor.programs[m]
         lifted = devs[0].executor.lifted_of(prog)
         splits = [list(cut_points(lifted, prog.plan, 2, (f, 1 - f))) for f in args.first_share]
-        x = _input(m)
+        x = _input(m, args.tokens)
         body, data = Infer(model_id=m, inputs=[tensor_meta(x)]), [x["data"]]
         devs[2].executor.load(0, Load(model_id=m, offset=0))
         devs[2].executor.resident[m].swap.done.wait()
@@ -150,12 +182,17 @@ def main() -> None:
                 _, out = devs[0].run(body, data)
                 assert bytes(out[0]) == reference, "the consolidated model's output differs"
                 devs[0].evict(m)
+        one_rate, two_rate = _copy_rates(devs, image, args.repeats)
         med = statistics.median
         p1 = med(one) * 1e3
         print(
             f"{m}: {image.nbytes / 2**20:.1f} MiB; 2 CPU devices, 1 compute + 1 copy thread each, on "
             f"{os.cpu_count()} cores; groups of {args.group / 2**20:g} MiB; median of {args.repeats}; "
             "outputs bitwise equal to the one-device run"
+        )
+        print(
+            f"  plain copy of the image: 1 thread {one_rate / 1e9:.1f} GB/s, its halves by 2 threads into 2 devices at "
+            f"once {two_rate / 1e9:.1f} GB/s: 2 devices / 1 = {two_rate / one_rate:.2f} (links of their own: ~2)"
         )
         print(f"  warm {med(warms) * 1e3:.1f} ms (penalty = cold - the warm run just before it)")
         print(

@@ -38,8 +38,13 @@ INPUTS = {
 }
 
 
-def _input(name: str) -> dict[str, Any]:
+def _input(name: str, length: int | None = None) -> dict[str, Any]:
+    """The model's bench input; `length`: a token sequence of this length instead (bert-base)."""
     dtype, shape = INPUTS[name]
+    if length is not None:
+        if dtype != "INT64":
+            raise SystemExit(f"--tokens: {name} takes no token sequence")
+        shape = (shape[0], length)
     g = torch.Generator().manual_seed(0)
     t = torch.randint(0, 30000, shape, generator=g) if dtype == "INT64" else torch.randn(shape, generator=g)
     return tensor_to_wire(zoo.entry(name).inputs[0].name, dtype, shape, bytearray(t.numpy().tobytes()))

@@ -25,7 +25,8 @@ def add_commands(sub: Any) -> None:
     s.add_argument(
         "--policy",
         default="torpor",
-        help=f"{', '.join(POLICY_NAMES)}, each optionally with +drop_late; a comma list; or all (default torpor)",
+        help=f"{', '.join(POLICY_NAMES)} or torpor+split (pipeline-parallel cold starts), each optionally with "
+        "+drop_late; a comma list; or all (default torpor)",
     )
     s.add_argument(
         "--workload",
@@ -229,13 +230,14 @@ def _workload(args: argparse.Namespace, functions: int | None) -> Any:
 
 
 def _policies(text: str) -> list[str]:
+    from gateway.decisions import POLICIES
     from gateway.sim.run import DROP_LATE, variant
 
     chosen = [*POLICY_NAMES, f"torpor{DROP_LATE}"] if text == "all" else text.split(",")
-    bad = [p for p in chosen if variant(p)[0] not in POLICY_NAMES]
+    bad = [p for p in chosen if variant(p)[0] not in POLICIES]
     if bad:
         raise SystemExit(
-            f"torpor simulate: --policy: unknown {bad}; expected {', '.join(POLICY_NAMES)} (each may end in "
+            f"torpor simulate: --policy: unknown {bad}; expected {', '.join(POLICIES)} (each may end in "
             f"{DROP_LATE}: every function drops requests that cannot meet the SLO), a comma list, or all"
         )
     return chosen

@@ -43,6 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gateway.costmodel import CostModel, ExecProfile, pipelined
+from gateway.paradegree import HANDOFF_MS, share_bytes
 from gateway.scheduler import Evict, FunctionInfo, Policy, Prefetch, Reject, Run, Scheduler
 from gateway.sim.profile import HardwareProfile, ModelProfile
 
@@ -74,6 +75,7 @@ class FunctionTally:
     dropped: int = 0  # rejected (late, or no device) or never served
     late: dict[str, int] = field(default_factory=dict)  # late or dropped requests by reason
     swaps: dict[str, int] = field(default_factory=lambda: {"host": 0, "peer": 0})  # cold starts by source
+    splits: int = 0  # of the host cold starts, those split across devices (Policy.split)
     last_served: float = float("-inf")
 
     def miss(self, reason: str) -> None:
@@ -162,6 +164,7 @@ class Simulation:
         self._seq = itertools.count()
         self._running: dict[int, _Started] = {}
         self._copies: dict[int, _Copy] = {}  # device -> its swap-in or prefetch under way
+        self._shares: dict[int, tuple[int, ...]] = {}  # a split run's first device -> its other devices
         self._arrival: dict[int, tuple[int, float, bool]] = {}  # rid -> (function index, time, a device idle)
         self._parsing_until = 0.0  # when the gateway has parsed every request that has arrived
         self.devices = [DeviceTally() for _ in range(profile.devices)]
@@ -285,6 +288,9 @@ class Simulation:
             return  # re-timed since: a later FINISH event stands for it
         del self._running[device]
         self._reshare()
+        for other in self._shares.pop(device, ()):  # a split run's other devices are done with it
+            self.devices[other].busy_s += t - started.began
+            self._apply(self.scheduler.finished(other))
         self.devices[device].busy_s += t - started.began
         fn_index = self._index[started.run.function]
         tally = self.tallies[fn_index]
@@ -331,7 +337,19 @@ class Simulation:
         tally.evictions += len(run.evict)
         transfer_ms, slow = 0.0, 1.0
         ahead_ms = 0.0  # the part of a prefetch still under way when the run starts
-        if run.load is not None:
+        if run.load is not None and run.shares:
+            # A split cold start: every device copies its share at once; the stages run one after
+            # another, so the request waits for the slowest share, plus a hand-over per cut.
+            nbytes = share_bytes(m.nbytes, len(run.devices))
+            slowest = 0.0
+            for i, device in enumerate(run.devices):
+                ms, sl = self._transfer(device, None, fi, run.model_id, SWAP_DONE, nbytes=nbytes, count=i == 0)
+                slowest = max(slowest, ms * sl)
+                self.devices[device].evictions += len(run.shares[i - 1].evict) if i else 0
+            transfer_ms = slowest + HANDOFF_MS * len(run.shares)
+            self._shares[run.device] = run.devices[1:]
+            self.tallies[fi].splits += 1
+        elif run.load is not None:
             transfer_ms, slow = self._transfer(run.device, run.load.peer, fi, run.model_id, SWAP_DONE)
         elif (ahead := self._copies.get(run.device)) is not None and ahead.kind == PREFETCH_DONE:
             if ahead.model_id == run.model_id:
@@ -365,27 +383,51 @@ class Simulation:
     def _start_prefetch(self, p: Prefetch) -> None:
         fi = self._index[p.function]
         self.devices[p.device].evictions += len(p.evict)
-        self._transfer(p.device, p.load.peer, fi, p.model_id, PREFETCH_DONE, self.profile.topology.swap_latency_ms)
+        nbytes = None
+        if p.load.rest and p.load.share is not None:  # a split's consolidation: the image after its first share
+            whole = self.functions[fi].model.nbytes
+            nbytes = whole - share_bytes(whole, p.load.share[1])
+        self._transfer(
+            p.device,
+            p.load.peer,
+            fi,
+            p.model_id,
+            PREFETCH_DONE,
+            self.profile.topology.swap_latency_ms,
+            nbytes=nbytes,
+            count=not p.load.rest,
+        )
         self._reshare()
 
     def _transfer(
-        self, device: int, peer: int | None, fi: int, model_id: str, event: int, extra_ms: float = 0.0
+        self,
+        device: int,
+        peer: int | None,
+        fi: int,
+        model_id: str,
+        event: int,
+        extra_ms: float = 0.0,
+        nbytes: int | None = None,
+        count: bool = True,
     ) -> tuple[float, float]:
-        """Start a copy of function `fi`'s model onto `device`, ended by an `event` (the next
-        _reshare sets its share of the cores): (its time alone in ms, its slowdown)."""
+        """Start a copy of function `fi`'s model (or `nbytes` of it: a split's share) onto `device`,
+        ended by an `event` (the next _reshare sets its share of the cores): (its time alone in ms,
+        its slowdown). `count`: a cold start of the function, for its tally."""
         topo = self.profile.topology
         pairs = bool(self.profile.interference_pairs)
         m = self.functions[fi].model
+        nbytes = m.nbytes if nbytes is None else nbytes
         active: dict[int, int] = {}
         for copy in [] if pairs else self._copies.values():
             for s in copy.through:
                 active[s] = active.get(s, 0) + 1
-        transfer_ms = self.cost.transfer_ms(m.nbytes, device, peer, active)
+        transfer_ms = self.cost.transfer_ms(nbytes, device, peer, active)
         kind = "host" if peer is None else "peer"
         tally = self.devices[device]
         tally.swaps[kind] += 1
-        tally.swap_bytes[kind] += m.nbytes
-        self.tallies[fi].swaps[kind] += 1
+        tally.swap_bytes[kind] += nbytes
+        if count:
+            self.tallies[fi].swaps[kind] += 1
         through = {topo.switches[device]}
         if peer is not None:
             if topo.direct(device, peer):

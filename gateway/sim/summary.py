@@ -48,6 +48,7 @@ def summarize(sims: Simulation | list[Simulation]) -> dict[str, Any]:
                 "meets_slo": ok,
                 "late": dict(sorted(t.late.items())),
                 "swaps": dict(t.swaps),
+                "splits": t.splits,
             }
         )
     lat_all = np.asarray(all_latencies)
@@ -66,6 +67,7 @@ def summarize(sims: Simulation | list[Simulation]) -> dict[str, Any]:
         "late_by_model": {m: dict(sorted(r.items())) for m, r in sorted(reasons.items()) if r},
         "missing_by_model": _missing(functions),
         "swaps_by_model": _swaps(functions),
+        "splits_by_model": {m: n for m in sorted({f["model"] for f in functions}) if (n := _splits(functions, m))},
         "simulated_seconds": round(duration, 3),
         "devices": [
             {
@@ -99,6 +101,11 @@ def _swaps(functions: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
         for k, v in f["swaps"].items():
             row[k] += v
     return dict(sorted(out.items()))
+
+
+def _splits(functions: list[dict[str, Any]], model: str) -> int:
+    """Cold starts of the model split across devices (pipeline-parallel)."""
+    return sum(f["splits"] for f in functions if f["model"] == model)
 
 
 def _percentiles(lat: np.ndarray) -> dict[str, float | None]:
