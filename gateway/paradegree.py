@@ -15,8 +15,9 @@ none meets it, the fastest, if it beats the next smaller k by a margin worth the
 
 The scheduler asks only when one device would miss the SLO (Policy.split; simulated, not yet
 driven by the live gateway). CPU devices copy through one memory bus -- gpuworker/bench_pipeline.py
-measures two copy threads no faster than one on the development machines -- so described as one
-switch, a split of them buys nothing and k stays 1.
+measures two copy threads at about 1.4x one thread's rate, not 2x, and the execution reads the
+weights over the same bus -- so described as one switch, a split of them buys nothing and k
+stays 1.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def spread(cost: CostModel, idle: list[int], first: int | None = None) -> list[i
 def share_bytes(nbytes: int, k: int) -> int:
     """The bytes of one of k equal shares (the last may be a little smaller)."""
     return -(-nbytes // k)
+
+
+def rest_bytes(nbytes: int, k: int) -> int:
+    """What a consolidation copies after a k-way split: the image beyond the first share."""
+    return nbytes - share_bytes(nbytes, k)
 
 
 def share_transfer_ms(cost: CostModel, nbytes: int, devices: list[int], active: dict[int, int] | None = None) -> float:

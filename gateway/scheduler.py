@@ -678,7 +678,7 @@ class Scheduler:
         """After a split cold start: the rest of the image onto its first device, by its copy engine."""
         assert run.load is not None and run.load.share is not None
         r = d.resident[run.model_id]
-        rest = state.info.nbytes - paradegree.share_bytes(state.info.nbytes, run.load.share[1])
+        rest = paradegree.rest_bytes(state.info.nbytes, run.load.share[1])
         ms = self.cost.transfer_ms(rest, d.index, None, self._active_transfers())
         d.prefetch = Transfer(state.info.name, run.model_id, None, self.clock(), ms)
         return Prefetch(d.index, state.info.name, run.model_id, (), Load(r.slice, share=run.load.share, rest=True), ms)

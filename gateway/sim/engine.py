@@ -43,7 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gateway.costmodel import CostModel, ExecProfile, pipelined
-from gateway.paradegree import HANDOFF_MS, share_bytes
+from gateway.paradegree import HANDOFF_MS, rest_bytes, share_bytes
 from gateway.scheduler import Evict, FunctionInfo, Policy, Prefetch, Reject, Run, Scheduler
 from gateway.sim.profile import HardwareProfile, ModelProfile
 
@@ -345,7 +345,8 @@ class Simulation:
             for i, device in enumerate(run.devices):
                 ms, sl = self._transfer(device, None, fi, run.model_id, SWAP_DONE, nbytes=nbytes, count=i == 0)
                 slowest = max(slowest, ms * sl)
-                self.devices[device].evictions += len(run.shares[i - 1].evict) if i else 0
+            for share in run.shares:
+                self.devices[share.device].evictions += len(share.evict)
             transfer_ms = slowest + HANDOFF_MS * len(run.shares)
             self._shares[run.device] = run.devices[1:]
             self.tallies[fi].splits += 1
@@ -385,8 +386,7 @@ class Simulation:
         self.devices[p.device].evictions += len(p.evict)
         nbytes = None
         if p.load.rest and p.load.share is not None:  # a split's consolidation: the image after its first share
-            whole = self.functions[fi].model.nbytes
-            nbytes = whole - share_bytes(whole, p.load.share[1])
+            nbytes = rest_bytes(self.functions[fi].model.nbytes, p.load.share[1])
         self._transfer(
             p.device,
             p.load.peer,

@@ -67,7 +67,7 @@ def summarize(sims: Simulation | list[Simulation]) -> dict[str, Any]:
         "late_by_model": {m: dict(sorted(r.items())) for m, r in sorted(reasons.items()) if r},
         "missing_by_model": _missing(functions),
         "swaps_by_model": _swaps(functions),
-        "splits_by_model": {m: n for m in sorted({f["model"] for f in functions}) if (n := _splits(functions, m))},
+        "splits_by_model": _splits(functions),
         "simulated_seconds": round(duration, 3),
         "devices": [
             {
@@ -103,9 +103,13 @@ def _swaps(functions: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     return dict(sorted(out.items()))
 
 
-def _splits(functions: list[dict[str, Any]], model: str) -> int:
-    """Cold starts of the model split across devices (pipeline-parallel)."""
-    return sum(f["splits"] for f in functions if f["model"] == model)
+def _splits(functions: list[dict[str, Any]]) -> dict[str, int]:
+    """Cold starts split across devices (pipeline-parallel), by model; models with none left out."""
+    out: dict[str, int] = {}
+    for f in functions:
+        if f["splits"]:
+            out[f["model"]] = out.get(f["model"], 0) + f["splits"]
+    return dict(sorted(out.items()))
 
 
 def _percentiles(lat: np.ndarray) -> dict[str, float | None]:
