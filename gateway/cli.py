@@ -41,6 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
         hang_timeout_s=args.hang_timeout,
         exec_timeout_s=args.exec_timeout,
         admit_utilization=parse_admit_utilization(args.admit_utilization),
+        split=args.split == "on",
         heartbeat_s=min(2.0, args.hang_timeout / 2),
     )
     cluster = None
@@ -246,6 +247,14 @@ def parser() -> argparse.ArgumentParser:
         default=env("ADMIT_UTILIZATION", "0.85"),
         help="shed the costliest functions while the admitted ones ask for more than this share of the "
         "devices' time and some miss their SLO (off: never shed)",
+    )
+    s.add_argument(
+        "--split",
+        choices=("off", "on"),
+        default=env("SPLIT", "off"),
+        help="split a cold start that would miss its SLO across idle devices on other PCIe switches, "
+        "run it as a pipeline and consolidate it onto one (ParaServe); for GPUs: CPU devices share one "
+        "memory bus and gain nothing (gpuworker/bench_pipeline.py)",
     )
     s.add_argument(
         "--hang-timeout",

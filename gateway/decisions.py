@@ -11,6 +11,18 @@ from shared.arena import Slice
 
 
 @dataclass(frozen=True)
+class Stages:
+    """A model cut into k = len(cuts) - 1 pipeline stages, as its workers cut it at PREPARE."""
+
+    cuts: tuple[int, ...]  # swap-group cuts [0, ..., groups]: what a stage's `Part` names
+    sizes: tuple[int, ...]  # the bytes of the image each stage's device loads
+
+    @property
+    def k(self) -> int:
+        return len(self.sizes)
+
+
+@dataclass(frozen=True)
 class FunctionInfo:
     name: str
     model_id: str
@@ -22,6 +34,10 @@ class FunctionInfo:
     max_batch_size: int = 1
     drop_late: bool = False
     heavy: bool = True  # its execution suffers from a concurrent swap on its PCIe switch
+    stages: tuple[Stages, ...] = ()  # its cuts for a split cold start (none: it is never split)
+
+    def cut(self, k: int) -> Stages | None:
+        return next((s for s in self.stages if s.k == k), None)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from shared.errors import (
     WorkerLost,
 )
 from shared.protocol import Evict as EvictFrame
-from shared.protocol import Frame, Infer, Load, Peer, tensor_maps, tensor_meta
+from shared.protocol import Frame, Infer, Load, Part, Peer, tensor_maps, tensor_meta
 
 log = logging.getLogger("torpor.gateway")
 
@@ -163,7 +163,10 @@ class Dispatcher:
         # Each decision's frames are sent here, in the order decided (an EVICT before the LOAD that
         # reuses its space); a task per decision awaits the replies.
         for d in decisions:
-            if isinstance(d, Run):
+            if isinstance(d, Run) and d.shares:
+                self._queued -= len(d.rids)
+                self._spawn(self._split_run(d, self._take(d)))
+            elif isinstance(d, Run):
                 self._queued -= len(d.rids)
                 self._spawn(self._run(d, self._start(d)))
             elif isinstance(d, Prefetch):
@@ -236,16 +239,20 @@ class Dispatcher:
         for the event loop to start the run's task; evictions and a disk or remote fill source
         are awaited in the task first (`_run`).
         """
-        invs = [self._waiting.pop(r) for r in run.rids if r in self._waiting]
-        st = Started(invs, time.perf_counter())
-        for inv in invs:
-            inv.phase = "swap" if run.load is not None else "exec"
+        st = self._take(run)
         if not run.evict and (run.load is None or not run.load.fill):
             try:
-                st.sent = self._send(run, invs, None, st.started)
+                st.sent = self._send(run, st.invs, None, st.started)
             except Exception as exc:  # answered in _run, as any failure of the run
                 st.error = exc
         return st
+
+    def _take(self, run: Run) -> Started:
+        """The run's requests, out of the waiting ones."""
+        invs = [self._waiting.pop(r) for r in run.rids if r in self._waiting]
+        for inv in invs:
+            inv.phase = "swap" if run.load is not None else "exec"
+        return Started(invs, time.perf_counter())
 
     def _send(self, run: Run, invs: list[Invocation], fill: str | HostFeed | None, started: float) -> Sent:
         """Send the run's LOAD (if any) and INFER frames; their reply futures."""
@@ -261,10 +268,8 @@ class Dispatcher:
                 body = Load(model_id=run.model_id, offset=run.load.slice.offset, peer=peer, fill_from=fill)
                 load = client.request(body)
         # Sent right behind the load: the worker starts executing while the copy runs.
-        joined = batching.join([inv.inputs for inv in invs]) if len(invs) > 1 else None
-        groups = [(invs, joined[1], joined[0])] if joined is not None else [([inv], [0], inv.inputs) for inv in invs]
         sent = []
-        for group, sizes, inputs in groups:
+        for group, sizes, inputs in _groups(invs):
             early = _Early(run, group, sizes, started) if load is None else None  # no swap to wait for
             sent.append((group, sizes, self._infer(client, run, group[0], inputs, early), early))
         return load, sent
@@ -342,6 +347,93 @@ class Dispatcher:
             else:
                 self.apply(self.scheduler.finished(run.device, loaded_ok=loaded_ok, exec_ms=exec_total, failed=failed))
 
+    async def _split_run(self, run: Run, st: Started) -> None:
+        """A cold start split across devices (ParaServe; Run.shares): every device loads its stage's
+        share of the image at once, each request runs stage by stage with the values crossing each
+        cut relayed through here, and the scheduler then evicts the other stages' shares and has the
+        first device consolidate the rest of the model (Scheduler.finished)."""
+        invs, started = st.invs, st.started
+        k = len(run.devices)
+        assert run.load is not None, "only a swap-in is split"
+        offsets = [run.load.slice.offset, *(s.slice.offset for s in run.shares)]
+        evicts = [run.evict, *(s.evict for s in run.shares)]
+        lost: int | None = None  # the device whose worker was lost, if one was
+        loaded_ok, failed = False, True
+        device = run.device
+        loads: list[asyncio.Future[Any]] = []
+        try:
+            parts = [Part(cuts=list(self._cuts(run, k)), stage=i, whole=i == 0) for i in range(k)]
+            clients = [self.pool.client(d) for d in run.devices]
+            for device, client, models in zip(run.devices, clients, evicts, strict=True):
+                for model_id in models:
+                    await client.call(EvictFrame(model_id=model_id))
+                    self.metrics.evicted(device, model_id)
+            loads = [
+                client.request(Load(model_id=run.model_id, offset=offset, part=part))
+                for client, offset, part in zip(clients, offsets, parts, strict=True)
+            ]
+            answered = []
+            for group, sizes, inputs in _groups(invs):
+                values, exec_ms = inputs, 0.0
+                for i, client in enumerate(clients):
+                    device = run.devices[i]
+                    names = group[0].output_names if i == k - 1 else []
+                    metas = [tensor_meta(t) for t in values]
+                    body = Infer(model_id=run.model_id, inputs=metas, output_names=names, part=parts[i])
+                    frame = await client.request(body, [t["data"] for t in values])
+                    exec_ms += frame.body.exec_ms
+                    values = tensor_maps(frame.body.outputs, frame.buffers)
+                for inv in group:
+                    inv.phase = "exec"
+                answered.append((group, sizes, values, exec_ms))
+            swap_ms = 0.0
+            for i, load in enumerate(loads):
+                device = run.devices[i]
+                loaded = (await load).body
+                swap_ms = max(swap_ms, loaded.swap_ms)
+                self.metrics.swapped_in(device, run.model_id, loaded.source, loaded.bytes)
+            loaded_ok, failed, device = True, False, run.device
+            self.apply(self.scheduler.swap_done(run.device))
+            source = "split:" + ",".join(str(d) for d in run.devices)
+            for group, sizes, values, exec_ms in answered:
+                outputs = batching.split(values, sizes) if len(group) > 1 else [values]
+                for inv, out in zip(group, outputs, strict=True):
+                    if not inv.future.done():
+                        queue_ms = (started - inv.arrived) * 1e3
+                        inv.future.set_result(Outcome(out, run.device, source, queue_ms, swap_ms, exec_ms, len(group)))
+            await asyncio.sleep(0)  # as in _run: the answers are written before the next decisions
+        except TorporError as exc:
+            if isinstance(exc, WorkerLost):
+                lost = device
+            else:  # a stage found its share missing: the load's own error says why
+                exc = next((e for f in loads if f.done() and isinstance(e := f.exception(), TorporError)), exc)
+            for f in loads:  # the loads not awaited: their errors are the run's, already answered
+                f.add_done_callback(lambda f: f.cancelled() or f.exception())
+            for inv in invs:
+                self._failed(inv, exc)
+        except Exception as exc:  # a bug here must not strand the requests
+            log.exception("split run on devices %s failed", list(run.devices))
+            for inv in invs:
+                _fail(inv, Unavailable(f"internal error while dispatching: {type(exc).__name__}"))
+        finally:
+            for d in run.devices:
+                self.metrics.device_busy(d, time.perf_counter() - started)
+            # Only where the scheduler still holds this run: a lost worker's report (the service's
+            # or ours) ends it on every device it held, and a freed device may run another by now.
+            held = [d for d in run.devices if self.scheduler.devices[d].running is run]
+            if lost is not None and lost in held:
+                self.apply(self.scheduler.device_lost(lost))
+            else:
+                for d in reversed(held):  # the shares first: the first device then consolidates
+                    self.apply(self.scheduler.finished(d, loaded_ok=loaded_ok, failed=failed))
+
+    def _cuts(self, run: Run, k: int) -> tuple[int, ...]:
+        """The swap-group cuts of the run's model into k stages, as its workers reported them."""
+        cut = self.scheduler.info(run.function).cut(k) if self.scheduler.has(run.function, run.model_id) else None
+        if cut is None:
+            raise Unavailable(f"function {run.function!r} was replaced while its cold start was split")
+        return cut.cuts
+
     async def _answer(
         self,
         run: Run,
@@ -382,6 +474,15 @@ class Dispatcher:
         if isinstance(exc, WorkerLost):
             exc = WorkerLost(f"{exc.message}; the request was retried once and failed again")
         _fail(inv, exc)
+
+
+def _groups(invs: list[Invocation]) -> list[tuple[list[Invocation], list[int], list[dict[str, Any]]]]:
+    """The run's INFER frames: (requests, their batch sizes, inputs) -- one batched frame when it
+    can be joined, else one per request."""
+    joined = batching.join([inv.inputs for inv in invs]) if len(invs) > 1 else None
+    if joined is not None:
+        return [(invs, joined[1], joined[0])]
+    return [([inv], [0], inv.inputs) for inv in invs]
 
 
 def _resolve(

@@ -13,11 +13,14 @@ different switches first. As ParaServe chooses its degree, the smallest k whose 
 meets the SLO wins -- a split ties up k devices and must be consolidated afterwards -- and when
 none meets it, the fastest, if it beats the next smaller k by a margin worth the devices.
 
-The scheduler asks only when one device would miss the SLO (Policy.split; simulated, not yet
-driven by the live gateway). CPU devices copy through one memory bus -- gpuworker/bench_pipeline.py
-measures two copy threads at about 1.4x one thread's rate, not 2x, and the execution reads the
-weights over the same bus -- so described as one switch, a split of them buys nothing and k
-stays 1.
+The scheduler asks only when one device would miss the SLO (Policy.split: `torpor serve
+--split on`, `torpor simulate --policy torpor+split`), and only for a k the model has a cut for
+(the workers cut it at PREPARE, gpuworker/stages.py; shares differ in size, so the largest sets
+the pace). CPU devices copy through one memory bus -- gpuworker/bench_pipeline.py measures two
+copy threads at about 1.4x one thread's rate, not 2x, and the execution reads the weights over
+the same bus -- yet a server describes them as sharing no switch, so with --split on it splits
+them where this model predicts a gain that bench measured not to be there: the option is for
+GPUs on separate PCIe switches, and off by default.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.costmodel import CostModel
+from gateway.decisions import Stages
 
+MAX_K = 4  # the most devices a cold start is split over (as gpuworker/stages.py cuts at most)
 HANDOFF_MS = 0.5  # one stage's values to the next (a hidden state of a few hundred KB)
 MARGIN = 0.05  # a larger split must be this much faster than the next smaller one
 
@@ -58,24 +63,40 @@ def spread(cost: CostModel, idle: list[int], first: int | None = None) -> list[i
     return order + [d for d in sorted(idle) if d not in order]
 
 
-def share_bytes(nbytes: int, k: int) -> int:
-    """The bytes of one of k equal shares (the last may be a little smaller)."""
-    return -(-nbytes // k)
+def share_sizes(nbytes: int, k: int, cut: Stages | None = None) -> list[int]:
+    """The bytes of each of k stages' shares: as the model's cut says (a cut falls at a swap-group
+    boundary, so shares differ), or k equal shares where its cut is unknown."""
+    if cut is not None and cut.k == k:
+        return list(cut.sizes)
+    share = -(-nbytes // k)
+    return [share] * (k - 1) + [nbytes - share * (k - 1)]
 
 
-def rest_bytes(nbytes: int, k: int) -> int:
-    """What a consolidation copies after a k-way split: the image beyond the first share."""
-    return nbytes - share_bytes(nbytes, k)
+def equal_cuts(nbytes: int, max_k: int = 4) -> tuple[Stages, ...]:
+    """Cuts into 2..max_k equal shares: a simulated model's, which has no swap groups to cut at."""
+    return tuple(Stages((), tuple(share_sizes(nbytes, k))) for k in range(2, max_k + 1))
 
 
-def share_transfer_ms(cost: CostModel, nbytes: int, devices: list[int], active: dict[int, int] | None = None) -> float:
-    """The longest of the shares' copies when `devices` each copy one of len(devices) shares at once.
+def rest_bytes(nbytes: int, k: int, cut: Stages | None = None) -> int:
+    """What a consolidation copies after a k-way split: the image beyond the first share (which
+    starts the image: its groups are in first-use order)."""
+    return nbytes - share_sizes(nbytes, k, cut)[0]
+
+
+def share_transfer_ms(
+    cost: CostModel,
+    nbytes: int,
+    devices: list[int],
+    active: dict[int, int] | None = None,
+    cut: Stages | None = None,
+) -> float:
+    """The longest of the shares' copies when `devices` each copy their stage's share at once.
 
     `active`: transfers already running per PCIe switch, which each share's copy shares too."""
     switches = cost.topology.switches
-    share = share_bytes(nbytes, len(devices))
+    sizes = share_sizes(nbytes, len(devices), cut)
     transfers = []
-    for d in devices:
+    for d, share in zip(devices, sizes, strict=True):
         # The other stages behind this device's switch share its uplink with this one's copy.
         counts = dict(active or {})
         counts[switches[d]] = counts.get(switches[d], 0) + sum(
@@ -92,9 +113,12 @@ def predicted_ms(
     devices: list[int],
     wait_ms: float = 0.0,
     active: dict[int, int] | None = None,
+    cuts: tuple[Stages, ...] = (),
 ) -> float:
-    """A cold request split over `devices` (one stage each): its predicted completion."""
-    transfer = share_transfer_ms(cost, nbytes, devices, active)
+    """A cold request split over `devices` (one stage each): its predicted completion
+    (`cuts`: the model's, for its shares' true sizes)."""
+    cut = next((c for c in cuts if c.k == len(devices)), None)
+    transfer = share_transfer_ms(cost, nbytes, devices, active, cut)
     return wait_ms + cost.service_ms(transfer, exec_ms) + (len(devices) - 1) * HANDOFF_MS
 
 
@@ -105,18 +129,21 @@ def choose(
     idle: list[int],
     slo_ms: float,
     wait_ms: float = 0.0,
-    max_k: int = 4,
+    max_k: int = MAX_K,
     active: dict[int, int] | None = None,
     first: int | None = None,
+    cuts: tuple[Stages, ...] = (),
 ) -> Degree:
     """The split of a cold start of `nbytes` (executing in `exec_ms`) over the `idle` devices
-    (`first` takes stage 0, when given; `active`: transfers already under way per switch)."""
+    (`first` takes stage 0, when given; `active`: transfers already under way per switch;
+    `cuts`: the model's stage cuts -- only a k it has a cut for is a split it can run)."""
     if not idle:
         raise ValueError("a cold start needs an idle device")
     order = spread(cost, idle, first)
     options = [
-        (k, predicted_ms(cost, nbytes, exec_ms, order[:k], wait_ms, active))
+        (k, predicted_ms(cost, nbytes, exec_ms, order[:k], wait_ms, active, cuts))
         for k in range(1, min(max_k, len(order)) + 1)
+        if k == 1 or any(c.k == k for c in cuts)
     ]
     one = options[0][1]
     meets = [(k, p) for k, p in options if p <= slo_ms]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.decisions import Stages
 from shared.errors import InvalidInput, NotFound
 from shared.exectiming import ExecTiming
 from shared.modelstore import ModelImage
@@ -57,6 +58,7 @@ class Function:
     reason: str = ""  # why it is not READY
     image: ModelImage | None = None  # set once packed in this process
     timing: ExecTiming | None = None  # profiled at deploy in this process
+    stages: tuple[Stages, ...] = ()  # its pipeline-stage cuts, from the workers' PREPARE replies
 
     @property
     def model_id(self) -> str:

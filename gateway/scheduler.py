@@ -355,6 +355,14 @@ class Scheduler:
     def residency(self, model_id: str) -> list[int]:
         return [d.index for d in self.devices if model_id in d.resident and not self._reserved_only(d, model_id)]
 
+    def info(self, function: str) -> FunctionInfo:
+        return self.functions[function].info
+
+    def has(self, function: str, model_id: str) -> bool:
+        """The function is deployed with this model version."""
+        state = self.functions.get(function)
+        return state is not None and state.info.model_id == model_id
+
     def queue_depth(self, function: str) -> int:
         state = self.functions.get(function)
         return len(state.queue) if state else 0
@@ -648,7 +656,7 @@ class Scheduler:
         for e in idle:
             if e is plan.device:
                 continue
-            victims = self._victims(e, state, paradegree.share_bytes(info.nbytes, 2))
+            victims = self._victims(e, state, paradegree.share_sizes(info.nbytes, 2, info.cut(2))[1])
             if victims is not None and not any(self._dear(v) for v in victims):
                 others[e.index] = e
         if not others:
@@ -657,17 +665,27 @@ class Scheduler:
         first = plan.device.index
         exec_ms = self._exec_ms(state, plan.device, 1)
         degree = paradegree.choose(
-            self.cost, info.nbytes, exec_ms, [first, *others], info.slo_ms, wait_ms, active=active, first=first
+            self.cost,
+            info.nbytes,
+            exec_ms,
+            [first, *others],
+            info.slo_ms,
+            wait_ms,
+            active=active,
+            first=first,
+            cuts=info.stages,
         )
         if degree.k == 1:
             return plan
-        share = paradegree.share_bytes(info.nbytes, degree.k)
+        cut = info.cut(degree.k)
+        sizes = paradegree.share_sizes(info.nbytes, degree.k, cut)
         shares = []
-        for i in degree.devices[1:]:
+        for i, share in zip(degree.devices[1:], sizes[1:], strict=True):
             victims = self._victims(others[i], state, share)
-            assert victims is not None, "a smaller share fits where half the model does"
+            if victims is None:  # a share of an uneven cut larger than half the model
+                return plan
             shares.append((others[i], victims))
-        transfer = paradegree.share_transfer_ms(self.cost, info.nbytes, list(degree.devices), active)
+        transfer = paradegree.share_transfer_ms(self.cost, info.nbytes, list(degree.devices), active, cut)
         return Plan(plan.device, plan.victims, transfer, None, True, shares)
 
     def _dear(self, model_id: str) -> bool:
@@ -678,7 +696,8 @@ class Scheduler:
         """After a split cold start: the rest of the image onto its first device, by its copy engine."""
         assert run.load is not None and run.load.share is not None
         r = d.resident[run.model_id]
-        rest = paradegree.rest_bytes(state.info.nbytes, run.load.share[1])
+        k = run.load.share[1]
+        rest = paradegree.rest_bytes(state.info.nbytes, k, state.info.cut(k))
         ms = self.cost.transfer_ms(rest, d.index, None, self._active_transfers())
         d.prefetch = Transfer(state.info.name, run.model_id, None, self.clock(), ms)
         return Prefetch(d.index, state.info.name, run.model_id, (), Load(r.slice, share=run.load.share, rest=True), ms)
@@ -828,7 +847,7 @@ class Scheduler:
     def _place_share(self, e: DeviceState, info: FunctionInfo, victims: list[str], stage: int, k: int) -> Share:
         for v in victims:
             self._drop(e, v)
-        nbytes = paradegree.share_bytes(info.nbytes, k)
+        nbytes = paradegree.share_sizes(info.nbytes, k, info.cut(k))[stage]
         s = e.layout.allocate(nbytes, self._large(e, nbytes))
         assert s is not None, "victims were chosen to make room"
         e.share = s

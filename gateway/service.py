@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway import deploy, devicefacts, progress
 from gateway.costmodel import Topology
+from gateway.decisions import Stages
 from gateway.dispatcher import Dispatcher, Invocation, Limits, Outcome
 from gateway.hosttier import HostTier, Tier
 from gateway.metrics import Metrics
@@ -52,7 +53,7 @@ class Service:
         self.images = ImageStore(cfg.state_dir / "images")
         self.host = HostTier(cfg.host_memory)
         self.pool = WorkerPool(cfg, self.budget, self._worker_lost)
-        self.policy = replace(POLICIES["torpor"], admit_utilization=cfg.admit_utilization)
+        self.policy = replace(POLICIES["torpor"], admit_utilization=cfg.admit_utilization, split=cfg.split)
         # Provisional until the workers report their devices (start): no function is added before.
         self.scheduler = Scheduler(Topology.flat([self.budget or 0] * len(cfg.devices)), time.monotonic, self.policy)
         self.metrics = Metrics()
@@ -301,6 +302,8 @@ class Service:
         if errors:
             err = errors[0]
             raise err if isinstance(err, InvalidInput) else InvalidInput(f"model: workers could not load it: {err}")
+        # Every worker cuts the same program the same way: the first one's cuts serve.
+        fn.stages = next((tuple(Stages(tuple(c.cuts), tuple(c.sizes)) for c in r.stages) for r in results), ())
 
     async def remove(self, name: str, reason: str = "removed") -> Function:
         """`reason`: what requests still waiting for it are told (see Dispatcher.function_removed)."""
@@ -489,6 +492,8 @@ class Service:
                 stats = await self.pool.client(i).call(Stats(), timeout=2.0)
                 keys = ("compute_threads", "copy_threads", "backend", "counters", "link_gbps", "gpu", "nvml")
                 entry.update({k: getattr(stats, k) for k in keys if getattr(stats, k) is not None})
+                # What the worker itself holds (a split's share included), beside the scheduler's view.
+                entry["worker_resident"] = [{"model_id": r.model_id, "bytes": r.bytes} for r in stats.resident]
             out.append(entry)
         return out
 
@@ -514,6 +519,7 @@ def function_info(fn: Function) -> FunctionInfo:
         max_batch_size=fn.max_batch_size,
         drop_late=fn.drop_late,
         heavy=fn.heavy if fn.heavy is not None else (t.heavy if t else True),
+        stages=fn.stages,
     )
 
 

@@ -18,6 +18,7 @@ from gpuworker.backends import Backend
 from gpuworker.fills import HostFills, read_image
 from gpuworker.gate import SwapGate, gated
 from gpuworker.pipeline import Staging
+from gpuworker.stages import stage_cuts
 from gpuworker.swap import HostFill, Swap, SwapEngine, SwapPlan, plan_groups
 from shared import program
 from shared.errors import InvalidInput, RequestFailed
@@ -141,7 +142,7 @@ class Executor:
         self.programs[model_id] = Program(model_id, image, graphs, key, plan, lifted.names)
         if old is not None:  # prepared again (e.g. a redeploy): the old one lets go of its graphs
             self._release(old)
-        return Prepared(groups=plan.groups)
+        return Prepared(groups=plan.groups, stages=stage_cuts(lifted, plan))
 
     def _lifted_program(self, source: dict[str, Any]) -> program.Lifted:
         """The lifted program of a model source; a zoo architecture is built and traced once per worker.

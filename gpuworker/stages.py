@@ -24,6 +24,9 @@ import torch.fx
 from gpuworker.swap import SwapPlan
 from shared.errors import InvalidInput
 from shared.program import Lifted, owner
+from shared.protocol import StageCuts
+
+MAX_STAGES = 4  # the most devices a cold start is split over (gateway.paradegree.choose's max_k)
 
 
 @dataclass(frozen=True)
@@ -53,12 +56,15 @@ def cut_points(lifted: Lifted, plan: SwapPlan, k: int, shares: tuple[float, ...]
     if not 1 <= k <= plan.groups:
         raise InvalidInput(f"pipeline stages: expected 1 to {plan.groups} for {plan.groups} groups, got {k}")
     nodes = list(lifted.gm.graph.nodes)
-    firsts: list[tuple[int, int]] = []  # (group, node position) where a group is first read
+    # (group, node position): a node that reads groups no earlier node read, and the first of
+    # them -- a stage starting at that node loads from that group on (a node reading a large
+    # tensor reads several groups, all of them its stage's).
+    firsts: list[tuple[int, int]] = []
     waited = -1
     for i, node in enumerate(nodes):
         need = _need(lifted, plan.group_of, node)
         if need > waited:
-            firsts.append((need, i))
+            firsts.append((waited + 1, i))
             waited = need
     crossing = _crossing_counts(nodes)
     total = plan.bounds[-1]
@@ -77,6 +83,48 @@ def cut_points(lifted: Lifted, plan: SwapPlan, k: int, shares: tuple[float, ...]
     if len(set(cuts)) != len(cuts):
         raise InvalidInput(f"pipeline stages: {k} stages do not fit this model's {plan.groups} groups")
     return tuple(cuts)
+
+
+def stage_cuts(lifted: Lifted, plan: SwapPlan) -> list[StageCuts]:
+    """The cuts for 2..MAX_STAGES stages, as far as the model's groups allow, with the bytes each
+    stage's device loads (PREPARE's reply)."""
+    out = []
+    for k in range(2, min(MAX_STAGES, plan.groups) + 1):
+        try:
+            cuts = cut_points(lifted, plan, k)
+            groups = stage_groups(lifted, plan, cuts)
+        except InvalidInput:
+            break  # too few places to cut: more stages will not fit either
+        out.append(StageCuts(cuts=list(cuts), sizes=[plan.bounds[hi] - plan.bounds[lo] for lo, hi in groups]))
+    return out
+
+
+def _stage_of(lifted: Lifted, plan: SwapPlan, cuts: tuple[int, ...]) -> dict[torch.fx.Node, int]:
+    """Each node's stage: the stage of the cut its latest group falls after (the output: the last)."""
+    k = len(cuts) - 1
+    stage_of: dict[torch.fx.Node, int] = {}
+    s = 0
+    for node in lifted.gm.graph.nodes:
+        if node.op == "placeholder":
+            continue
+        need = _need(lifted, plan.group_of, node)
+        while s + 1 < k and need >= cuts[s + 1]:
+            s += 1
+        stage_of[node] = k - 1 if node.op == "output" else s
+    return stage_of
+
+
+def stage_groups(lifted: Lifted, plan: SwapPlan, cuts: tuple[int, ...]) -> list[tuple[int, int]]:
+    """[lo, hi) of the groups each stage reads: its device's share (tied weights may widen it
+    past its cuts). Without building the stages' graphs."""
+    stage_of = _stage_of(lifted, plan, cuts)
+    k = len(cuts) - 1
+    read: list[list[int]] = [[] for _ in range(k)]
+    for node, s in stage_of.items():
+        read[s].extend(plan.group_of[n] for n in lifted.reads(node))
+    if any(not stage for stage in read[1:]):
+        raise InvalidInput(f"pipeline stages: cuts {cuts} leave a stage without weights")
+    return [(min(g, default=0), max(g, default=0) + 1) for g in read]
 
 
 def _crossing_counts(nodes: list[torch.fx.Node]) -> list[int]:
@@ -99,15 +147,7 @@ def split(lifted: Lifted, plan: SwapPlan, cuts: tuple[int, ...]) -> list[Stage]:
     """The stages of `lifted` for group cuts `cuts` (see cut_points)."""
     k = len(cuts) - 1
     nodes = list(lifted.gm.graph.nodes)
-    stage_of: dict[torch.fx.Node, int] = {}
-    s = 0
-    for node in nodes:
-        if node.op == "placeholder":
-            continue
-        need = _need(lifted, plan.group_of, node)
-        while s + 1 < k and need >= cuts[s + 1]:
-            s += 1
-        stage_of[node] = k - 1 if node.op == "output" else s
+    stage_of = _stage_of(lifted, plan, cuts)
     members = [[n for n in nodes if stage_of.get(n) == i] for i in range(k)]
     if any(not m for m in members):
         raise InvalidInput(f"pipeline stages: cuts {cuts} leave a stage without nodes")

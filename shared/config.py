@@ -127,6 +127,7 @@ class ServeConfig:
     hang_timeout_s: float = 10.0  # no STATS answer for this long: the worker is hung
     exec_timeout_s: float = 600.0  # one frame executing this long: the worker is hung
     admit_utilization: float | None = 0.85  # admission's bound (gateway.admission); None = off
+    split: bool = False  # pipeline-parallel cold starts across devices (Policy.split)
 
     @property
     def threads_per_device(self) -> int:

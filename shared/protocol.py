@@ -202,8 +202,19 @@ class Error(Record):
     message: str
 
 
+class StageCuts(Record):
+    """A model's pipeline stages over k = len(cuts) - 1 devices, as the worker cuts it
+    (gpuworker/stages.py): the swap-group cuts, and the bytes of the image each stage's device loads."""
+
+    cuts: list[Size]
+    sizes: list[Size]
+
+
 class Prepared(Record):
     groups: int
+    # Its cuts for 2, 3, ... stages (as many as its groups allow, up to MAX_STAGES): what the
+    # gateway sizes a split cold start's shares by and sends back in each stage's `Part`.
+    stages: list[StageCuts] = []
 
 
 class Loaded(Record):

@@ -43,7 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gateway.costmodel import CostModel, ExecProfile, pipelined
-from gateway.paradegree import HANDOFF_MS, rest_bytes, share_bytes
+from gateway.paradegree import HANDOFF_MS, equal_cuts, rest_bytes, share_sizes
 from gateway.scheduler import Evict, FunctionInfo, Policy, Prefetch, Reject, Run, Scheduler
 from gateway.sim.profile import HardwareProfile, ModelProfile
 
@@ -188,6 +188,7 @@ class Simulation:
                     max_batch_size=min(f.max_batch, m.max_batch) if m.batch_exec_ms else 1,
                     drop_late=f.drop_late,
                     heavy=m.heavy,
+                    stages=equal_cuts(m.nbytes + overhead),
                 )
             )
             self._apply(deployed)
@@ -340,9 +341,9 @@ class Simulation:
         if run.load is not None and run.shares:
             # A split cold start: every device copies its share at once; the stages run one after
             # another, so the request waits for the slowest share, plus a hand-over per cut.
-            nbytes = share_bytes(m.nbytes, len(run.devices))
+            sizes = share_sizes(m.nbytes, len(run.devices))
             slowest = 0.0
-            for i, device in enumerate(run.devices):
+            for i, (device, nbytes) in enumerate(zip(run.devices, sizes, strict=True)):
                 ms, sl = self._transfer(device, None, fi, run.model_id, SWAP_DONE, nbytes=nbytes, count=i == 0)
                 slowest = max(slowest, ms * sl)
             for share in run.shares:

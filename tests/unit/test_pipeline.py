@@ -14,11 +14,11 @@ import msgspec
 import pytest
 import torch
 
-from gpuworker.stages import cut_points, split
+from gpuworker.stages import cut_points, split, stage_cuts, stage_groups
 from gpuworker.swap import plan_groups
 from shared import program, shm, zoo
 from shared.errors import InvalidInput, RequestFailed
-from shared.modelstore import ModelImage, pack, views
+from shared.modelstore import ModelImage, layout, pack, views
 from shared.protocol import Evict, Evicted, Infer, Load, Part, prepare_record, tensor_meta, tensor_to_wire
 from tests.unit.test_swap import Device, _reply
 
@@ -83,6 +83,41 @@ def test_stages_cut_at_group_boundaries_are_bitwise_the_whole_graph(resnet18: Mo
         del tensors, state
     finally:
         seg.close()
+
+
+def test_prepare_reports_each_degrees_cuts_with_the_bytes_each_stage_loads(resnet18: ModelImage) -> None:
+    lifted = program.lift(program.build({"zoo": "resnet18"}, meta=True))
+    plan = plan_groups(resnet18.table, 1 << 20)
+    reported = stage_cuts(lifted, plan)
+    assert [len(c.sizes) for c in reported] == [2, 3, 4]
+    for c in reported:
+        stages = split(lifted, plan, tuple(c.cuts))
+        assert [st.groups for st in stages] == stage_groups(lifted, plan, tuple(c.cuts))
+        assert c.sizes == [plan.bounds[st.groups[1]] - plan.bounds[st.groups[0]] for st in stages]
+        assert sum(c.sizes) == resnet18.nbytes  # no weight read twice: the shares tile the image
+
+
+class _Tables(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Embedding(4096, 256)  # 4 MiB: a group of its own (a tensor is never split)
+        self.b = torch.nn.Embedding(4096, 256)
+        self.c = torch.nn.Linear(256, 8)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.c(self.a(ids) + self.b(ids))
+
+
+def test_a_stage_starts_at_the_first_group_its_first_node_reads() -> None:
+    """Cuts name the first group each stage's device loads, and the sizes are what it loads."""
+    gm = torch.fx.symbolic_trace(_Tables())
+    lifted = program.lift(gm)
+    plan = plan_groups(layout(program.packing_order(gm)), 1 << 20)
+    assert plan.groups == 3  # a, b, then c's weight and bias together
+    assert cut_points(lifted, plan, 2) == (0, 1, 3)
+    two, three = stage_cuts(lifted, plan)
+    assert two.cuts == [0, 1, 3] and two.sizes == [4 << 20, plan.bounds[3] - (4 << 20)]
+    assert three.cuts == [0, 1, 2, 3] and sum(three.sizes) == plan.bounds[3]
 
 
 def _prepare(devs: list[Device], image: ModelImage) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from gateway.costmodel import GB, Topology
-from gateway.decisions import POLICIES
+from gateway.decisions import POLICIES, Stages
+from gateway.paradegree import equal_cuts
 from gateway.scheduler import Evict, FunctionInfo, Prefetch, Run, Scheduler
 from gateway.sim.engine import SimFunction, Simulation
 from gateway.sim.profile import load
@@ -20,7 +23,7 @@ def _node(policy: object = SPLIT, capacity: int = 8 * GIB) -> tuple[Scheduler, C
     return Scheduler(topo, clock, policy, preload=False), clock  # type: ignore[arg-type]
 
 
-BIG = FunctionInfo("big", "big@1", 3 * GIB, slo_ms=200.0, exec_ms=40.0)
+BIG = FunctionInfo("big", "big@1", 3 * GIB, slo_ms=200.0, exec_ms=40.0, stages=equal_cuts(3 * GIB))
 
 
 def _one(decisions: list) -> Run:
@@ -57,6 +60,19 @@ def test_a_cold_start_that_would_miss_its_slo_is_split_over_two_switches_then_co
     assert not s.devices[run.device].resident["big@1"].loading
     again = _one(s.arrived(3, "big"))
     assert again.device == run.device and again.load is None and again.shares == ()  # one copy, warm
+
+
+def test_the_models_own_cut_sizes_the_share_and_a_model_without_one_is_not_split() -> None:
+    # The workers cut it at a swap-group boundary with 40% of the bytes before it.
+    cut = Stages((0, 4, 9), (int(BIG.nbytes * 0.4), BIG.nbytes - int(BIG.nbytes * 0.4)))
+    s, _ = _node()
+    s.function_added(replace(BIG, stages=(cut,)))
+    run = _one(s.arrived(1, "big"))
+    (share,) = run.shares
+    assert share.slice.size >= BIG.nbytes - int(BIG.nbytes * 0.4) > BIG.nbytes // 2  # stage 1's true bytes
+    s, _ = _node()
+    s.function_added(replace(BIG, stages=()))
+    assert _one(s.arrived(1, "big")).shares == ()
 
 
 def test_no_split_without_the_policy_or_when_one_device_meets_the_slo() -> None:
