@@ -226,11 +226,12 @@ def test_a_damaged_image_file_fails_the_swap_and_leaves_nothing_resident(devices
         _prepare(dev, empty)
         wire, _ = _input()
         dev.executor.load(1, msgspec.convert({"model_id": "r18", "offset": 0, "fill_from": str(path)}, Load))
-        swap = dev.executor.resident["r18"].swap
-        with pytest.raises(RequestFailed, match="fails its checksum"):
+        # The copy thread may meet the damage and drop the model before the inference is sent:
+        # then the inference finds nothing resident; either way the load's reply says why.
+        with pytest.raises(RequestFailed, match="fails its checksum|not resident"):
             _infer(dev, wire)
-        assert swap.done.wait(10)
-        assert isinstance(dev.replies[1], RequestFailed) and "fails its checksum" in dev.replies[1].message
+        reply = _reply(dev, 1)
+        assert isinstance(reply, RequestFailed) and "fails its checksum" in reply.message
         assert "r18" not in dev.executor.resident
     finally:
         empty.unlink()
