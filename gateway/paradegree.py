@@ -72,7 +72,7 @@ def share_sizes(nbytes: int, k: int, cut: Stages | None = None) -> list[int]:
     return [share] * (k - 1) + [nbytes - share * (k - 1)]
 
 
-def equal_cuts(nbytes: int, max_k: int = 4) -> tuple[Stages, ...]:
+def equal_cuts(nbytes: int, max_k: int = MAX_K) -> tuple[Stages, ...]:
     """Cuts into 2..max_k equal shares: a simulated model's, which has no swap groups to cut at."""
     return tuple(Stages((), tuple(share_sizes(nbytes, k))) for k in range(2, max_k + 1))
 
