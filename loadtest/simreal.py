@@ -22,6 +22,11 @@ the times halfway between the two (a line shows the simulation on the times befo
 The server's SLOs are the ones deployed, from the profile measured before.
 Where the two disagree, the model of the hardware or of the server is what to fix.
 
+The server is not alone on the host: the load generator and system services take a share
+of its cores. The simulation gives them what they took during the replay (the host's busy
+time less the server's own processes' CPU time, OUT/real/host.json), where the profile has
+only its idle sample.
+
 A diagnostic follows the verdict: the same simulations with each model's execution time
 at the speed the server showed (the median of its executions that ran with no other one
 beside them, over the profile's): this host's speed drifts by 10-20% within minutes, and
@@ -51,6 +56,7 @@ from gateway.sim.summary import summarize
 from loadtest.server import Server
 from shared import traces
 from shared.config import parse_devices, parse_size
+from shared.hostload import BusyMeter
 
 SIGMA, BURSTINESS = 1.0, 0.5  # the replay's defaults (loadtest.replay.ReplayConfig)
 
@@ -110,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         replay(functions, args, seconds, out / "real")
     if measuring:
         _retimed(measured, args, out)
+    host = out / "real" / "host.json"
+    idle_background = profile.background_cores
+    if host.exists():
+        # What other processes (the load generator, system services) kept busy during the
+        # replay, rather than the profile's idle sample: the cores the server had left.
+        busy = float(json.loads(host.read_text())["background_cores"])
+        profile = replace(profile, background_cores=min(busy, 0.5 * (profile.host_cores or 1)))
     before = functions
     if (out / "profile-after.json").exists() and (measuring or args.again):
         # The host's speed drifts by 10-20% within minutes: the execution times timed before and
@@ -130,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         return [summarize(sim) for sim in sims]
 
     result = compare(real, simulate(functions), functions)
+    result["background_cores"] = {"idle": idle_background, "replay": profile.background_cores}
     runs = real_runs(log, functions)
     result["beside"] = {"real": beside([runs]), "sim": beside([sim_runs(sim) for sim in sims])}
     result["exec_by_model"] = exec_by_model(runs, functions)
@@ -220,7 +234,10 @@ def replay(functions: list[SimFunction], args: argparse.Namespace, seconds: int,
             cmd = [sys.executable, "-m", "loadtest.run", "--url", server.url, "--duration", str(seconds)]
             cmd += ["--users", "2", "--functions", str(len(functions)), "--rate", str(args.rate)]
             cmd += ["--seed", str(args.seed), "--out", str(out)]
+            assert server.proc is not None
+            others = BusyMeter(server.proc.pid).start()
             done = subprocess.run(cmd, capture_output=True, text=True)
+            (out / "host.json").write_text(json.dumps({"background_cores": round(others.stop(), 3)}))
             if done.returncode != 0:
                 raise SystemExit(f"simreal: the load test failed:\n{done.stdout}{done.stderr}")
         finally:
@@ -389,6 +406,13 @@ def render(result: dict[str, Any]) -> str:
     if both:
         lines.append("execution / profile by what ran beside it (mean; real, simulated):")
         lines += [f"  {k:<42}{v:>6.2f}{both['sim'].get(k, float('nan')):>6.2f}" for k, v in both["real"].items()]
+    bg = result.get("background_cores")
+    if bg:
+        lines.append(
+            f"other processes kept {bg['replay']:.2f} of the host's cores busy during the replay (the load "
+            f"generator, system services; {bg['idle']:.2f} while idle before it): the simulated devices "
+            "and gateway share the rest"
+        )
     n = result["functions"]
     lo, hi = result["sim_meeting_slo_range"]
     lines.append(

@@ -17,10 +17,11 @@ only the devices are simulated. The simulated truth, given a hardware profile:
   the gateway's one event loop, after the requests that arrived before it; the scheduler
   sees it once parsed;
 - with the profile's `host_cores` (CPU devices), executions, copies and the gateway's
-  parsing share the host's cores: while they want more than there are (`device_threads`
-  per executing device, one per copy, one for a parse), every execution and copy progresses
-  at cores / demand, re-shared at each change, and a parse takes longer by the demand at its
-  start, or by its model's measured request_slowdown if that is more;
+  parsing share the host's cores, less the `background_cores` other processes keep busy:
+  while they want more than there are (`device_threads` per executing device, one per copy,
+  one for a parse), every execution and copy progresses at cores / demand, re-shared at
+  each change, and a parse takes longer by the demand at its start, or by its model's
+  measured request_slowdown if that is more;
 - swap-in and execution overlap as the model's pipeline_overlap says (the profile's
   where the model has none), plus the profile's fixed swap_latency_ms per swap-in.
 
@@ -250,9 +251,9 @@ class Simulation:
 
     def _rate(self, parsing: bool | None = None) -> float:
         """The share of full speed each activity gets: cores / demand while demand exceeds the host's cores."""
-        cores = self.profile.host_cores
-        if cores is None:
+        if self.profile.host_cores is None:
             return 1.0
+        cores = self.profile.host_cores - self.profile.background_cores
         gateway = self.now < self._parsing_until if parsing is None else parsing
         demand = self.profile.device_threads * len(self._running) + len(self._copies) + gateway
         return 1.0 if demand <= cores else cores / demand

@@ -5,7 +5,8 @@ bandwidth and for how much of a swap-in hides behind execution, and
 shared.profiling for execution times: every model's batch-1 run in turn, round after
 round over a window (`window_s`), as a server runs one function after another on a host
 whose speed drifts; by batch size; and under a concurrent copy or execution; and the
-server's own time per request, through a real `torpor serve` (gateway.sim.requestcost). On GPUs: pinned
+server's own time per request, through a real `torpor serve` (gateway.sim.requestcost); and
+the cores other processes keep busy (shared.hostload). On GPUs: pinned
 host-to-device and device-to-device copies and synchronised execution timings, with
 standard torch APIs only.
 """
@@ -23,7 +24,7 @@ import torch
 from gateway.costmodel import Topology
 from gateway.sim import requestcost
 from gateway.sim.profile import HardwareProfile, ModelProfile
-from shared import program, zoo
+from shared import hostload, program, zoo
 from shared.config import DeviceSpec
 from shared.loadproc import LoadProcesses
 from shared.profiling import corun, log_spread, random_tensors, runs_in_turn
@@ -47,6 +48,7 @@ def measure_profile(
 COPY_BYTES = 64 << 20  # another device's swap-in, copied over and over
 RUNS = 7  # timed runs per measurement: a 2-core host's run times vary; 3 gave profiles 10-20% apart
 MIN_JITTER = 0.05
+BACKGROUND_S = 5.0  # idle sampling of the host's other processes
 
 
 def _measure_cpu(
@@ -60,6 +62,9 @@ def _measure_cpu(
 ) -> HardwareProfile:
     from gpuworker.bench_swap import Bench
 
+    progress(f"measuring what other processes keep busy for {BACKGROUND_S:.0f} s ...")
+    background = hostload.background_cores(BACKGROUND_S)
+    progress(f"  {background:.2f} cores busy with other processes")
     bench = Bench.cpu(max(512 << 20, memory // 4), threads, 2 << 20)
     measured: dict[str, ModelProfile] = {}
     bandwidths, overlaps, slowdowns, spreads = [], [], [], []
@@ -131,6 +136,8 @@ def _measure_cpu(
         shared_host=True,
         host_cores=len(os.sched_getaffinity(0)),  # the devices, their copies and the gateway share them
         device_threads=threads,
+        # Below the host's cores whatever the sample says: a profile must leave the devices some.
+        background_cores=round(min(background, 0.5 * len(os.sched_getaffinity(0))), 3),
     )
 
 

@@ -28,7 +28,9 @@ executes at the same time: CPU devices share the host's caches and memory bandwi
 (`torpor profile` measures it; 1 when absent, as for GPUs). `host_cores` (with
 `device_threads` per CPU device) says they share the host's cores too: while the
 executions, copies and the gateway's parsing want more cores than there are, each
-progresses at cores / demand. `request_ms` is the server's
+progresses at cores / demand; `background_cores` of them are taken by other processes
+(system services, a load generator; `torpor profile` measures it while idle), so the
+devices and the gateway share what is left. `request_ms` is the server's
 own time per request of the model (the JSON request of its input crossing the HTTP stack,
 parsed, sent to the worker and answered; `torpor profile` times it through a real
 `torpor serve`, less the queue and execution it reports, gateway/sim/requestcost.py): the
@@ -115,6 +117,9 @@ class HardwareProfile:
     # each slowed to cores / demand while more want one than there are. None: GPUs.
     host_cores: int | None = None
     device_threads: int = 1
+    # Of those cores, how many other processes keep busy on average (system services, a load
+    # generator): the devices and the gateway share what is left. Measured (shared.hostload).
+    background_cores: float = 0.0
 
     @property
     def devices(self) -> int:
@@ -207,6 +212,7 @@ def parse(data: Any, where: str = "profile") -> HardwareProfile:
             raise ValueError(
                 f"{where}: models.{m.name}.interference_as: {m.interference_as!r} is not in interference_pairs"
             )
+    host_cores = _count(data, "host_cores", where)
     return HardwareProfile(
         str(data.get("name", where)),
         topology,
@@ -216,9 +222,20 @@ def parse(data: Any, where: str = "profile") -> HardwareProfile:
         parse_size(data.get("native_function_overhead", "0"), f"{where}: native_function_overhead"),
         {a: {b: float(f) for b, f in row.items()} for a, row in pairs.items()},
         _flag(data, "shared_host", where),
-        _count(data, "host_cores", where),
+        host_cores,
         _count(data, "device_threads", where) or 1,
+        _background(data, host_cores, where),
     )
+
+
+def _background(data: dict[str, Any], host_cores: int | None, where: str) -> float:
+    """background_cores: a number of cores >= 0 and below host_cores (which it needs)."""
+    v = data.get("background_cores", 0.0)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        raise ValueError(f"{where}: background_cores: expected a number of cores >= 0, got {v!r}")
+    if v and (host_cores is None or v >= host_cores):
+        raise ValueError(f"{where}: background_cores: {v} needs host_cores above it (got {host_cores})")
+    return float(v)
 
 
 def _flag(data: dict[str, Any], key: str, where: str) -> bool:
@@ -285,6 +302,7 @@ def dump(profile: HardwareProfile, device_memory: int, reserve: int = 0) -> dict
         "exec_jitter": profile.exec_jitter,
         **({"shared_host": True} if profile.shared_host else {}),
         **({"host_cores": profile.host_cores, "device_threads": profile.device_threads} if profile.host_cores else {}),
+        **({"background_cores": round(profile.background_cores, 3)} if profile.background_cores else {}),
         "native_function_overhead": str(profile.native_overhead),
         "models": {
             m.name: {

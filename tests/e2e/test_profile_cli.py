@@ -21,4 +21,6 @@ def test_profile_writes_a_profile_the_simulator_loads(tmp_path: Path) -> None:
     assert mlp.nbytes > 0 and mlp.exec_ms > 0 and mlp.max_batch == 2
     assert mlp.request_ms > 0, "a request timed through uvicorn"
     assert profile.host_cores is not None and profile.host_cores >= 1 and profile.device_threads == 1
+    assert 0 <= profile.background_cores < profile.host_cores
+    assert "cores busy with other processes" in done.stdout
     assert "in turn" in done.stdout, "execution timed with the models in turn over the window"

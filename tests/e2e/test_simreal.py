@@ -42,6 +42,13 @@ def test_simreal_replays_and_simulates_the_same_trace(tmp_path: Path) -> None:
     before_ms, used_ms = result["profile_before_only"]["exec_ms"]["resnet18"]
     after_ms = json.loads((out / "profile-after.json").read_text())["models"]["resnet18"]["exec_ms"]
     assert used_ms == pytest.approx((before_ms + after_ms) / 2, rel=1e-3)
+    # What other processes took of the host during the replay, measured beside it, is what the
+    # simulation leaves the devices (the profile only has its idle sample).
+    busy = json.loads((out / "real" / "host.json").read_text())["background_cores"]
+    profiled = json.loads((out / "profile.json").read_text())
+    assert result["background_cores"]["replay"] == pytest.approx(min(busy, 0.5 * profiled["host_cores"]))
+    assert result["background_cores"]["idle"] == profiled.get("background_cores", 0)
+    assert "other processes kept" in done.stdout
     # --again re-simulates that replay without measuring or replaying: the same real side.
     again = subprocess.run([*cmd, "--again"], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stdout + again.stderr

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from gateway.sim.engine import SimFunction, Simulation
-from gateway.sim.profile import builtin, load, parse
+from gateway.sim.profile import builtin, dump, load, parse
 from gateway.sim.summary import summarize
 
 PROFILE = {
@@ -181,6 +181,28 @@ def test_on_a_host_with_fewer_cores_than_work_executions_share_them() -> None:
     assert latencies(1, 0.010) == [30.0, 30.0]
     with pytest.raises(ValueError, match="host_cores"):
         parse(dict(base, host_cores=0))
+
+
+def test_cores_other_processes_keep_busy_are_not_the_devices() -> None:
+    """background_cores: of two cores, half of one is taken by other processes. One run alone
+    still has a core; two at once share the 1.5 left (each at 0.75 of full speed)."""
+    base = dict(PROFILE, pipeline_overlap=1.0, models={"big": PROFILE["models"]["big"]}, host_cores=2)
+
+    def latencies(background: float, second_at: float) -> list[float]:
+        p = parse(dict(base, background_cores=background))
+        fns = [SimFunction(f"f{i}", p.models["big"], 1000.0) for i in range(2)]
+        sim = Simulation(p, "torpor", fns).run([(0.0, 0), (2.0, 1), (4.0, 0), (4.0 + second_at, 1)])
+        return [round(t.latencies_ms[-1], 6) for t in sim.tallies]
+
+    assert latencies(0.0, 0.0) == [20.0, 20.0]
+    assert latencies(0.5, 1.0) == [20.0, 20.0], "one at a time: a whole core each"
+    assert latencies(0.5, 0.0) == [pytest.approx(20 / 0.75)] * 2
+    assert parse(dump(parse(dict(base, background_cores=0.5)), 1 << 30)).background_cores == 0.5
+    for bad, match in [(-0.1, "expected a number of cores >= 0"), (2, "needs host_cores above it"), ("1", ">= 0")]:
+        with pytest.raises(ValueError, match=f"background_cores: .*{match}"):
+            parse(dict(base, background_cores=bad))
+    with pytest.raises(ValueError, match="needs host_cores above it"):
+        parse(dict(PROFILE, background_cores=0.5))
 
 
 def test_on_a_shared_host_another_devices_copy_slows_execution() -> None:
