@@ -31,9 +31,11 @@ A diagnostic follows the verdict: the same simulations with each model's executi
 at the speed the server showed (the median of its executions that ran with no other one
 beside them, over the profile's): this host's speed drifts by 10-20% within minutes, and
 this line tells such drift (the profile measured at another speed than the run's) from an
-error in the model of the server. `--again` re-simulates the replay already in --out
-(its profile.json and real/requests.csv; give the same options) without measuring or
-replaying: for changes to the simulator.
+error in the model of the server. Two more lines: the mean execution per request, real over
+simulated, minute by minute (a host that slows within the run), and the cold starts per
+model on both sides (the scheduling, apart from the hardware). `--again` re-simulates the
+replay already in --out (its profile.json and real/requests.csv; give the same options)
+without measuring or replaying: for changes to the simulator.
 """
 
 from __future__ import annotations
@@ -147,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = real_runs(log, functions)
     result["beside"] = {"real": beside([runs]), "sim": beside([sim_runs(sim) for sim in sims])}
     result["exec_by_model"] = exec_by_model(runs, functions)
+    result["by_minute"] = by_minute(log, sims)
+    result["cold_starts"] = cold_starts(log, functions, sims)
     speed = speed_seen(runs, functions)
     at_speed = [
         replace(f, model=replace(f.model, exec_ms=f.model.exec_ms * s, batch_exec_ms=_scaled(f.model.batch_exec_ms, s)))
@@ -321,6 +325,40 @@ def beside(replays: list[list[Run]]) -> dict[str, float]:
     return {k: round(float(np.mean(v)), 3) for k, v in sorted(seen.items())}
 
 
+def by_minute(log: Path, sims: list[Simulation]) -> list[dict[str, Any]]:
+    """Per minute of the trace (from its first request), the mean execution per request on the
+    server and in the simulations: a host whose speed drifts within the run shows here, where
+    one execution time per model cannot follow it."""
+    with open(log, newline="") as fh:
+        rows = [(float(r["start"]), float(r["exec_ms"])) for r in csv.DictReader(fh) if r["status"] == "200"]
+    sim = [(a, (e - b) * 1e3) for s in sims for _, a, b, e, _, _ in s.served or []]
+    minutes: dict[int, dict[str, list[float]]] = {}
+    for side, pairs in (("real", rows), ("sim", sim)):
+        first = min((t for t, _ in pairs), default=0.0)
+        for t, ms in pairs:
+            minutes.setdefault(int((t - first) // 60), {"real": [], "sim": []})[side].append(ms)
+    return [
+        {"minute": k, "real_exec_ms": float(np.mean(v["real"])), "sim_exec_ms": float(np.mean(v["sim"]))}
+        for k, v in sorted(minutes.items())
+        if v["real"] and v["sim"]
+    ]
+
+
+def cold_starts(log: Path, functions: list[SimFunction], sims: list[Simulation]) -> dict[str, list[float]]:
+    """Per model, the requests that started cold on the server and in the simulations (their
+    mean): where these agree and latencies do not, the scheduling is the same and the hardware not."""
+    model_of = {f.name: f.model.name for f in functions}
+    counts: dict[str, list[float]] = {m: [0, 0.0] for m in dict.fromkeys(model_of.values())}
+    with open(log, newline="") as fh:
+        for r in csv.DictReader(fh):
+            if r["status"] == "200" and r["source"] != "resident":
+                counts[model_of[r["function"]]][0] += 1
+    for s in sims:
+        for fi, _, _, _, _, cold in s.served or []:
+            counts[s.functions[fi].model.name][1] += cold / len(sims)
+    return counts
+
+
 def exec_by_model(runs: list[Run], functions: list[SimFunction]) -> dict[str, dict[str, float | None]]:
     """Per model: the profile's execution time against the median the server reported (x-torpor-exec-ms)."""
     profiled = {f.model.name: f.model.exec_ms for f in functions}
@@ -406,8 +444,15 @@ def render(result: dict[str, Any]) -> str:
     if both:
         lines.append("execution / profile by what ran beside it (mean; real, simulated):")
         lines += [f"  {k:<42}{v:>6.2f}{both['sim'].get(k, float('nan')):>6.2f}" for k, v in both["real"].items()]
+    minutes = result.get("by_minute")
+    if minutes:
+        ratios = " ".join(f"{m['real_exec_ms'] / m['sim_exec_ms']:.2f}" for m in minutes)
+        lines.append(f"mean execution per request, real / simulated, minute by minute: {ratios}")
+    cold = result.get("cold_starts")
+    if cold:
+        lines.append("cold starts, real / simulated: " + ", ".join(f"{m} {r}/{s:.0f}" for m, (r, s) in cold.items()))
     bg = result.get("background_cores")
-    if bg:
+    if bg and any(bg.values()):
         lines.append(
             f"other processes kept {bg['replay']:.2f} of the host's cores busy during the replay (the load "
             f"generator, system services; {bg['idle']:.2f} while idle before it): the simulated devices "

@@ -49,6 +49,11 @@ def test_simreal_replays_and_simulates_the_same_trace(tmp_path: Path) -> None:
     assert result["background_cores"]["replay"] == pytest.approx(min(busy, 0.5 * profiled["host_cores"]))
     assert result["background_cores"]["idle"] == profiled.get("background_cores", 0)
     assert "other processes kept" in done.stdout
+    # Diagnostics: execution minute by minute on both sides, and the cold starts per model.
+    assert result["by_minute"] and all(m["real_exec_ms"] > 0 < m["sim_exec_ms"] for m in result["by_minute"])
+    real_cold, sim_cold = result["cold_starts"]["resnet18"]
+    assert 1 <= real_cold <= sum(r["real_requests"] for r in rows) and sim_cold >= 1
+    assert "cold starts, real / simulated: resnet18" in done.stdout
     # --again re-simulates that replay without measuring or replaying: the same real side.
     again = subprocess.run([*cmd, "--again"], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stdout + again.stderr
