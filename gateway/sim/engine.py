@@ -21,7 +21,7 @@ only the devices are simulated. The simulated truth, given a hardware profile:
   while they want more than there are (`device_threads` per executing device, one per copy,
   one for a parse), every execution and copy progresses at cores / demand, re-shared at
   each change, and a parse takes longer by the demand at its start, or by its model's
-  measured request_slowdown if that is more;
+  measured slowdown beside as many devices executing (`request_slowdowns`) if that is more;
 - swap-in and execution overlap as the model's pipeline_overlap says (the profile's
   where the model has none), plus the profile's fixed swap_latency_ms per swap-in.
 
@@ -236,7 +236,11 @@ class Simulation:
         idle = self.now >= self._parsing_until
         start = max(self.now, self._parsing_until)
         rate = self._rate(parsing=True)
-        slow = 1.0 if rate == 1.0 else max(1 / rate, model.request_slowdown)
+        if model.request_slowdowns:  # measured beside k devices executing
+            k = min(len(self._running), len(model.request_slowdowns))
+            slow = max(1 / rate, model.request_slowdowns[k - 1] if k else 1.0)
+        else:
+            slow = 1.0 if rate == 1.0 else max(1 / rate, model.request_slowdown)
         self._parsing_until = start + parse_ms * slow / 1e3
         self._push(self._parsing_until, PARSED, rid)
         if idle:

@@ -108,8 +108,10 @@ def _measure_cpu(
         progress("timing a request of each model through a real torpor serve (outside queue and execution) ...")
         room = sum(m.nbytes for m in measured.values()) + (64 << 20)  # every model resident on every device
         for name, (ms, slowed) in requestcost.measure(models, n, room, beside=n, threads=threads).items():
-            measured[name] = replace(measured[name], request_ms=ms, request_slowdown=round(slowed, 3))
-            progress(f"  {name}: request {ms:.1f} ms, {slowed:.2f}x beside {n} device(s) executing")
+            by_k = tuple(round(f, 3) for f in slowed)
+            measured[name] = replace(measured[name], request_ms=ms, request_slowdown=by_k[-1], request_slowdowns=by_k)
+            beside = ", ".join(f"{f:.2f}x beside {k + 1}" for k, f in enumerate(by_k))
+            progress(f"  {name}: request {ms:.1f} ms; {beside} device(s) executing")
         progress(f"timing the models in turn for {window_s:.0f} s ...")
         times = runs_in_turn(built, window_s, RUNS)
         measured = _timed_in_turn(measured, times, progress)

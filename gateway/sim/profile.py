@@ -94,6 +94,12 @@ class ModelProfile:
     # core, so it slows more than processor sharing says. Applied while the host's cores are
     # oversubscribed (at least cores / demand).
     request_slowdown: float = 1.0
+    # The same beside 1, 2, ... devices executing (measured by `torpor profile` on CPU devices):
+    # a request beside one execution slows too (its client and the gateway are two threads on
+    # the host's cores), where processor sharing says it should not. When given, it replaces
+    # request_slowdown: a request takes the slowdown beside as many devices as execute at its
+    # start (the last for more), or processor sharing's if that is more.
+    request_slowdowns: tuple[float, ...] = ()
     # How much of this model's swap-in hides behind its execution (0..1), where it differs from
     # the topology's: a model whose first operation needs a large tensor whole (bert's 89 MiB
     # word embeddings) hides less of its copy than one that starts with a small convolution.
@@ -193,6 +199,7 @@ def parse(data: Any, where: str = "profile") -> HardwareProfile:
             str(m.get("interference_as", "")),
             corun_slowdown=_factor(m, "corun_slowdown", where, at),
             copy_slowdown=_factor(m, "copy_slowdown", where, at),
+            request_slowdowns=_factors(m, "request_slowdowns", where, at),
             request_ms=_positive(m, "request_ms", where, at) or 0.0,
             request_slowdown=_factor(m, "request_slowdown", where, at),
             pipeline_overlap=_share(m, "pipeline_overlap", where, at),
@@ -263,6 +270,14 @@ def _factor(m: dict[str, Any], key: str, where: str, at: str) -> float:
     return float(v)
 
 
+def _factors(m: dict[str, Any], key: str, where: str, at: str) -> tuple[float, ...]:
+    """An optional list of slowdown factors (each >= 1; empty when absent)."""
+    v = m.get(key, [])
+    if not isinstance(v, list) or any(isinstance(f, bool) or not isinstance(f, (int, float)) or f < 1 for f in v):
+        raise ValueError(f"{where}: {at}{key}: expected a list of factors >= 1, got {v!r}")
+    return tuple(float(f) for f in v)
+
+
 def _share(m: dict[str, Any], key: str, where: str, at: str) -> float | None:
     """An optional fraction within [0, 1] (None when absent)."""
     if key not in m:
@@ -313,6 +328,7 @@ def dump(profile: HardwareProfile, device_memory: int, reserve: int = 0) -> dict
                 **({"corun_slowdown": round(m.corun_slowdown, 3)} if m.corun_slowdown != 1.0 else {}),
                 **({"request_ms": round(m.request_ms, 3)} if m.request_ms else {}),
                 **({"request_slowdown": round(m.request_slowdown, 3)} if m.request_slowdown != 1.0 else {}),
+                **({"request_slowdowns": [round(f, 3) for f in m.request_slowdowns]} if m.request_slowdowns else {}),
                 **({"copy_slowdown": round(m.copy_slowdown, 3)} if m.copy_slowdown != 1.0 else {}),
                 **({"pipeline_overlap": round(m.pipeline_overlap, 3)} if m.pipeline_overlap is not None else {}),
             }

@@ -14,9 +14,10 @@ executing against 22 ms with none (2.1-2.4x, where 3 runnable threads on 2 cores
 give 1.5x): the 3 MB body crosses loopback TCP in dozens of turns between the client and
 the gateway, and each waits for a core.
 
-`measure(..., beside=n)` also times the request while n processes execute a model, as n
-busy CPU devices do, alternating with the load paused; the median ratio is the model's
-`request_slowdown`.
+`measure(..., beside=n)` also times the request while k = 1..n processes execute a model, as
+k busy CPU devices do, alternating with the load paused; the median ratios are the model's
+`request_slowdowns` (a request slows beside one execution already: the client and the
+gateway are two threads, and the body's many loopback turns each wait for a core).
 """
 
 from __future__ import annotations
@@ -51,10 +52,10 @@ def measure(
     warmup: int = 2,
     beside: int = 0,
     threads: int = 1,
-) -> dict[str, tuple[float, float]]:
+) -> dict[str, tuple[float, tuple[float, ...]]]:
     """Per model, the median ms its request spends in the server outside queue, swap and execution
-    (`devices` CPU devices of `memory` bytes each, enough for every model), and its slowdown beside
-    `beside` processes executing the model on `threads` threads (1.0 if none)."""
+    (`devices` CPU devices of `memory` bytes each, enough for every model), and its slowdowns beside
+    1..`beside` processes executing the model on `threads` threads (none if `beside` is 0)."""
     from loadtest.server import Server  # a tool's dependency, imported only when measuring
 
     with tempfile.TemporaryDirectory(prefix="torpor-requestcost-") as tmp:
@@ -100,18 +101,18 @@ def _timer(client: httpx.Client, name: str, body: bytes) -> Callable[[], float]:
 
 def paired(
     once: Callable[[], float], runs: int, warmup: int, beside: int, threads: int, model: str
-) -> tuple[float, float]:
-    """(median of `once`, median ratio of `once` beside `beside` processes executing `model` to
-    `once` with them paused): paired, so the host's drift slows both alike."""
+) -> tuple[float, tuple[float, ...]]:
+    """(median of `once`, and for k = 1..`beside` the median ratio of `once` beside k processes
+    executing `model` to `once` with them paused): paired, so the host's drift slows both alike."""
     times = [once() for _ in range(warmup + runs)][warmup:]
-    slowdown = 1.0
-    if beside:
+    slowdowns = []
+    for k in range(1, beside + 1):
         ratios = []
-        with LoadProcesses(beside, threads, "model", model) as load:
+        with LoadProcesses(k, threads, "model", model) as load:
             for _ in range(runs):
                 load.pause()
                 alone = once()
                 load.resume()
                 ratios.append(once() / max(alone, 1e-3))
-        slowdown = max(1.0, statistics.median(ratios))
-    return statistics.median(times), slowdown
+        slowdowns.append(max(1.0, statistics.median(ratios)))
+    return statistics.median(times), tuple(slowdowns)

@@ -262,5 +262,21 @@ def test_a_parse_on_oversubscribed_cores_takes_the_models_measured_slowdown() ->
     assert parse_ms(None, 2) == parse_ms(3.0, 2) == 4.0, "a core is free"
     assert parse_ms(None, 1) == 8.0, "processor sharing: two runnable on one core"
     assert parse_ms(3.0, 1) == 12.0, "the measured slowdown, more than processor sharing"
+
+    def parse_ms_by_k(slowdowns: list[float], cores: int) -> float:
+        small = dict(PROFILE["models"]["small"], request_ms=4.0, request_slowdowns=slowdowns, request_slowdown=9.0)
+        p = parse(dict(PROFILE, pipeline_overlap=1.0, host_cores=cores, models={"small": small}))
+        assert p.models["small"].request_slowdowns == tuple(slowdowns)
+        fns = [SimFunction(f"f{i}", p.models["small"], 1000.0) for i in range(2)]
+        sim = Simulation(p, "torpor", fns, record=True).run([(0.0, 0), (0.005, 1)])
+        (_, arrived, began, _, _, _) = next(r for r in sim.served or [] if r[0] == 1)
+        return round((began - arrived) * 1e3, 6)
+
+    # Measured beside k executing devices: beside one, it applies with a core free, and it
+    # replaces request_slowdown (9.0 here) altogether.
+    assert parse_ms_by_k([1.5, 3.0], 2) == 6.0
+    assert parse_ms_by_k([1.5, 3.0], 1) == 8.0, "processor sharing's 2x is more"
+    with pytest.raises(ValueError, match=r"models.small.request_slowdowns: expected a list of factors >= 1"):
+        parse(dict(PROFILE, models={"small": dict(PROFILE["models"]["small"], request_slowdowns=[0.9])}))
     with pytest.raises(ValueError, match="models.small.request_slowdown"):
         parse(dict(PROFILE, models={"small": dict(PROFILE["models"]["small"], request_slowdown=0.5)}))
