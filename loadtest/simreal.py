@@ -58,7 +58,7 @@ from gateway.sim.summary import summarize
 from loadtest.server import Server
 from shared import traces
 from shared.config import parse_devices, parse_size
-from shared.hostload import BusyMeter
+from shared.hostload import BusyMeter, capped
 
 SIGMA, BURSTINESS = 1.0, 0.5  # the replay's defaults (loadtest.replay.ReplayConfig)
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         # What other processes (the load generator, system services) kept busy during the
         # replay, rather than the profile's idle sample: the cores the server had left.
         busy = float(json.loads(host.read_text())["background_cores"])
-        profile = replace(profile, background_cores=min(busy, 0.5 * (profile.host_cores or 1)))
+        profile = replace(profile, background_cores=capped(busy, profile.host_cores or 1))
     before = functions
     if (out / "profile-after.json").exists() and (measuring or args.again):
         # The host's speed drifts by 10-20% within minutes: the execution times timed before and

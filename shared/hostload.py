@@ -78,6 +78,12 @@ class BusyMeter:
         return max(0.0, busy_cores - (own - self._own0) / elapsed)
 
 
+def capped(busy: float, cores: float) -> float:
+    """`busy` background cores as a profile may hold them: at most half the host's `cores`, so
+    that a sample taken while something heavy ran leaves the devices some."""
+    return round(min(busy, 0.5 * cores), 3)
+
+
 def background_cores(seconds: float = 5.0) -> float:
     """Cores busy with other processes while this one sleeps for `seconds`: the host's own load."""
     meter = BusyMeter().start()

@@ -138,8 +138,7 @@ def _measure_cpu(
         shared_host=True,
         host_cores=len(os.sched_getaffinity(0)),  # the devices, their copies and the gateway share them
         device_threads=threads,
-        # Below the host's cores whatever the sample says: a profile must leave the devices some.
-        background_cores=round(min(background, 0.5 * len(os.sched_getaffinity(0))), 3),
+        background_cores=hostload.capped(background, len(os.sched_getaffinity(0))),
     )
 
 
