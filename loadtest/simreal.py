@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         # after the replay, averaged, are the speed the replay most likely ran at.
         after = load(out / "profile-after.json")
         functions = [replace(f, model=_between(f.model, after.models.get(f.model.name))) for f in functions]
-    real = outcomes(log, functions)
+    rows = read_log(log, functions)
+    real = outcomes(rows, functions)
     trace = traces.generate(args.functions, -(-seconds // 60), args.rate, SIGMA, BURSTINESS, args.seed)
     arrivals = [(t, fi) for t, fi in trace.arrivals(seed=args.seed) if t < seconds]
 
@@ -146,11 +147,11 @@ def main(argv: list[str] | None = None) -> int:
 
     result = compare(real, simulate(functions), functions)
     result["background_cores"] = {"idle": idle_background, "replay": profile.background_cores}
-    runs = real_runs(log, functions)
+    runs = real_runs(rows, functions)
     result["beside"] = {"real": beside([runs]), "sim": beside([sim_runs(sim) for sim in sims])}
     result["exec_by_model"] = exec_by_model(runs, functions)
-    result["by_minute"] = by_minute(log, sims)
-    result["cold_starts"] = cold_starts(log, functions, sims)
+    result["by_minute"] = by_minute(rows, sims)
+    result["cold_starts"] = cold_starts(rows, functions, sims)
     speed = speed_seen(runs, functions)
     at_speed = [
         replace(f, model=replace(f.model, exec_ms=f.model.exec_ms * s, batch_exec_ms=_scaled(f.model.batch_exec_ms, s)))
@@ -248,14 +249,22 @@ def replay(functions: list[SimFunction], args: argparse.Namespace, seconds: int,
             server.stop()
 
 
-def outcomes(log: Path, functions: list[SimFunction]) -> dict[str, list]:
+def read_log(log: Path, functions: list[SimFunction]) -> list[dict[str, str]]:
+    """The replay's request log, one dict per request, every one of a deployed function."""
+    names = {f.name for f in functions}
+    with open(log, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        if row["function"] not in names:
+            raise SystemExit(f"simreal: {log} has function {row['function']!r}: give the options of its run")
+    return rows
+
+
+def outcomes(rows: list[dict[str, str]], functions: list[SimFunction]) -> dict[str, list]:
     """Each function's latencies in the replay's request log (None: failed)."""
     seen: dict[str, list] = {f.name: [] for f in functions}
-    with open(log, newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["function"] not in seen:
-                raise SystemExit(f"simreal: {log} has function {row['function']!r}: give the options of its run")
-            seen[row["function"]].append(float(row["ms"]) if row["status"] == "200" else None)
+    for row in rows:
+        seen[row["function"]].append(float(row["ms"]) if row["status"] == "200" else None)
     return seen
 
 
@@ -269,18 +278,17 @@ class Run(NamedTuple):
     ratio: float  # its execution / the profile's
 
 
-def real_runs(log: Path, functions: list[SimFunction]) -> list[Run]:
+def real_runs(rows: list[dict[str, str]], functions: list[SimFunction]) -> list[Run]:
     """The server's runs from the client's log, in start order: a run ends when its response
     arrives and lasted its reported execution (approximate, and good enough to tell an
     execution alone from one beside another)."""
     model_of = {f.name: f.model for f in functions}
     runs = []
-    with open(log, newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["status"] == "200" and row.get("exec_ms"):
-                m, ms = model_of[row["function"]], float(row["exec_ms"])
-                end = float(row["start"]) + float(row["ms"]) / 1e3
-                runs.append(Run(end - ms / 1e3, end, m.name, row["source"] != "resident", ms / m.exec_ms))
+    for row in rows:
+        if row["status"] == "200" and row.get("exec_ms"):
+            m, ms = model_of[row["function"]], float(row["exec_ms"])
+            end = float(row["start"]) + float(row["ms"]) / 1e3
+            runs.append(Run(end - ms / 1e3, end, m.name, row["source"] != "resident", ms / m.exec_ms))
     return sorted(runs)
 
 
@@ -325,15 +333,14 @@ def beside(replays: list[list[Run]]) -> dict[str, float]:
     return {k: round(float(np.mean(v)), 3) for k, v in sorted(seen.items())}
 
 
-def by_minute(log: Path, sims: list[Simulation]) -> list[dict[str, Any]]:
+def by_minute(rows: list[dict[str, str]], sims: list[Simulation]) -> list[dict[str, Any]]:
     """Per minute of the trace (from its first request), the mean execution per request on the
     server and in the simulations: a host whose speed drifts within the run shows here, where
     one execution time per model cannot follow it."""
-    with open(log, newline="") as fh:
-        rows = [(float(r["start"]), float(r["exec_ms"])) for r in csv.DictReader(fh) if r["status"] == "200"]
+    real = [(float(r["start"]), float(r["exec_ms"])) for r in rows if r["status"] == "200" and r["exec_ms"]]
     sim = [(a, (e - b) * 1e3) for s in sims for _, a, b, e, _, _ in s.served or []]
     minutes: dict[int, dict[str, list[float]]] = {}
-    for side, pairs in (("real", rows), ("sim", sim)):
+    for side, pairs in (("real", real), ("sim", sim)):
         first = min((t for t, _ in pairs), default=0.0)
         for t, ms in pairs:
             minutes.setdefault(int((t - first) // 60), {"real": [], "sim": []})[side].append(ms)
@@ -344,15 +351,16 @@ def by_minute(log: Path, sims: list[Simulation]) -> list[dict[str, Any]]:
     ]
 
 
-def cold_starts(log: Path, functions: list[SimFunction], sims: list[Simulation]) -> dict[str, list[float]]:
+def cold_starts(
+    rows: list[dict[str, str]], functions: list[SimFunction], sims: list[Simulation]
+) -> dict[str, list[float]]:
     """Per model, the requests that started cold on the server and in the simulations (their
     mean): where these agree and latencies do not, the scheduling is the same and the hardware not."""
     model_of = {f.name: f.model.name for f in functions}
     counts: dict[str, list[float]] = {m: [0, 0.0] for m in dict.fromkeys(model_of.values())}
-    with open(log, newline="") as fh:
-        for r in csv.DictReader(fh):
-            if r["status"] == "200" and r["source"] != "resident":
-                counts[model_of[r["function"]]][0] += 1
+    for r in rows:
+        if r["status"] == "200" and r["source"] != "resident":
+            counts[model_of[r["function"]]][0] += 1
     for s in sims:
         for fi, _, _, _, _, cold in s.served or []:
             counts[s.functions[fi].model.name][1] += cold / len(sims)

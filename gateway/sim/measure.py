@@ -109,7 +109,7 @@ def _measure_cpu(
         room = sum(m.nbytes for m in measured.values()) + (64 << 20)  # every model resident on every device
         for name, (ms, slowed) in requestcost.measure(models, n, room, beside=n, threads=threads).items():
             by_k = tuple(round(f, 3) for f in slowed)
-            measured[name] = replace(measured[name], request_ms=ms, request_slowdown=by_k[-1], request_slowdowns=by_k)
+            measured[name] = replace(measured[name], request_ms=ms, request_slowdowns=by_k)
             beside = ", ".join(f"{f:.2f}x beside {k + 1}" for k, f in enumerate(by_k))
             progress(f"  {name}: request {ms:.1f} ms; {beside} device(s) executing")
         progress(f"timing the models in turn for {window_s:.0f} s ...")
