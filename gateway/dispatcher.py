@@ -79,6 +79,7 @@ class Started:
     started: float
     sent: Sent | None = None
     error: Exception | None = None  # sending failed: answered by the run's task
+    evicts: list[asyncio.Future[Any]] = field(default_factory=list)  # the EVICT frames' replies
 
 
 @dataclass(frozen=True)
@@ -191,13 +192,22 @@ class Dispatcher:
             return exc
 
     async def _evict(self, d: Evict, sent: asyncio.Future[Any] | TorporError) -> None:
-        try:
-            if isinstance(sent, TorporError):
-                raise sent
-            await sent
-            self.metrics.evicted(d.device, d.model_id)
-        except TorporError as exc:
-            log.warning("evict %s on device %d: %s", d.model_id, d.device, exc.message)
+        if isinstance(sent, TorporError):
+            log.warning("evict %s on device %d: %s", d.model_id, d.device, sent.message)
+            return
+        await self._evicted(d.device, [d.model_id], [sent])
+
+    async def _evicted(self, device: int, models: list[str], replies: list[asyncio.Future[Any]]) -> None:
+        """Await EVICT replies sent ahead of a LOAD. A failed one is logged, not the run's failure: a
+        model the worker did not hold leaves its space free, and a lost worker fails the run's own
+        frames too."""
+        for model_id, reply in zip(models, replies, strict=True):
+            try:
+                await reply
+            except TorporError as exc:
+                log.warning("evict %s on device %d: %s", model_id, device, exc.message)
+                continue
+            self.metrics.evicted(device, model_id)
 
     def _send_prefetch(self, p: Prefetch) -> tuple[list[asyncio.Future[Any]], asyncio.Future[Any]] | TorporError:
         try:
@@ -240,11 +250,18 @@ class Dispatcher:
         are awaited in the task first (`_run`).
         """
         st = self._take(run)
-        if not run.evict and (run.load is None or not run.load.fill):
-            try:
+        try:
+            # EVICTs first, not awaited: the worker handles a connection's frames in order, so the
+            # LOAD behind them finds their space free, and the run does not wait two trips through
+            # an event loop that may be parsing another request's body in between.
+            client = self.pool.client(run.device) if run.evict else None
+            st.evicts = [client.request(EvictFrame(model_id=m)) for m in run.evict] if client else []
+            for reply in st.evicts:  # awaited in _run, unless the run fails before
+                reply.add_done_callback(_retrieved)
+            if run.load is None or not run.load.fill:
                 st.sent = self._send(run, st.invs, None, st.started)
-            except Exception as exc:  # answered in _run, as any failure of the run
-                st.error = exc
+        except Exception as exc:  # answered in _run, as any failure of the run
+            st.error = exc
         return st
 
     def _take(self, run: Run) -> Started:
@@ -283,10 +300,6 @@ class Dispatcher:
                 raise st.error
             sent = st.sent
             if sent is None:
-                client = self.pool.client(run.device)
-                for model_id in run.evict:
-                    await client.call(EvictFrame(model_id=model_id))
-                    self.metrics.evicted(run.device, model_id)
                 fill: str | HostFeed | None = None
                 if run.load is not None and run.load.fill:  # on disk, or arriving from another node
                     try:
@@ -295,6 +308,7 @@ class Dispatcher:
                         loaded_ok = False
                         raise
                 sent = self._send(run, invs, fill, started)
+            await self._evicted(run.device, run.evict, st.evicts)
             load, batched = sent
             swap_ms: float | None = None  # None: each reply's own wait for the swap's groups
             load_error: TorporError | None = None
@@ -364,14 +378,13 @@ class Dispatcher:
         try:
             parts = [Part(cuts=list(self._cuts(run, k)), stage=i, whole=i == 0) for i in range(k)]
             clients = [self.pool.client(d) for d in run.devices]
-            for device, client, models in zip(run.devices, clients, evicts, strict=True):
-                for model_id in models:
-                    await client.call(EvictFrame(model_id=model_id))
-                    self.metrics.evicted(device, model_id)
+            replies = [[c.request(EvictFrame(model_id=m)) for m in ms] for c, ms in zip(clients, evicts, strict=True)]
             loads = [
                 client.request(Load(model_id=run.model_id, offset=offset, part=part))
                 for client, offset, part in zip(clients, offsets, parts, strict=True)
             ]
+            for d, ms, sent in zip(run.devices, evicts, replies, strict=True):
+                await self._evicted(d, ms, sent)
             answered = []
             for group, sizes, inputs in _groups(invs):
                 values, exec_ms = inputs, 0.0
@@ -408,7 +421,7 @@ class Dispatcher:
             else:  # a stage found its share missing: the load's own error says why
                 exc = next((e for f in loads if f.done() and isinstance(e := f.exception(), TorporError)), exc)
             for f in loads:  # the loads not awaited: their errors are the run's, already answered
-                f.add_done_callback(lambda f: f.cancelled() or f.exception())
+                f.add_done_callback(_retrieved)
             for inv in invs:
                 self._failed(inv, exc)
         except Exception as exc:  # a bug here must not strand the requests
@@ -557,3 +570,9 @@ def _phase_text(phase: str) -> str:
 def _fail(inv: Invocation, exc: Exception) -> None:
     if not inv.future.done():
         inv.future.set_exception(exc)
+
+
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    """A reply's error retrieved, so a reply nobody awaits (its run failed first) logs nothing."""
+    if not fut.cancelled():
+        fut.exception()

@@ -51,6 +51,10 @@ def test_interleaving_forces_swaps_and_evictions_and_stays_correct(server: Serve
         assert d["resident_bytes"] <= d["budget_bytes"]
     for a, b in (("bert", "bert2"), ("bert", "r152"), ("bert2", "r152")):
         assert not set(fns[a]["resident_on"]) & set(fns[b]["resident_on"]), (a, b)
+    # The EVICTs sent ahead of each LOAD (not awaited first) were answered and counted.
+    metrics = server.client.get("/metrics").text
+    evicted = sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("torpor_evictions_total{"))
+    assert evicted >= 3, metrics
 
 
 def test_function_listing_and_metadata(server: Server) -> None:
