@@ -209,11 +209,20 @@ def _retimed(measured: HardwareProfile, args: argparse.Namespace, out: Path) -> 
 
 
 def _between(before: ModelProfile, after: ModelProfile | None) -> ModelProfile:
-    """The model's execution times halfway between those timed before and after the replay."""
+    """The model's execution times halfway between those timed before and after the replay, and
+    the spread of its runs halfway between the two timings' (point by point)."""
     if after is None:
         return before
     exec_ms = (before.exec_ms + after.exec_ms) / 2
-    return replace(before, exec_ms=exec_ms, batch_exec_ms=_scaled(before.batch_exec_ms, exec_ms / before.exec_ms))
+    spread = before.exec_quantiles
+    if len(after.exec_quantiles) == len(spread):
+        spread = tuple((a + b) / 2 for a, b in zip(spread, after.exec_quantiles, strict=True))
+    return replace(
+        before,
+        exec_ms=exec_ms,
+        batch_exec_ms=_scaled(before.batch_exec_ms, exec_ms / before.exec_ms),
+        exec_quantiles=spread,
+    )
 
 
 def _server_profile(profile: HardwareProfile, devices: str, memory: str) -> HardwareProfile:

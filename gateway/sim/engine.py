@@ -12,7 +12,8 @@ only the devices are simulated. The simulated truth, given a hardware profile:
   model's `corun_slowdown` if another device is executing when it starts (CPU devices
   share the host's cores and memory), times its `copy_slowdown` if the profile's
   devices share one host (`shared_host`) and another device is copying, times
-  log-normal jitter;
+  a factor drawn from the model's measured spread (`exec_quantiles`) or else log-normal
+  jitter;
 - a request first waits for the gateway: its model's `request_ms` (parse and encode) on
   the gateway's one event loop, after the requests that arrived before it; the scheduler
   sees it once parsed;
@@ -370,7 +371,9 @@ class Simulation:
             exec_ms *= m.copy_slowdown  # another device's copy competes for the host's memory
         if m.corun_slowdown != 1.0 and any(d != run.device for d in self._running):
             exec_ms *= m.corun_slowdown  # another device executes now: shared cores and memory (CPU devices)
-        if self.profile.exec_jitter:
+        if m.exec_quantiles:  # the spread measured: skewed, its mean above the median exec_ms
+            exec_ms *= m.jitter(self._rng.random())
+        elif self.profile.exec_jitter:
             exec_ms *= math.exp(self._rng.gauss(0, self.profile.exec_jitter))
         overlap = topo.pipeline_overlap if m.pipeline_overlap is None else m.pipeline_overlap
         alone_ms = self.cost.service_ms(transfer_ms, exec_ms, overlap)

@@ -165,16 +165,32 @@ def retime(
 def _timed_in_turn(
     models: dict[str, ModelProfile], times: dict[str, list[float]], progress: Callable[[str], None]
 ) -> dict[str, ModelProfile]:
-    """The models with their execution times the medians of their runs in turn."""
+    """The models with their execution times the medians of their runs in turn, and the spread of
+    those runs around the median (exec_quantiles)."""
     models = dict(models)
     for name, ts in times.items():
         m = models[name]
         exec_ms = statistics.median(ts)
         # The batch's time was measured beside the batch-1 one; it keeps their ratio.
         batch = m.batch_exec_ms * exec_ms / m.exec_ms if m.batch_exec_ms else None
-        models[name] = replace(m, exec_ms=exec_ms, batch_exec_ms=batch)
-        progress(f"  {name}: exec {exec_ms:.1f} ms in turn ({len(ts)} runs, {min(ts):.1f}-{max(ts):.1f})")
+        spread = spread_quantiles([t / exec_ms for t in ts])
+        models[name] = replace(m, exec_ms=exec_ms, batch_exec_ms=batch, exec_quantiles=spread)
+        progress(
+            f"  {name}: exec {exec_ms:.1f} ms in turn ({len(ts)} runs, {min(ts):.1f}-{max(ts):.1f}; "
+            f"mean {statistics.fmean(ts) / exec_ms:.3f} x the median, p90 {spread[-3]:.2f} x)"
+        )
     return models
+
+
+SPREAD_POINTS = 21  # the fastest run, every 5%, the slowest
+
+
+def spread_quantiles(ratios: list[float]) -> tuple[float, ...]:
+    """Run time / median at probabilities 0, 0.05, ..., 1 (ModelProfile.exec_quantiles)."""
+    if len(ratios) < 2:
+        return ()
+    inner = statistics.quantiles(ratios, n=SPREAD_POINTS - 1, method="inclusive")
+    return tuple(round(f, 3) for f in (min(ratios), *inner, max(ratios)))
 
 
 def _measure_cuda(

@@ -21,7 +21,9 @@
 
 Bandwidths are in 10^9 bytes per second. `interference` is the slowdown of a
 heavy model's execution while a device on its PCIe switch swaps; `exec_jitter`
-the spread (log-normal sigma) of execution times in simulation.
+the spread (log-normal sigma) of execution times in simulation, for the models without
+their own measured spread (`exec_quantiles`: run time / median at evenly spaced
+probabilities, e.g. [0.92, 0.95, ..., 1.3, 1.6] from the fastest run to the slowest).
 
 Per model, `corun_slowdown` is how much longer its execution takes while another device
 executes at the same time: CPU devices share the host's caches and memory bandwidth
@@ -57,6 +59,7 @@ does not set one. Any `source`/`sources` text says where a figure comes from.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +107,19 @@ class ModelProfile:
     # the topology's: a model whose first operation needs a large tensor whole (bert's 89 MiB
     # word embeddings) hides less of its copy than one that starts with a small convolution.
     pipeline_overlap: float | None = None
+    # The spread of its execution times (measured by `torpor profile` on CPU devices): each run's
+    # time over the median, at evenly spaced probabilities from 0 to 1 (the fastest run, ...,
+    # the slowest). A shared host's runs are skewed -- rarely 10% faster than the median, often
+    # 20-50% slower, their mean 4-6% above it -- which one log-normal sigma cannot say. When given,
+    # the engine draws each run's factor from these instead of the profile's exec_jitter.
+    exec_quantiles: tuple[float, ...] = ()
+
+    def jitter(self, u: float) -> float:
+        """The factor at probability `u` (0..1) of exec_quantiles, interpolated between its points."""
+        q = self.exec_quantiles
+        at = u * (len(q) - 1)
+        i = min(int(at), len(q) - 2)
+        return q[i] + (q[i + 1] - q[i]) * (at - i)
 
 
 @dataclass(frozen=True)
@@ -203,6 +219,7 @@ def parse(data: Any, where: str = "profile") -> HardwareProfile:
             request_ms=_positive(m, "request_ms", where, at) or 0.0,
             request_slowdown=_factor(m, "request_slowdown", where, at),
             pipeline_overlap=_share(m, "pipeline_overlap", where, at),
+            exec_quantiles=_quantiles(m, "exec_quantiles", where, at),
         )
     if not models:
         raise ValueError(f"{where}: models is empty")
@@ -278,6 +295,19 @@ def _factors(m: dict[str, Any], key: str, where: str, at: str) -> tuple[float, .
     return tuple(float(f) for f in v)
 
 
+def _quantiles(m: dict[str, Any], key: str, where: str, at: str) -> tuple[float, ...]:
+    """An optional list of at least 2 positive factors in non-decreasing order (empty when absent)."""
+    v = m.get(key, [])
+    ok = isinstance(v, list) and (not v or len(v) >= 2)
+    ok = ok and all(not isinstance(f, bool) and isinstance(f, (int, float)) and f > 0 for f in v)
+    if not ok or any(a > b for a, b in itertools.pairwise(v)):
+        raise ValueError(
+            f"{where}: {at}{key}: expected at least 2 factors > 0 in non-decreasing order "
+            f"(run time / median at evenly spaced probabilities), got {v!r}"
+        )
+    return tuple(float(f) for f in v)
+
+
 def _share(m: dict[str, Any], key: str, where: str, at: str) -> float | None:
     """An optional fraction within [0, 1] (None when absent)."""
     if key not in m:
@@ -331,6 +361,7 @@ def dump(profile: HardwareProfile, device_memory: int, reserve: int = 0) -> dict
                 **({"request_slowdowns": [round(f, 3) for f in m.request_slowdowns]} if m.request_slowdowns else {}),
                 **({"copy_slowdown": round(m.copy_slowdown, 3)} if m.copy_slowdown != 1.0 else {}),
                 **({"pipeline_overlap": round(m.pipeline_overlap, 3)} if m.pipeline_overlap is not None else {}),
+                **({"exec_quantiles": [round(f, 3) for f in m.exec_quantiles]} if m.exec_quantiles else {}),
             }
             for m in profile.models.values()
         },

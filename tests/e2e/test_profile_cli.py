@@ -20,6 +20,8 @@ def test_profile_writes_a_profile_the_simulator_loads(tmp_path: Path) -> None:
     mlp = profile.models["mlp"]
     assert mlp.nbytes > 0 and mlp.exec_ms > 0 and mlp.max_batch == 2
     assert mlp.request_ms > 0, "a request timed through uvicorn"
+    q = mlp.exec_quantiles  # the runs in turn around their median: fastest, every 5%, slowest
+    assert len(q) == 21 and list(q) == sorted(q) and q[0] <= 1.0 <= q[-1], q
     assert profile.host_cores is not None and profile.host_cores >= 1 and profile.device_threads == 1
     assert 0 <= profile.background_cores < profile.host_cores
     assert "cores busy with other processes" in done.stdout

@@ -280,3 +280,28 @@ def test_a_parse_on_oversubscribed_cores_takes_the_models_measured_slowdown() ->
         parse(dict(PROFILE, models={"small": dict(PROFILE["models"]["small"], request_slowdowns=[0.9])}))
     with pytest.raises(ValueError, match="models.small.request_slowdown"):
         parse(dict(PROFILE, models={"small": dict(PROFILE["models"]["small"], request_slowdown=0.5)}))
+
+
+def test_a_models_measured_spread_sets_its_execution_times() -> None:
+    """exec_quantiles (run time / median at evenly spaced probabilities) replace the log-normal
+    jitter for that model: a run is drawn within their range, their mean where many are drawn."""
+    spread = [0.9, 1.0, 1.0, 1.2, 1.6]  # skewed: mean of the interpolated draws 1.1
+
+    def executions(quantiles: list[float] | None, jitter: float = 0.0) -> list[float]:
+        small = dict(PROFILE["models"]["small"], **({"exec_quantiles": quantiles} if quantiles else {}))
+        p = parse(dict(PROFILE, models={"small": small}, pipeline_overlap=1.0, exec_jitter=jitter))
+        assert p.models["small"].exec_quantiles == tuple(quantiles or ())
+        sim = Simulation(p, "torpor", [SimFunction("f", p.models["small"], 1e6)], record=True)
+        sim.run([(float(t), 0) for t in range(400)])
+        return [(end - began) * 1e3 for _, _, began, end, _, _ in (sim.served or [])][1:]  # after the cold one
+
+    drawn = executions(spread, jitter=0.5)  # the model's own spread wins over the profile's sigma
+    assert min(drawn) >= 0.9 * 5.0 - 1e-9 and max(drawn) <= 1.6 * 5.0 + 1e-9
+    assert sum(drawn) / len(drawn) == pytest.approx(1.1 * 5.0, rel=0.05)
+    assert executions([1.0, 1.0]) == [pytest.approx(5.0)] * 399
+    assert dump(parse(dict(PROFILE, models={"small": dict(PROFILE["models"]["small"], exec_quantiles=spread)})), 1)[
+        "models"
+    ]["small"]["exec_quantiles"] == spread
+    for bad in ([1.0], [1.2, 1.0], [0.0, 1.0], "1.0"):
+        with pytest.raises(ValueError, match=r"models.small.exec_quantiles: expected at least 2 factors > 0"):
+            parse(dict(PROFILE, models={"small": dict(PROFILE["models"]["small"], exec_quantiles=bad)}))
