@@ -138,9 +138,9 @@ def main(argv: list[str] | None = None) -> int:
 
     sims: list[Simulation] = []
 
-    def simulate(functions: list[SimFunction]) -> list[dict[str, Any]]:
+    def simulate(functions: list[SimFunction], drift: tuple[float, ...] = ()) -> list[dict[str, Any]]:
         sims[:] = [
-            Simulation(profile, "torpor", functions, seed=args.seed + k, record=True).run(arrivals)
+            Simulation(profile, "torpor", functions, seed=args.seed + k, record=True, drift=drift).run(arrivals)
             for k in range(args.sim_seeds)
         ]
         return [summarize(sim) for sim in sims]
@@ -158,12 +158,16 @@ def main(argv: list[str] | None = None) -> int:
         for f in functions
         for s in [speed.get(f.model.name) or 1.0]
     ]
+    drift = drift_by_minute(runs, speed)
     seen = compare(real, simulate(at_speed), at_speed)
+    wandering = compare(real, simulate(at_speed, drift), at_speed)
     result["at_server_speed"] = {
         "speed": speed,
         "sim_meeting_slo": seen["sim_meeting_slo"],
         "sim_meeting_slo_range": seen["sim_meeting_slo_range"],
         "median_p98_ratio": seen["median_p98_ratio"],
+        "drift": drift,
+        "by_minute": {k: wandering[k] for k in ("sim_meeting_slo", "sim_meeting_slo_range", "median_p98_ratio")},
     }
     if functions is not before:
         first = compare(real, simulate(before), before)
@@ -315,10 +319,37 @@ def speed_seen(runs: list[Run], functions: list[SimFunction]) -> dict[str, float
     them, over the profile's execution time (the host's speed during the replay, against the profile's).
     A cold run's execution includes waiting for its copy."""
     alone: dict[str, list[float]] = {f.model.name: [] for f in functions}
-    for i, r in enumerate(runs):
-        if not r.cold and not any(x.start < r.end and x.end > r.start for j, x in enumerate(runs) if j != i):
-            alone[r.model].append(r.ratio)
+    for r in lone_runs(runs):
+        alone[r.model].append(r.ratio)
     return {m: float(np.median(v)) if v else None for m, v in alone.items()}
+
+
+def lone_runs(runs: list[Run]) -> list[Run]:
+    """The warm runs no other run overlapped: the host's speed, free of contention."""
+    return [
+        r
+        for i, r in enumerate(runs)
+        if not r.cold and not any(x.start < r.end and x.end > r.start for j, x in enumerate(runs) if j != i)
+    ]
+
+
+DRIFT_MIN_RUNS = 3  # lone warm runs a minute needs to tell its speed
+
+
+def drift_by_minute(runs: list[Run], speed: dict[str, float | None]) -> tuple[float, ...]:
+    """Per minute of the replay, the median of its lone warm runs, each over its model's median for
+    the whole replay (`speed`): the host's speed wandering within the run (1.0 where a minute had
+    too few lone runs to tell)."""
+    minutes: dict[int, list[float]] = {}
+    for r in lone_runs(runs):
+        if speed.get(r.model):
+            minutes.setdefault(int((r.start - runs[0].start) // 60), []).append(r.ratio / speed[r.model])
+    if not minutes:
+        return ()
+    return tuple(
+        round(float(np.median(v)), 3) if len(v := minutes.get(m, [])) >= DRIFT_MIN_RUNS else 1.0
+        for m in range(max(minutes) + 1)
+    )
 
 
 def beside(replays: list[list[Run]]) -> dict[str, float]:
@@ -502,6 +533,14 @@ def render(result: dict[str, Any]) -> str:
             f"simulated {seen['sim_meeting_slo']}/{n} ({lo}-{hi}), "
             f"median p98 sim/real {ms(seen['median_p98_ratio'], 2)}"
         )
+        wandering = seen.get("by_minute")
+        if wandering and seen.get("drift"):
+            lo, hi = wandering["sim_meeting_slo_range"]
+            lines.append(
+                f"  and minute by minute (its lone runs' speed each minute / the whole replay's: "
+                f"{' '.join(f'{f:.2f}' for f in seen['drift'])}): simulated {wandering['sim_meeting_slo']}/{n} "
+                f"({lo}-{hi}), median p98 sim/real {ms(wandering['median_p98_ratio'], 2)}"
+            )
     return "\n".join(lines)
 
 

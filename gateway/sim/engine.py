@@ -150,8 +150,12 @@ class Simulation:
         seed: int = 0,
         preload: bool = True,
         record: bool = False,
+        drift: tuple[float, ...] = (),
     ) -> None:
         self.profile = profile
+        # The host's speed minute by minute of the trace, as a factor on every execution (the last
+        # for the minutes after): a diagnostic of a host whose speed wandered during a replay.
+        self.drift = drift
         # With `record`, every served request as (function index, arrived s, began s, ended s,
         # execution ms at full speed, cold): to set beside the server's request log.
         self.served: list[tuple[int, float, float, float, float, bool]] | None = [] if record else None
@@ -371,6 +375,8 @@ class Simulation:
             exec_ms *= m.copy_slowdown  # another device's copy competes for the host's memory
         if m.corun_slowdown != 1.0 and any(d != run.device for d in self._running):
             exec_ms *= m.corun_slowdown  # another device executes now: shared cores and memory (CPU devices)
+        if self.drift:
+            exec_ms *= self.drift[min(len(self.drift) - 1, int((self.now - self.offset) // 60))]
         if m.exec_quantiles:  # the spread measured: skewed, its mean above the median exec_ms
             exec_ms *= m.jitter(self._rng.random())
         elif self.profile.exec_jitter:

@@ -299,9 +299,22 @@ def test_a_models_measured_spread_sets_its_execution_times() -> None:
     assert min(drawn) >= 0.9 * 5.0 - 1e-9 and max(drawn) <= 1.6 * 5.0 + 1e-9
     assert sum(drawn) / len(drawn) == pytest.approx(1.1 * 5.0, rel=0.05)
     assert executions([1.0, 1.0]) == [pytest.approx(5.0)] * 399
-    assert dump(parse(dict(PROFILE, models={"small": dict(PROFILE["models"]["small"], exec_quantiles=spread)})), 1)[
-        "models"
-    ]["small"]["exec_quantiles"] == spread
+    assert (
+        dump(parse(dict(PROFILE, models={"small": dict(PROFILE["models"]["small"], exec_quantiles=spread)})), 1)[
+            "models"
+        ]["small"]["exec_quantiles"]
+        == spread
+    )
     for bad in ([1.0], [1.2, 1.0], [0.0, 1.0], "1.0"):
         with pytest.raises(ValueError, match=r"models.small.exec_quantiles: expected at least 2 factors > 0"):
             parse(dict(PROFILE, models={"small": dict(PROFILE["models"]["small"], exec_quantiles=bad)}))
+
+
+def test_drift_scales_executions_minute_by_minute() -> None:
+    """A host whose speed wandered: each execution takes the factor of the minute it starts in."""
+    p = parse(dict(PROFILE, pipeline_overlap=1.0))
+    fns = [SimFunction("f", p.models["small"], 1e6)]
+    sim = Simulation(p, "torpor", fns, record=True, drift=(1.0, 3.0))
+    sim.run([(1.0, 0), (30.0, 0), (61.0, 0), (150.0, 0)])
+    took = [round((end - began) * 1e3, 6) for _, _, began, end, _, _ in sim.served or []]
+    assert took[1:] == [5.0, 15.0, 15.0]  # the last minute's factor holds after it

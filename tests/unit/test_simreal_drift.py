@@ -1,0 +1,31 @@
+"""simreal's reading of the host's speed from the server's own runs: lone runs, minute by minute."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtest.simreal import Run, drift_by_minute, lone_runs
+
+
+def test_lone_runs_are_the_warm_ones_nothing_overlapped() -> None:
+    runs = [
+        Run(0.0, 1.0, "a", False, 1.0),  # alone
+        Run(2.0, 3.0, "a", False, 1.1),  # overlapped by the next
+        Run(2.5, 3.5, "b", False, 1.2),
+        Run(5.0, 6.0, "a", True, 1.3),  # alone but cold: its execution waited for its copy
+    ]
+    assert lone_runs(runs) == [runs[0]]
+
+
+def test_drift_is_each_minutes_lone_runs_over_their_models_whole_replay() -> None:
+    # Model a runs at 1.0 x the profile in minute 0 and 1.2 x in minute 2; b at 2.0 x then 2.4 x:
+    # the host slowed by 20% in minute 2 for both; minute 1 has no lone run.
+    runs = sorted(
+        [Run(10.0 * i, 10.0 * i + 1, "a", False, 1.0) for i in range(3)]
+        + [Run(10.0 * i + 5, 10.0 * i + 6, "b", False, 2.0) for i in range(3)]
+        + [Run(120.0 + 10 * i, 121.0 + 10 * i, "a", False, 1.2) for i in range(3)]
+        + [Run(125.0 + 10 * i, 126.0 + 10 * i, "b", False, 2.4) for i in range(3)]
+    )
+    drift = drift_by_minute(runs, {"a": 1.1, "b": 2.2})
+    assert drift == pytest.approx((1.0 / 1.1, 1.0, 1.2 / 1.1), rel=1e-3)
+    assert drift_by_minute([], {}) == ()
