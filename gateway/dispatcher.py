@@ -254,10 +254,11 @@ class Dispatcher:
             # EVICTs first, not awaited: the worker handles a connection's frames in order, so the
             # LOAD behind them finds their space free, and the run does not wait two trips through
             # an event loop that may be parsing another request's body in between.
-            client = self.pool.client(run.device) if run.evict else None
-            st.evicts = [client.request(EvictFrame(model_id=m)) for m in run.evict] if client else []
-            for reply in st.evicts:  # awaited in _run, unless the run fails before
-                reply.add_done_callback(_retrieved)
+            if run.evict:
+                client = self.pool.client(run.device)
+                st.evicts = [client.request(EvictFrame(model_id=m)) for m in run.evict]
+                for reply in st.evicts:  # awaited in _run, unless the run fails before
+                    reply.add_done_callback(_retrieved)
             if run.load is None or not run.load.fill:
                 st.sent = self._send(run, st.invs, None, st.started)
         except Exception as exc:  # answered in _run, as any failure of the run

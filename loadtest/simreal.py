@@ -152,13 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     result["exec_by_model"] = exec_by_model(runs, functions)
     result["by_minute"] = by_minute(rows, sims)
     result["cold_starts"] = cold_starts(rows, functions, sims)
-    speed = speed_seen(runs, functions)
+    lone = lone_runs(runs)
+    speed = speed_seen(lone, functions)
     at_speed = [
         replace(f, model=replace(f.model, exec_ms=f.model.exec_ms * s, batch_exec_ms=_scaled(f.model.batch_exec_ms, s)))
         for f in functions
         for s in [speed.get(f.model.name) or 1.0]
     ]
-    drift = drift_by_minute(runs, speed)
+    drift = drift_by_minute(lone, speed, runs[0].start) if runs else ()
     seen = compare(real, simulate(at_speed), at_speed)
     wandering = compare(real, simulate(at_speed, drift), at_speed)
     result["at_server_speed"] = {
@@ -314,12 +315,12 @@ def sim_runs(sim: Simulation) -> list[Run]:
     )
 
 
-def speed_seen(runs: list[Run], functions: list[SimFunction]) -> dict[str, float | None]:
+def speed_seen(lone: list[Run], functions: list[SimFunction]) -> dict[str, float | None]:
     """Per model: the median execution the server reported for warm runs with no other run beside
-    them, over the profile's execution time (the host's speed during the replay, against the profile's).
-    A cold run's execution includes waiting for its copy."""
+    them (`lone`, from lone_runs), over the profile's execution time (the host's speed during the
+    replay, against the profile's). A cold run's execution includes waiting for its copy."""
     alone: dict[str, list[float]] = {f.model.name: [] for f in functions}
-    for r in lone_runs(runs):
+    for r in lone:
         alone[r.model].append(r.ratio)
     return {m: float(np.median(v)) if v else None for m, v in alone.items()}
 
@@ -336,14 +337,14 @@ def lone_runs(runs: list[Run]) -> list[Run]:
 DRIFT_MIN_RUNS = 3  # lone warm runs a minute needs to tell its speed
 
 
-def drift_by_minute(runs: list[Run], speed: dict[str, float | None]) -> tuple[float, ...]:
-    """Per minute of the replay, the median of its lone warm runs, each over its model's median for
-    the whole replay (`speed`): the host's speed wandering within the run (1.0 where a minute had
-    too few lone runs to tell)."""
+def drift_by_minute(lone: list[Run], speed: dict[str, float | None], first: float) -> tuple[float, ...]:
+    """Per minute of the replay (from its first run, at `first`), the median of its lone warm runs
+    (`lone`), each over its model's median for the whole replay (`speed`): the host's speed
+    wandering within the run (1.0 where a minute had too few lone runs to tell)."""
     minutes: dict[int, list[float]] = {}
-    for r in lone_runs(runs):
+    for r in lone:
         if speed.get(r.model):
-            minutes.setdefault(int((r.start - runs[0].start) // 60), []).append(r.ratio / speed[r.model])
+            minutes.setdefault(int((r.start - first) // 60), []).append(r.ratio / speed[r.model])
     if not minutes:
         return ()
     return tuple(

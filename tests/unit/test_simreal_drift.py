@@ -26,6 +26,6 @@ def test_drift_is_each_minutes_lone_runs_over_their_models_whole_replay() -> Non
         + [Run(120.0 + 10 * i, 121.0 + 10 * i, "a", False, 1.2) for i in range(3)]
         + [Run(125.0 + 10 * i, 126.0 + 10 * i, "b", False, 2.4) for i in range(3)]
     )
-    drift = drift_by_minute(runs, {"a": 1.1, "b": 2.2})
+    drift = drift_by_minute(lone_runs(runs), {"a": 1.1, "b": 2.2}, runs[0].start)
     assert drift == pytest.approx((1.0 / 1.1, 1.0, 1.2 / 1.1), rel=1e-3)
-    assert drift_by_minute([], {}) == ()
+    assert drift_by_minute([], {}, 0.0) == ()
