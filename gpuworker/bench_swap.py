@@ -8,7 +8,9 @@ For each model, with the worker's own code (backend, arena, swap engine, gate):
   pipelined   start the copy and run at once; each layer waits for its group
   memcpy      one plain copy of the same bytes into the same arena memory
 and the ratios: swap bandwidth / memcpy bandwidth (goal >= 0.9), pipelined /
-max(memcpy, warm) (goal <= 1.15), pipelined / swap+exec.
+max(memcpy, warm) (goal <= 1.15), pipelined / swap+exec, and the share of the copy the
+pipelined run hides (1 - its time over the warm runs just before and after it, over the
+copy's: what `torpor profile` records as the model's pipeline_overlap).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class Bench:
     def measure(self, name: str, repeats: int) -> dict[str, float]:
         _, nbytes = self.prepare(name)
         x = _input(name)
-        warm, serial, piped, swaps, copies = [], [], [], [], []
+        warm, serial, piped, swaps, copies, unhidden = [], [], [], [], [], []
         # Alternate between two arena offsets so every swap also rebinds the program's views.
         offsets = [0, 1 << 16]
         for i in range(repeats):
@@ -99,6 +101,11 @@ class Bench:
             self.infer(name, x)
             piped.append((time.perf_counter() - t0) * 1e3)
             swap.done.wait()
+            # What the copy added to this run, against the warm runs just before and after it:
+            # paired, as the host's speed drifts between repeats and a run varies by more than a
+            # small model's copy (the medians of serial and piped, differenced, swung from 0.1
+            # to 1.0 of the copy between profiles on one machine).
+            unhidden.append(piped[-1] - (warm[-1] + self.infer(name, x)) / 2)
             self.executor.evict(Evict(model_id=name))
             # plain memcpy of the same bytes into the same arena memory (synchronous on a GPU too)
             src = self.backend.host_buffer(self.images[-1].segment_name)[:nbytes]
@@ -115,6 +122,7 @@ class Bench:
             "serial": med(serial),
             "piped": med(piped),
             "memcpy": med(copies),
+            "unhidden": med(unhidden),
         }
 
     @classmethod
@@ -146,7 +154,7 @@ def main() -> None:
         f"groups of {args.group / 2**20:g} MiB; median of {args.repeats}"
     )
     head = f"{'model':<10}{'MiB':>7}{'warm':>8}{'swap+exec':>10}{'pipelined':>10}{'memcpy':>8}{'swap':>7}"
-    print(head + f"{'swapBW/memcpyBW':>16}{'piped/max(copy,warm)':>22}{'piped/serial':>13}")
+    print(head + f"{'swapBW/memcpyBW':>16}{'piped/max(copy,warm)':>22}{'piped/serial':>13}{'copy hidden':>12}")
     try:
         for name in args.models:
             r = bench.measure(name, args.repeats)
@@ -154,6 +162,7 @@ def main() -> None:
                 f"{name:<10}{r['bytes'] / 2**20:>7.1f}{r['warm']:>8.1f}{r['serial']:>10.1f}{r['piped']:>10.1f}"
                 f"{r['memcpy']:>8.1f}{r['swap']:>7.1f}{r['memcpy'] / r['swap']:>16.2f}"
                 f"{r['piped'] / max(r['memcpy'], r['warm']):>22.2f}{r['piped'] / r['serial']:>13.2f}"
+                f"{1 - r['unhidden'] / min(r['swap'], r['warm']):>12.2f}"
             )
     finally:
         bench.close()

@@ -19,6 +19,7 @@ def test_profile_writes_a_profile_the_simulator_loads(tmp_path: Path) -> None:
     assert profile.devices == 2
     mlp = profile.models["mlp"]
     assert mlp.nbytes > 0 and mlp.exec_ms > 0 and mlp.max_batch == 2
+    assert mlp.pipeline_overlap is not None and 0 <= mlp.pipeline_overlap <= 1, "the copy hidden by a pipelined run"
     assert mlp.request_ms > 0, "a request timed through uvicorn"
     q = mlp.exec_quantiles  # the runs in turn around their median: fastest, every 5%, slowest
     assert len(q) == 21 and list(q) == sorted(q) and q[0] <= 1.0 <= q[-1], q
