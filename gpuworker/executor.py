@@ -199,8 +199,8 @@ class Executor:
                 raise InvalidInput(f"peer slice at {peer.offset} of device {peer.device} is outside its arena")
             source = f"peer:{peer.device}"
         swap = Swap(prog.model_id, prog.plan, dst, src, lambda s: None, fill, in_place=in_place)
+        self.bind(prog, offset)  # before the copy thread starts: beside it, each view waited for the GIL
         self.start(rid, prog, swap, offset, nbytes, source, nbytes, follow=body.follow)
-        self.bind(prog, offset)
 
     def reserve(self, model_id: str, offset: int, nbytes: int) -> torch.Tensor:
         """The arena slice a swap-in may write, checked: not resident yet, inside the arena, overlapping nothing."""

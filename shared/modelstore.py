@@ -8,6 +8,7 @@ the segment into an arena slice, and the tensors are views at the same offsets.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -109,11 +110,37 @@ def pack(tensors: list[tuple[str, torch.Tensor]], segment_name: str) -> ModelIma
 
 
 def views(buf: torch.Tensor, base: int, table: TensorTable) -> dict[str, torch.Tensor]:
-    """Tensors of `table` as views into the uint8 tensor `buf` starting at `base`."""
+    """Tensors of `table` as views into the uint8 tensor `buf` starting at `base`.
+
+    Each is one strided window of a typed view of the buffer (one per dtype): a swap-in binds
+    every tensor of its model while the request waits (932 for resnet152), and slicing, then
+    viewing as the dtype, then as the shape took three operations each, 8.6 ms in all.
+    """
     from shared.program import dtype_from_name
 
+    typed: dict[str, torch.Tensor] = {}
     out: dict[str, torch.Tensor] = {}
     for e in table.entries:
-        raw = buf[base + e.offset : base + e.offset + e.nbytes]
-        out[e.name] = raw.view(dtype_from_name(e.dtype)).view(e.shape)
+        as_type = typed.get(e.dtype)
+        if as_type is None:
+            dtype = dtype_from_name(e.dtype)
+            # `base` may be negative (a pipeline stage's share starts past the image's start):
+            # the typed view spans the whole buffer and each window is placed from its start.
+            as_type = typed[e.dtype] = buf[: buf.numel() // dtype.itemsize * dtype.itemsize].view(dtype)
+        at, size = base + e.offset, as_type.element_size()
+        if at < 0 or at % size or at + e.nbytes > buf.numel():
+            raise ValueError(
+                f"tensor {e.name}: bytes [{at}, {at + e.nbytes}) are not {e.dtype} elements inside the "
+                f"{buf.numel()}-byte buffer"
+            )
+        out[e.name] = as_type.as_strided(e.shape, _contiguous(e.shape), as_type.storage_offset() + at // size)
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
