@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from gateway.cluster import transfer
 from gateway.cluster.config import ClusterConfig
@@ -20,7 +21,7 @@ from gateway.cluster.forward import Forwarder
 from gateway.cluster.imagefetch import ImageFetcher
 from gateway.cluster.policy import Claim, ClusterPolicy, Knobs, Release
 from gateway.cluster.records import FunctionDef, Hold, HoldState, NodeRecord, NodeState
-from gateway.cluster.store import ClusterStore, RegistryDown
+from gateway.cluster.store import ClusterStore, RegistryDown, RegistryLost
 from gateway.registry import Function, check_name
 from gateway.service import Service
 from shared import imagefile
@@ -28,6 +29,7 @@ from shared.errors import NotFound, TorporError, Unavailable
 from shared.rangefetch import Holder
 
 log = logging.getLogger("torpor.cluster")
+T = TypeVar("T")
 
 
 class Conflict(TorporError):
@@ -47,6 +49,8 @@ class ClusterNode:
         self._busy: set[str] = set()  # functions this node is deploying, claiming or dropping now
         self._joined = False  # our record was in Redis at the last heartbeat
         self._last_event = "0-0"
+        # Functions in the view but not in the registry, nor deleted: since when (see _resync).
+        self._undeclared_since: dict[str, float] = {}
         self._synced = asyncio.Event()
         self._changed = asyncio.Event()  # set whenever the view of a function changes
         # Reads of the registry are applied in the order they were made: without it, a read
@@ -351,13 +355,16 @@ class ClusterNode:
             await asyncio.sleep(self.cfg.heartbeat_s)
 
     async def _beat(self) -> None:
-        record = self._record()
-        records = await self.store.heartbeat(record, self.cfg.ttl_s)
-        if not self._joined or records.get(self.name) is None:
-            # First contact, back after an outage, or Redis lost our record: say what we hold.
-            if self._joined:
-                log.warning("this node's record was missing from Redis (expired, or Redis lost it); rejoining")
+        try:
+            records = await self.store.heartbeat(self._record(), self.cfg.ttl_s)
+        except RegistryLost as exc:
+            log.warning("%s; declaring what this node holds again", exc.message)
+            self._joined = False
+            records = None
+        if not self._joined:  # first contact, back after an outage, or Redis lost its data
             await self._rejoin()
+        if records is None:
+            records = await self.store.heartbeat(self._record(), self.cfg.ttl_s)
         self.policy.reachability(True)
         for name, rec in records.items():
             if rec is None:
@@ -367,6 +374,7 @@ class ClusterNode:
 
     async def _rejoin(self) -> None:
         """Declare every local image (a restarted node, or a Redis that lost its data) and resync."""
+        await self.store.join()
         self._last_event = await self.store.last_event_id()
         for name, fn in list(self.service.registry.functions.items()):
             if name in self._busy:
@@ -384,11 +392,25 @@ class ClusterNode:
 
     async def _resync(self) -> None:
         async with self._view_lock:
-            snapshot = await self.store.snapshot()
-            for name in set(self.policy.functions) - set(snapshot):
-                await self._apply(name, None, {})
-            for name, (definition, holds) in snapshot.items():
+            snapshot = await self._read(self.store.snapshot())
+            now = self.policy.clock()
+            for name in set(self.policy.functions) - set(snapshot.functions):
+                # Deleted (a tombstone says so): gone at once. Missing without a tombstone: Redis
+                # lost its data and the nodes holding the function have not declared it again
+                # yet. Until each had a TTL to, requests for it still go where it was.
+                since = self._undeclared_since.setdefault(name, now)
+                if name in snapshot.tombstones or now - since >= self.cfg.ttl_s:
+                    await self._apply(name, None, {})
+            for name, (definition, holds) in snapshot.functions.items():
                 await self._apply(name, definition, holds)
+
+    async def _read(self, read: Awaitable[T]) -> T:
+        """A read of the registry to apply; if Redis lost its data meanwhile, rejoin instead."""
+        try:
+            return await read
+        except RegistryLost:
+            self._joined = False  # the next heartbeat declares what this node holds again
+            raise
 
     async def _resyncs(self) -> None:
         while not self._stopping:
@@ -419,12 +441,13 @@ class ClusterNode:
 
     async def _refresh(self, name: str) -> None:
         async with self._view_lock:
-            definition, holds = await self.store.function(name)
+            definition, holds = await self._read(self.store.function(name))
             await self._apply(name, definition, holds)
 
     async def _apply(self, name: str, definition: FunctionDef | None, holds: dict[str, Hold]) -> None:
         """Bring the local view, and this node's own copy, in line with the registry."""
         self._changed.set()
+        self._undeclared_since.pop(name, None)
         if definition is None:
             self.policy.function_removed(name)
         else:

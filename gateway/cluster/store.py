@@ -4,11 +4,17 @@ One client per node with a bounded connection pool for commands, and a second cl
 blocking stream read, so a read that waits for events never holds up a heartbeat. Every
 command has a socket timeout instead of being cancelled half-way (a cancelled command can
 leave a pooled connection with an unread reply). Foreign errors leave as `RegistryDown`.
+
+A Redis that restarted empty (or was flushed) answers like any other: the registry's
+incarnation, a random id written by the first node to join it, tells the two apart. Once a
+node has joined, every read it applies to its view carries the incarnation, and one from
+another incarnation raises `RegistryLost` instead of telling the node its functions are gone.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import Any, NamedTuple
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -18,8 +24,8 @@ from gateway.cluster.records import FunctionDef, Hold, NodeRecord
 from shared.errors import Unavailable
 
 TAG = "{torpor}"  # one hash tag: every key in one slot, so the scripts run on Redis Cluster too
-FNS, EPOCH, VERSION, EVENTS, TOMBS, NODES = (
-    f"{TAG}:{k}" for k in ("fns", "epoch", "version", "events", "tombs", "nodes")
+FNS, EPOCH, VERSION, EVENTS, TOMBS, NODES, INCARNATION = (
+    f"{TAG}:{k}" for k in ("fns", "epoch", "version", "events", "tombs", "nodes", "incarnation")
 )
 STREAM_MAXLEN = 10_000
 
@@ -36,11 +42,21 @@ class RegistryDown(Unavailable):
     """Redis did not answer: changes to the cluster must wait; serving goes on."""
 
 
+class RegistryLost(RegistryDown):
+    """Redis answers, but without the data this node joined: it restarted empty or was flushed."""
+
+
+class Snapshot(NamedTuple):
+    functions: dict[str, tuple[FunctionDef, dict[str, Hold]]]
+    tombstones: set[str]  # functions deleted (a redeploy clears its name)
+
+
 class ClusterStore:
     def __init__(self, url: str, timeout_s: float = 1.0, block_ms: int = 1000, pool: int = 8) -> None:
         self.url = url
         self.block_ms = block_ms
         self.where = _redacted(url)
+        self.incarnation: str | None = None  # the registry's, as of this node's last join
         common: dict[str, Any] = {"decode_responses": True, "socket_connect_timeout": timeout_s}
         pool_ = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=pool, timeout=timeout_s, socket_timeout=timeout_s, **common
@@ -96,21 +112,42 @@ class ClusterStore:
         keys = [FNS, place_key(fn.name), EPOCH, EVENTS, TOMBS, VERSION]
         return int(await self._run(self._adopt(keys=keys, args=_args(fn, node))))
 
+    async def join(self) -> str:
+        """The registry's incarnation, created if Redis has none (the first node, or Redis lost its data)."""
+        async with self.redis.pipeline(transaction=True) as p:
+            p.set(INCARNATION, uuid.uuid4().hex, nx=True)
+            p.get(INCARNATION)
+            _, self.incarnation = await self._run(p.execute())
+        return self.incarnation
+
+    def _same_registry(self, incarnation: str | None) -> None:
+        if self.incarnation is not None and incarnation != self.incarnation:
+            where = self.where
+            raise RegistryLost(f"the cluster registry (Redis at {where}) lost its data (restarted empty or flushed)")
+
     async def function(self, name: str) -> tuple[FunctionDef | None, dict[str, Hold]]:
         async with self.redis.pipeline(transaction=True) as p:
             p.hget(FNS, name)
             p.hgetall(place_key(name))
-            raw, holds = await self._run(p.execute())
+            p.get(INCARNATION)
+            raw, holds, incarnation = await self._run(p.execute())
+        self._same_registry(incarnation)
         return (FunctionDef.from_json(raw) if raw else None), _holds(holds)
 
-    async def snapshot(self) -> dict[str, tuple[FunctionDef, dict[str, Hold]]]:
-        raw = await self._run(self.redis.hgetall(FNS))
+    async def snapshot(self) -> Snapshot:
+        async with self.redis.pipeline(transaction=True) as p:
+            p.hgetall(FNS)
+            p.hkeys(TOMBS)
+            p.get(INCARNATION)
+            raw, tombs, incarnation = await self._run(p.execute())
+        self._same_registry(incarnation)
         names = sorted(raw)
         async with self.redis.pipeline(transaction=False) as p:
             for name in names:
                 p.hgetall(place_key(name))
             holds = await self._run(p.execute())
-        return {n: (FunctionDef.from_json(raw[n]), _holds(h)) for n, h in zip(names, holds, strict=True)}
+        functions = {n: (FunctionDef.from_json(raw[n]), _holds(h)) for n, h in zip(names, holds, strict=True)}
+        return Snapshot(functions, set(tombs))
 
     # -- nodes -----------------------------------------------------------------------
     async def heartbeat(self, record: NodeRecord, ttl_s: float) -> dict[str, NodeRecord | None]:
@@ -119,7 +156,9 @@ class ClusterStore:
             p.set(node_key(record.name), record.to_json(), px=int(ttl_s * 1000))
             p.hset(NODES, record.name, record.url)
             p.hgetall(NODES)
-            _, _, known = await self._run(p.execute())
+            p.get(INCARNATION)
+            _, _, known, incarnation = await self._run(p.execute())
+        self._same_registry(incarnation)
         names = sorted(known)
         values = await self._run(self.redis.mget([node_key(n) for n in names])) if names else []
         return {n: (NodeRecord.from_json(v) if v else None) for n, v in zip(names, values, strict=True)}

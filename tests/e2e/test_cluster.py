@@ -1,9 +1,9 @@
 """Three `torpor serve --cluster` nodes as real processes on one real redis-server.
 
 Deploy anywhere, invoke anywhere (bitwise equal outputs), concurrent replaces with one winner,
-delete everywhere, a wrong cluster token refused, Redis stopped and restarted under the nodes,
-and a node killed with SIGKILL whose function serves again elsewhere. The tests run in file
-order on one cluster; the destructive ones come last.
+delete everywhere, a wrong cluster token refused, Redis stopped and restarted under the nodes
+(once with a holder frozen meanwhile), and a node killed with SIGKILL whose function serves
+again elsewhere. The tests run in file order on one cluster; the destructive ones come last.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+from gateway.cluster.store import node_key
 from loadtest.cluster import REDIS_BINARY, TOKEN, RedisServer, node, wait_for
 from loadtest.server import Server
 from tests.e2e.helpers import native_output, output_array, sample_input
@@ -218,6 +219,29 @@ def test_redis_stopped_and_restarted(cluster: Cluster) -> None:
     assert r.status_code == 201, r.text
     wait_for(lambda: _known(cluster["a"], "later"), timeout=5)
     assert cluster["c"].invoke("mlp", sample_input("mlp")).status_code == 200
+
+
+def test_a_holder_frozen_while_redis_restarts_keeps_its_copy(cluster: Cluster) -> None:
+    """Redis restarts empty while mlp's only holder is frozen (a long pause, a stalled VM).
+
+    On resuming, that node reads a registry without mlp before its heartbeat runs: it must
+    declare its copy again, not drop the only one; the other nodes route to it meanwhile.
+    """
+    a = cluster["a"]
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        cluster.redis.stop()
+        cluster.redis = RedisServer(cluster.root / "redis", port=cluster.redis.port).start()
+        rd = cluster.redis.client()
+        wait_for(lambda: rd.exists(node_key("c")) == 1, timeout=10)
+        assert _known(cluster["c"], "mlp")  # not declared again yet, but not forgotten
+        time.sleep(5.5)  # past a's resync period: on resuming, it reads the registry at once
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    wait_for(lambda: rd.hexists("{torpor}:fns", "mlp"), timeout=10)
+    r = cluster["c"].invoke("mlp", sample_input("mlp"))
+    assert r.status_code == 200 and r.headers["x-torpor-node"] == "a", r.text
+    assert "lost its data" in a.log()
 
 
 def test_kill_9_node_its_function_serves_again(cluster: Cluster, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.cluster.records import FunctionDef, HoldState, NodeRecord, NodeState
-from gateway.cluster.store import ClusterStore, RegistryDown
+from gateway.cluster.store import ClusterStore, RegistryDown, RegistryLost
 from loadtest.cluster import REDIS_BINARY, RedisServer
 
 pytestmark = pytest.mark.skipif(
@@ -112,6 +112,32 @@ def test_adopt_after_a_data_loss_but_not_after_a_delete(redis_url: str) -> None:
         await store.deploy(definition(9), "b")
         assert await store.adopt(definition(8), "c") == -1  # replaced meanwhile
         assert not await store.delete("g", "b")
+
+    run(redis_url, body)
+
+
+def test_reads_from_a_registry_that_lost_its_data_are_refused_until_joined_again(redis_url: str) -> None:
+    async def body(store: ClusterStore) -> None:
+        first = await store.join()
+        other = ClusterStore(redis_url)
+        try:
+            assert await other.join() == first  # the second node joins the same registry
+        finally:
+            await other.close()
+        await store.deploy(definition(1), "a")
+        await store.deploy(definition(2, name="g"), "a")
+        assert await store.delete("g", "a")
+        snap = await store.snapshot()
+        assert sorted(snap.functions) == ["f"] and snap.tombstones == {"g"}
+        await store.redis.flushall()  # as a Redis that restarted without persistence
+        record = NodeRecord("a", "http://a")
+        for read in (store.function("f"), store.snapshot(), store.heartbeat(record, ttl_s=5)):
+            with pytest.raises(RegistryLost) as exc:
+                await read
+            assert exc.value.status == 503 and "lost its data" in exc.value.message
+        assert await store.join() != first  # a new incarnation, written by the first to rejoin
+        assert await store.function("f") == (None, {})
+        assert (await store.snapshot()).tombstones == set()
 
     run(redis_url, body)
 
