@@ -47,7 +47,7 @@ class ClusterNode:
         self.state = NodeState.UP
         self._tasks: list[asyncio.Task[None]] = []
         self._busy: set[str] = set()  # functions this node is deploying, claiming or dropping now
-        self._joined = False  # our record was in Redis at the last heartbeat
+        self._joined = False  # declared what we hold to the registry's current incarnation
         self._last_event = "0-0"
         # Functions in the view but not in the registry, nor deleted: since when (see _resync).
         self._undeclared_since: dict[str, float] = {}

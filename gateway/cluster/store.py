@@ -122,8 +122,9 @@ class ClusterStore:
 
     def _same_registry(self, incarnation: str | None) -> None:
         if self.incarnation is not None and incarnation != self.incarnation:
-            where = self.where
-            raise RegistryLost(f"the cluster registry (Redis at {where}) lost its data (restarted empty or flushed)")
+            raise RegistryLost(
+                f"the cluster registry (Redis at {self.where}) lost its data (restarted empty or flushed)"
+            )
 
     async def function(self, name: str) -> tuple[FunctionDef | None, dict[str, Hold]]:
         async with self.redis.pipeline(transaction=True) as p:
