@@ -57,8 +57,9 @@ class Trace:
 
         Each minute's count of a function is placed inside that minute, [60·m, 60·m + 60):
         a share `burst` of the requests (binomial) cluster around 1-3 burst centres drawn
-        uniformly in the minute, with a normal spread of 1 s (clipped to the minute); the
-        rest arrive uniformly. burst=0 gives a Poisson-like spread, burst=1 only clusters.
+        uniformly in the minute, with a normal spread of 1 s (reflected at the minute's
+        edges, see `_fold_into_minute`); the rest arrive uniformly. burst=0 gives a
+        Poisson-like spread, burst=1 only clusters.
         even=True spreads them evenly instead, n requests 60/n s apart from a random
         phase (Torpor's evaluation workload). Deterministic for a seed.
         """
@@ -82,7 +83,7 @@ class Trace:
                         rng.uniform(0, 60, n - clustered),
                     ]
                 )
-                times.append(np.clip(t, 0, _LAST_IN_MINUTE) + 60 * minute)
+                times.append(_fold_into_minute(t) + 60 * minute)
                 funcs.append(np.full(n, fi))
             if not times:
                 continue
@@ -121,6 +122,18 @@ class Trace:
     def head(self, functions: int) -> Trace:
         """The first `functions` functions (all of them if there are fewer)."""
         return Trace(self.functions[:functions], self.counts[:functions].copy())
+
+
+def _fold_into_minute(t: np.ndarray) -> np.ndarray:
+    """Offsets reflected at 0 and 60 s until they lie inside the minute.
+
+    A burst centred near a minute's edge spills past it. Clipping the spill would stack
+    it on one instant (the minute's first or last), and same-instant requests are ordered
+    by chance on a real server but by function in the simulation; reflecting keeps the
+    burst's spread and its requests apart, and keeps the minute's count.
+    """
+    folded = np.abs((t + 60.0) % 120.0 - 60.0)  # a triangle wave: 0..60 up, 60..120 back down
+    return np.minimum(folded, _LAST_IN_MINUTE)
 
 
 def generate(
