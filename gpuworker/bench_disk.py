@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="compute threads (copy and disk threads are extra)")
     args = ap.parse_args()
+    shm.exit_on_sigterm()  # a kill still unlinks the segments made below
     bench = Bench.cpu(512 << 20, args.threads, 2 << 20)
     print(
         f"CPU device: {args.threads} compute thread(s), 1 copy thread, 1 disk thread on {os.cpu_count()} cores; "

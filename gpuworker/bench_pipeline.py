@@ -128,6 +128,7 @@ def main() -> None:
         help="bert-base: requests of this many tokens instead of 128 (a short query: less compute, the same copy)",
     )
     args = ap.parse_args()
+    shm.exit_on_sigterm()  # a kill still unlinks the segments made below
     torch.set_num_threads(1)
     # Devices 0 and 1 take the cold starts; device 2 keeps the model resident for the warm run
     # measured just before each cold one, so each penalty is a pair taken moments apart (this

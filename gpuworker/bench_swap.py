@@ -148,6 +148,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="compute threads (the copy thread is extra)")
     ap.add_argument("--group", type=int, default=2 << 20, help="swap group bytes")
     args = ap.parse_args()
+    shm.exit_on_sigterm()  # a kill still unlinks the segments made below
     bench = Bench.cpu(512 << 20, args.threads, args.group)
     print(
         f"CPU device: {args.threads} compute thread(s) + 1 copy thread on {os.cpu_count()} cores; "

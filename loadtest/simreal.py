@@ -56,7 +56,7 @@ from gateway.sim.engine import SimFunction, Simulation
 from gateway.sim.profile import HardwareProfile, ModelProfile, load
 from gateway.sim.summary import summarize
 from loadtest.server import Server
-from shared import traces
+from shared import shm, traces
 from shared.config import parse_devices, parse_size
 from shared.hostload import BusyMeter, capped
 
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="simreal")
     ap.add_argument("--again", action="store_true", help="re-simulate the replay already in --out")
     args = ap.parse_args(argv)
+    shm.exit_on_sigterm()  # a kill still stops the server and unlinks the profile's segments
     if args.sim_seeds < 1:
         raise SystemExit(f"simreal: --sim-seeds: expected at least 1, got {args.sim_seeds}")
     out = Path(args.out)

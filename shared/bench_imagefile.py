@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--model", default="bert-base")
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
+    shm.exit_on_sigterm()  # a kill still unlinks the segments made below
     gm = program.build({"zoo": args.model, "seed": 0}, meta=False)
     with torch.inference_mode():
         image = pack(program.packing_order(gm), shm.segment_name("bench-image-src"))

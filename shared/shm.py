@@ -14,6 +14,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -134,6 +135,18 @@ def reclaim_stale(spare: Callable[[str], bool] | None = None) -> list[str]:
             unlink(name)
             reclaimed.append(name)
     return reclaimed
+
+
+def exit_on_sigterm() -> None:
+    """Let SIGTERM end a tool (torpor profile, simreal, a bench) as Ctrl-C does, by an exception,
+    so the finally blocks unlink the segments it made and stop the server it started. Python's
+    default ends the process at once: its segments stayed in /dev/shm until the next gateway's
+    start reclaimed them, and a server it had started kept running. Main thread only."""
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def listing() -> list[str]:

@@ -304,8 +304,10 @@ def _profile(args: argparse.Namespace) -> int:
     from gateway.sim.measure import measure_profile
     from gateway.sim.profile import dump
     from gateway.sim.run import write_json
+    from shared import shm
     from shared.config import parse_devices, parse_size
 
+    shm.exit_on_sigterm()  # a kill still stops the request-timing server and unlinks the segments
     if not 0 <= args.window <= 3600:
         raise SystemExit(f"torpor profile: --window: expected 0 to 3600 seconds, got {args.window:g}")
     devices = parse_devices(args.devices)

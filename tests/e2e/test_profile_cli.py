@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from gateway.sim.profile import load
+from shared import shm
 
 
 def test_profile_writes_a_profile_the_simulator_loads(tmp_path: Path) -> None:
@@ -27,3 +31,43 @@ def test_profile_writes_a_profile_the_simulator_loads(tmp_path: Path) -> None:
     assert 0 <= profile.background_cores < profile.host_cores
     assert "cores busy with other processes" in done.stdout
     assert "in turn" in done.stdout, "execution timed with the models in turn over the window"
+
+
+def _owners() -> set[int]:
+    """The pids owning torpor segments (names torpor-<pid>-<tag>)."""
+    return {int(part) for name in shm.listing() if (part := name.split("-")[1]).isdigit()}
+
+
+def test_a_killed_profile_leaves_no_segment_and_no_server(tmp_path: Path) -> None:
+    # SIGTERM is how a supervisor or `kill` stops a tool: its shared memory and the server it
+    # started to time requests must go with it, as they do on Ctrl-C.
+    before = _owners()
+    cmd = [sys.executable, "-m", "gateway.cli", "profile", "--devices", "cpu:2", "--device-memory", "256MiB"]
+    cmd += ["--models", "mlp", "resnet18", "--window", "5", "--out", str(tmp_path / "p.json")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its progress lines as they are printed
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        out = ""
+        while "timing a request" not in out:  # the profile's segments exist; its server is starting
+            line = proc.stdout.readline() if proc.stdout else ""
+            assert line, f"the profile ended early:\n{out}"
+            out += line
+        deadline = time.monotonic() + 60
+        while not (servers := _owners() - before - {proc.pid}) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the server's arenas appear once it runs
+        assert servers, "the request-timing server started"
+        assert shm.owned_by(proc.pid), "the profile's own segments exist while it runs"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+    assert shm.owned_by(proc.pid) == []
+    deadline = time.monotonic() + 10
+    while any(shm.alive(pid) for pid in servers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(shm.alive(pid) for pid in servers), "the request-timing server stopped with the profile"
+    assert not any(shm.owned_by(pid) for pid in servers), "and unlinked its segments"
