@@ -120,18 +120,24 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def owner(name: str) -> int | None:
+    """The pid in a segment's name (torpor-<pid>-<tag>), or None for a name not of that form."""
+    m = _NAME.match(name)
+    return int(m.group(1)) if m else None
+
+
 def owned_by(pid: int) -> list[str]:
-    return [n for n in listing() if (m := _NAME.match(n)) and int(m.group(1)) == pid]
+    return [n for n in listing() if owner(n) == pid]
 
 
 def reclaim_stale(spare: Callable[[str], bool] | None = None) -> list[str]:
     """Unlink segments whose owning gateway is no longer running (but those `spare` keeps); returns their names."""
     reclaimed = []
     for name in listing():
-        m = _NAME.match(name)
         if spare is not None and spare(name):
             continue
-        if m and int(m.group(1)) != os.getpid() and not alive(int(m.group(1))):
+        pid = owner(name)
+        if pid is not None and pid != os.getpid() and not alive(pid):
             unlink(name)
             reclaimed.append(name)
     return reclaimed
