@@ -14,7 +14,8 @@ only the devices are simulated. The simulated truth, given a hardware profile:
   devices share one host (`shared_host`) and another device is copying, times
   a factor drawn from the model's measured spread (`exec_quantiles`) or else log-normal
   jitter;
-- a request first waits for the gateway: its model's `request_ms` (parse and encode) on
+- a request first waits for the gateway: its model's `request_ms` (parse and encode), times
+  a factor drawn from the model's measured spread (`request_quantiles`) if it has one, on
   the gateway's one event loop, after the requests that arrived before it; the scheduler
   sees it once parsed;
 - with the profile's `host_cores` (CPU devices), executions, copies and the gateway's
@@ -166,6 +167,9 @@ class Simulation:
         self.scheduler = Scheduler(profile.topology, lambda: self.now, policy, seed=seed, preload=preload)
         self.cost = CostModel(profile.topology)
         self._rng = random.Random(seed + 1)
+        # Requests' own times draw from a stream of their own: a profile with their spread moves
+        # no execution's draw.
+        self._request_rng = random.Random(seed + 2)
         self._events: list[tuple[float, int, int, int]] = []  # (time, seq, kind, device)
         self._seq = itertools.count()
         self._running: dict[int, _Started] = {}
@@ -232,6 +236,8 @@ class Simulation:
         """A request of function `fi` that arrived at `arrived` (its latency counts from then)."""
         model = self.functions[fi].model
         parse_ms = model.request_ms
+        if parse_ms and model.request_quantiles:
+            parse_ms *= model.request_jitter(self._request_rng.random())
         if not parse_ms:
             self._arrival[rid] = (fi, arrived, any(d.idle for d in self.scheduler.devices))
             self._apply(self.scheduler.arrived(rid, self.functions[fi].name))

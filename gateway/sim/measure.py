@@ -23,7 +23,7 @@ import torch
 
 from gateway.costmodel import Topology
 from gateway.sim import requestcost
-from gateway.sim.profile import HardwareProfile, ModelProfile
+from gateway.sim.profile import HardwareProfile, ModelProfile, spread_quantiles
 from shared import hostload, program, zoo
 from shared.config import DeviceSpec
 from shared.loadproc import LoadProcesses
@@ -46,6 +46,9 @@ def measure_profile(
 
 
 COPY_BYTES = 64 << 20  # another device's swap-in, copied over and over
+# Requests timed alone per model for their spread: a p98 is a tail, and where the request is half
+# the execution (a small image model) its own tail is a good part of the function's.
+REQUEST_SPREAD_RUNS = 41
 SWAP_REPEATS = 9  # cold runs per model for the pipeline overlap (each paired with warm ones)
 RUNS = 7  # timed runs per measurement: a 2-core host's run times vary; 3 gave profiles 10-20% apart
 MIN_JITTER = 0.05
@@ -109,11 +112,16 @@ def _measure_cpu(
             )
         progress("timing a request of each model through a real torpor serve (outside queue and execution) ...")
         room = sum(m.nbytes for m in measured.values()) + (64 << 20)  # every model resident on every device
-        for name, (ms, slowed) in requestcost.measure(models, n, room, beside=n, threads=threads).items():
-            by_k = tuple(round(f, 3) for f in slowed)
-            measured[name] = replace(measured[name], request_ms=ms, request_slowdowns=by_k)
+        costs = requestcost.measure(models, n, room, beside=n, threads=threads, spread_runs=REQUEST_SPREAD_RUNS)
+        for name, cost in costs.items():
+            by_k = tuple(round(f, 3) for f in cost.slowdowns)
+            measured[name] = replace(
+                measured[name], request_ms=cost.ms, request_slowdowns=by_k, request_quantiles=cost.quantiles
+            )
             beside = ", ".join(f"{f:.2f}x beside {k + 1}" for k, f in enumerate(by_k))
-            progress(f"  {name}: request {ms:.1f} ms; {beside} device(s) executing")
+            progress(
+                f"  {name}: request {cost.ms:.1f} ms (p90 {cost.quantiles[-3]:.2f} x); {beside} device(s) executing"
+            )
         progress(f"timing the models in turn for {window_s:.0f} s ...")
         times = runs_in_turn(built, window_s, RUNS)
         measured = _timed_in_turn(measured, times, progress)
@@ -182,17 +190,6 @@ def _timed_in_turn(
             f"mean {statistics.fmean(ts) / exec_ms:.3f} x the median, p90 {spread[-3]:.2f} x)"
         )
     return models
-
-
-SPREAD_POINTS = 21  # the fastest run, every 5%, the slowest
-
-
-def spread_quantiles(ratios: list[float]) -> tuple[float, ...]:
-    """Run time / median at probabilities 0, 0.05, ..., 1 (ModelProfile.exec_quantiles)."""
-    if len(ratios) < 2:
-        return ()
-    inner = statistics.quantiles(ratios, n=SPREAD_POINTS - 1, method="inclusive")
-    return tuple(round(f, 3) for f in (min(ratios), *inner, max(ratios)))
 
 
 def _measure_cuda(

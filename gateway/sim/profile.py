@@ -37,9 +37,10 @@ own time per request of the model (the JSON request of its input crossing the HT
 parsed, sent to the worker and answered; `torpor profile` times it through a real
 `torpor serve`, less the queue and execution it reports, gateway/sim/requestcost.py): the
 engine spends it on the gateway's one event loop, one request after another, before the
-scheduler sees the request. With `"shared_host": true` (CPU devices, which
-share one host's memory system) a model's `copy_slowdown` applies to its execution while any
-other device copies a model in.
+scheduler sees the request, each request taking it times a factor drawn from the model's
+`request_quantiles` where the profile has them (its measured spread, as `exec_quantiles`).
+With `"shared_host": true` (CPU devices, which share one host's memory system) a model's
+`copy_slowdown` applies to its execution while any other device copies a model in.
 
 A model's own `pipeline_overlap` (`torpor profile` measures it per model) replaces the
 topology's for its swap-ins: how much of a copy hides behind execution depends on the
@@ -61,6 +62,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,13 +115,38 @@ class ModelProfile:
     # 20-50% slower, their mean 4-6% above it -- which one log-normal sigma cannot say. When given,
     # the engine draws each run's factor from these instead of the profile's exec_jitter.
     exec_quantiles: tuple[float, ...] = ()
+    # The spread of its request's own time (request_ms) the same way, measured by `torpor profile`
+    # over its requests with nothing else running: a request alone takes 0.7-1.6 x its median
+    # (loopback turns, the parse's allocations), and where request_ms is half the execution, as
+    # for a small image model, that tail is a good part of the function's p98. When given, the
+    # engine draws each request's factor from these; without them every request takes request_ms.
+    request_quantiles: tuple[float, ...] = ()
 
     def jitter(self, u: float) -> float:
         """The factor at probability `u` (0..1) of exec_quantiles, interpolated between its points."""
-        q = self.exec_quantiles
-        at = u * (len(q) - 1)
-        i = min(int(at), len(q) - 2)
-        return q[i] + (q[i + 1] - q[i]) * (at - i)
+        return at_probability(self.exec_quantiles, u)
+
+    def request_jitter(self, u: float) -> float:
+        """The factor at probability `u` of request_quantiles (1 without them)."""
+        return at_probability(self.request_quantiles, u) if self.request_quantiles else 1.0
+
+
+SPREAD_POINTS = 21  # the fastest, every 5%, the slowest
+
+
+def spread_quantiles(ratios: list[float]) -> tuple[float, ...]:
+    """Time / median at probabilities 0, 0.05, ..., 1 (exec_quantiles, request_quantiles)."""
+    if len(ratios) < 2:
+        return ()
+    inner = statistics.quantiles(ratios, n=SPREAD_POINTS - 1, method="inclusive")
+    return tuple(round(f, 3) for f in (min(ratios), *inner, max(ratios)))
+
+
+def at_probability(q: tuple[float, ...], u: float) -> float:
+    """The factor at probability `u` (0..1) of quantiles `q` at evenly spaced probabilities, interpolated."""
+    at = u * (len(q) - 1)
+    i = min(int(at), len(q) - 2)
+    return q[i] + (q[i + 1] - q[i]) * (at - i)
 
 
 @dataclass(frozen=True)
@@ -220,6 +247,7 @@ def parse(data: Any, where: str = "profile") -> HardwareProfile:
             request_slowdown=_factor(m, "request_slowdown", where, at),
             pipeline_overlap=_share(m, "pipeline_overlap", where, at),
             exec_quantiles=_quantiles(m, "exec_quantiles", where, at),
+            request_quantiles=_quantiles(m, "request_quantiles", where, at),
         )
     if not models:
         raise ValueError(f"{where}: models is empty")
@@ -303,7 +331,7 @@ def _quantiles(m: dict[str, Any], key: str, where: str, at: str) -> tuple[float,
     if not ok or any(a > b for a, b in itertools.pairwise(v)):
         raise ValueError(
             f"{where}: {at}{key}: expected at least 2 factors > 0 in non-decreasing order "
-            f"(run time / median at evenly spaced probabilities), got {v!r}"
+            f"(time / median at evenly spaced probabilities), got {v!r}"
         )
     return tuple(float(f) for f in v)
 
@@ -362,6 +390,7 @@ def dump(profile: HardwareProfile, device_memory: int, reserve: int = 0) -> dict
                 **({"copy_slowdown": round(m.copy_slowdown, 3)} if m.copy_slowdown != 1.0 else {}),
                 **({"pipeline_overlap": round(m.pipeline_overlap, 3)} if m.pipeline_overlap is not None else {}),
                 **({"exec_quantiles": [round(f, 3) for f in m.exec_quantiles]} if m.exec_quantiles else {}),
+                **({"request_quantiles": [round(f, 3) for f in m.request_quantiles]} if m.request_quantiles else {}),
             }
             for m in profile.models.values()
         },

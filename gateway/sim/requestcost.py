@@ -14,6 +14,9 @@ executing against 22 ms with none (2.1-2.4x, where 3 runnable threads on 2 cores
 give 1.5x): the 3 MB body crosses loopback TCP in dozens of turns between the client and
 the gateway, and each waits for a core.
 
+`measure(..., spread_runs=n)` times the request alone n times and gives its spread too: each
+time over the median at every 5% (`request_quantiles`), as the profile gives an execution's.
+
 `measure(..., beside=n)` also times the request while k = 1..n processes execute a model, as
 k busy CPU devices do, alternating with the load paused; the median ratios are the model's
 `request_slowdowns` (a request slows beside one execution already: the client and the
@@ -27,13 +30,21 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import numpy as np
 
+from gateway.sim.profile import spread_quantiles
 from shared.loadproc import LoadProcesses
 
 JSON = {"content-type": "application/json"}
+
+
+class RequestCost(NamedTuple):
+    ms: float  # the median request alone
+    slowdowns: tuple[float, ...]  # beside 1, 2, ... processes executing
+    quantiles: tuple[float, ...]  # a request alone over the median, at every 5% (empty if not asked)
 
 
 def body_for(name: str) -> bytes:
@@ -52,10 +63,12 @@ def measure(
     warmup: int = 2,
     beside: int = 0,
     threads: int = 1,
-) -> dict[str, tuple[float, tuple[float, ...]]]:
+    spread_runs: int = 0,
+) -> dict[str, RequestCost]:
     """Per model, the median ms its request spends in the server outside queue, swap and execution
-    (`devices` CPU devices of `memory` bytes each, enough for every model), and its slowdowns beside
-    1..`beside` processes executing the model on `threads` threads (none if `beside` is 0)."""
+    (`devices` CPU devices of `memory` bytes each, enough for every model), its slowdowns beside
+    1..`beside` processes executing the model on `threads` threads (none if `beside` is 0), and
+    the spread of `spread_runs` requests alone (none if 0; the median is over them too)."""
     from loadtest.server import Server  # a tool's dependency, imported only when measuring
 
     with tempfile.TemporaryDirectory(prefix="torpor-requestcost-") as tmp:
@@ -71,7 +84,10 @@ def measure(
             result = {}
             for name in models:
                 once = _timer(srv.client, name, body_for(name))
-                result[name] = paired(once, runs, warmup, beside, threads, name)
+                alone = [once() for _ in range(warmup + max(runs, spread_runs))][warmup:]
+                ms = statistics.median(alone)
+                spread = spread_quantiles([t / max(ms, 1e-3) for t in alone]) if spread_runs else ()
+                result[name] = RequestCost(ms, slowdowns(once, runs, beside, threads, name), spread)
             return result
         finally:
             if srv.proc is not None:  # started, or failed to become ready: stopped either way
@@ -99,12 +115,9 @@ def _timer(client: httpx.Client, name: str, body: bytes) -> Callable[[], float]:
     return once
 
 
-def paired(
-    once: Callable[[], float], runs: int, warmup: int, beside: int, threads: int, model: str
-) -> tuple[float, tuple[float, ...]]:
-    """(median of `once`, and for k = 1..`beside` the median ratio of `once` beside k processes
-    executing `model` to `once` with them paused): paired, so the host's drift slows both alike."""
-    times = [once() for _ in range(warmup + runs)][warmup:]
+def slowdowns(once: Callable[[], float], runs: int, beside: int, threads: int, model: str) -> tuple[float, ...]:
+    """For k = 1..`beside`, the median ratio of `once` beside k processes executing `model` to
+    `once` with them paused: paired, so the host's drift slows both alike."""
     slowdowns = []
     for k in range(1, beside + 1):
         ratios = []
@@ -115,4 +128,4 @@ def paired(
                 load.resume()
                 ratios.append(once() / max(alone, 1e-3))
         slowdowns.append(max(1.0, statistics.median(ratios)))
-    return statistics.median(times), tuple(slowdowns)
+    return tuple(slowdowns)

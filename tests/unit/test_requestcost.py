@@ -16,13 +16,16 @@ def test_the_body_is_the_load_tests_request_of_the_model() -> None:
 
 def test_a_request_is_timed_through_a_real_server_outside_its_queue_and_execution() -> None:
     # Two functions on one device: the second one's time includes none of the first's execution.
-    got = requestcost.measure(["mlp", "resnet18"], devices=1, memory=256 << 20, runs=3, warmup=1)
+    got = requestcost.measure(["mlp", "resnet18"], devices=1, memory=256 << 20, runs=3, warmup=1, spread_runs=5)
     assert set(got) == {"mlp", "resnet18"}
-    for name, (ms, slowdowns) in got.items():
+    for name, (ms, slowdowns, spread) in got.items():
         assert 0.0 < ms < 1000.0, name
         assert slowdowns == ()  # nothing measured beside: no slowdown claimed
+        # Its spread over the 5 requests alone: 21 points from the fastest to the slowest, the median 1.
+        assert len(spread) == 21 and spread[0] <= 1.0 <= spread[-1] and spread[10] == 1.0, (name, spread)
+        assert list(spread) == sorted(spread)
     # A resnet18 request carries a 600 KB JSON body, mlp's 1 KB: its time outside execution is longer.
-    assert got["resnet18"][0] > got["mlp"][0]
+    assert got["resnet18"].ms > got["mlp"].ms
 
 
 def test_a_model_the_server_cannot_deploy_is_named() -> None:

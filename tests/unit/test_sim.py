@@ -310,6 +310,37 @@ def test_a_models_measured_spread_sets_its_execution_times() -> None:
             parse(dict(PROFILE, models={"small": dict(PROFILE["models"]["small"], exec_quantiles=bad)}))
 
 
+def test_a_models_measured_request_spread_sets_each_requests_own_time() -> None:
+    """request_quantiles: each request's time on the gateway is request_ms times a factor drawn
+    from them (within their range, their mean where many are drawn), and draws no execution's."""
+    spread = [0.5, 1.0, 1.0, 1.5, 2.5]  # the interpolated draws' mean: 1.25
+
+    def requests(quantiles: list[float] | None) -> tuple[list[float], list[float]]:
+        small = dict(PROFILE["models"]["small"], request_ms=4.0, exec_quantiles=[0.8, 1.0, 1.4])
+        if quantiles:
+            small["request_quantiles"] = quantiles
+        p = parse(dict(PROFILE, models={"small": small}, pipeline_overlap=1.0))
+        assert p.models["small"].request_quantiles == tuple(quantiles or ())
+        sim = Simulation(p, "torpor", [SimFunction("f", p.models["small"], 1e6)], record=True)
+        sim.run([(float(t), 0) for t in range(400)])
+        served = (sim.served or [])[1:]  # after the cold one
+        return [(began - arrived) * 1e3 for _, arrived, began, _, _, _ in served], [
+            (end - began) * 1e3 for _, _, began, end, _, _ in served
+        ]
+
+    fixed, runs = requests(None)
+    assert fixed == [pytest.approx(4.0)] * 399
+    drawn, same_runs = requests(spread)
+    assert min(drawn) >= 0.5 * 4.0 - 1e-9 and max(drawn) <= 2.5 * 4.0 + 1e-9
+    assert sum(drawn) / len(drawn) == pytest.approx(1.25 * 4.0, rel=0.05)
+    assert same_runs == runs  # a stream of its own: the executions drawn are the same
+    small = dict(PROFILE["models"]["small"], request_quantiles=spread)
+    assert dump(parse(dict(PROFILE, models={"small": small})), 1)["models"]["small"]["request_quantiles"] == spread
+    for bad in ([1.0], [1.2, 1.0], [0.0, 1.0], "1.0"):
+        with pytest.raises(ValueError, match=r"models.small.request_quantiles: expected at least 2 factors > 0"):
+            parse(dict(PROFILE, models={"small": dict(PROFILE["models"]["small"], request_quantiles=bad)}))
+
+
 def test_drift_scales_executions_minute_by_minute() -> None:
     """A host whose speed wandered: each execution takes the factor of the minute it starts in."""
     p = parse(dict(PROFILE, pipeline_overlap=1.0))
