@@ -25,7 +25,8 @@ only the devices are simulated. The simulated truth, given a hardware profile:
   each change, and a parse takes longer by the demand at its start, or by its model's
   measured slowdown beside as many devices executing (`request_slowdowns`) if that is more;
 - swap-in and execution overlap as the model's pipeline_overlap says (the profile's
-  where the model has none), plus the profile's fixed swap_latency_ms per swap-in.
+  where the model has none), plus a fixed swap_latency_ms per swap-in (the model's, else
+  the profile's).
 
 A profile with `interference_pairs` (Torpor's Table 3) replaces the bandwidth share and
 the one factor: a swap-in over PCIe takes the pair's factor longer when a device on its
@@ -388,7 +389,7 @@ class Simulation:
         elif self.profile.exec_jitter:
             exec_ms *= math.exp(self._rng.gauss(0, self.profile.exec_jitter))
         overlap = topo.pipeline_overlap if m.pipeline_overlap is None else m.pipeline_overlap
-        alone_ms = self.cost.service_ms(transfer_ms, exec_ms, overlap)
+        alone_ms = self.cost.service_ms(transfer_ms, exec_ms, overlap, m.swap_latency_ms)
         if ahead_ms:  # execution waits for the groups the prefetch has not brought in yet
             alone_ms = pipelined(ahead_ms, exec_ms, overlap)
         total_ms = alone_ms * slow
@@ -404,6 +405,7 @@ class Simulation:
 
     def _start_prefetch(self, p: Prefetch) -> None:
         fi = self._index[p.function]
+        m = self.functions[fi].model
         self.devices[p.device].evictions += len(p.evict)
         nbytes = None
         if p.load.rest and p.load.share is not None:  # a split's consolidation: the image after its first share
@@ -414,7 +416,7 @@ class Simulation:
             fi,
             p.model_id,
             PREFETCH_DONE,
-            self.profile.topology.swap_latency_ms,
+            self.profile.topology.swap_latency_ms if m.swap_latency_ms is None else m.swap_latency_ms,
             nbytes=nbytes,
             count=not p.load.rest,
         )

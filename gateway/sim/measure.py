@@ -72,6 +72,7 @@ def _measure_cpu(
     bench = Bench.cpu(max(512 << 20, memory // 4), threads, 2 << 20)
     measured: dict[str, ModelProfile] = {}
     bandwidths, overlaps, slowdowns, spreads = [], [], [], []
+    copy_ms: dict[str, float] = {}
     built: dict[str, tuple[torch.nn.Module, list[torch.Tensor]]] = {}
     try:
         for name in models:
@@ -80,6 +81,7 @@ def _measure_cpu(
             gm = program.build({"zoo": name}, meta=False)
             timing = profile_exec(gm, zoo.entry(name).inputs, max_batch, threads, runs=RUNS)
             bandwidths.append(swap["bytes"] / (swap["memcpy"] / 1e3))
+            copy_ms[name] = swap["memcpy"]
             # The share of the copy a pipelined cold run hides: its time over a warm run's
             # (the copy's waits and its contention with the execution), against the copy.
             overlap = min(1.0, max(0.0, 1 - swap["unhidden"] / max(1e-9, min(swap["swap"], swap["warm"]))))
@@ -106,7 +108,7 @@ def _measure_cpu(
             )
             progress(
                 f"  {name}: {swap['bytes'] / 2**20:.0f} MiB, exec {timing.exec_ms:.1f} ms, "
-                f"batch {max_batch} {timing.batch_exec_ms or 0:.1f} ms, copy hidden behind execution {overlap:.2f}, "
+                f"batch {max_batch} {timing.batch_exec_ms or 0:.1f} ms, copy hidden in-process {overlap:.2f}, "
                 f"beside another device's copy {copied:.2f}, "
                 f"execution {slowed:.2f} (spread {spread:.2f})"
             )
@@ -121,6 +123,16 @@ def _measure_cpu(
             beside = ", ".join(f"{f:.2f}x beside {k + 1}" for k, f in enumerate(by_k))
             progress(
                 f"  {name}: request {cost.ms:.1f} ms (p90 {cost.quantiles[-3]:.2f} x); {beside} device(s) executing"
+            )
+        progress("timing cold requests of each model through a real torpor serve (each against a warm one) ...")
+        for name in models:
+            m = measured[name]
+            penalty = requestcost.cold_penalty(name, m.nbytes, SWAP_REPEATS, threads)
+            overlap, fixed = cold_terms(penalty, copy_ms[name], m.exec_ms)
+            measured[name] = replace(m, pipeline_overlap=round(overlap, 3), swap_latency_ms=round(fixed, 3))
+            progress(
+                f"  {name}: a cold request {penalty:.1f} ms longer than a warm one: copy hidden behind execution "
+                f"{overlap:.2f} (in-process {m.pipeline_overlap:.2f}), fixed {fixed:.1f} ms"
             )
         progress(f"timing the models in turn for {window_s:.0f} s ...")
         times = runs_in_turn(built, window_s, RUNS)
@@ -150,6 +162,20 @@ def _measure_cpu(
         device_threads=threads,
         background_cores=hostload.capped(background, len(os.sched_getaffinity(0))),
     )
+
+
+def cold_terms(penalty_ms: float, copy_ms: float, exec_ms: float) -> tuple[float, float]:
+    """(pipeline_overlap, swap_latency_ms) that give a cold run alone `penalty_ms` over a warm one
+    (costmodel.pipelined): the copy's unhidden share first, as it grows with a shared link; what
+    exceeds the whole copy (or execution) is the swap-in's fixed cost. A copy longer than the
+    execution adds their difference however well it hides: a penalty below that is read as it."""
+    unhidden = penalty_ms - max(0.0, copy_ms - exec_ms)
+    hideable = min(copy_ms, exec_ms)
+    if unhidden <= 0 or hideable <= 0:
+        return 1.0, max(0.0, unhidden)
+    if unhidden <= hideable:
+        return 1.0 - unhidden / hideable, 0.0
+    return 0.0, unhidden - hideable
 
 
 def retime(

@@ -109,6 +109,11 @@ class ModelProfile:
     # the topology's: a model whose first operation needs a large tensor whole (bert's 89 MiB
     # word embeddings) hides less of its copy than one that starts with a small convolution.
     pipeline_overlap: float | None = None
+    # A swap-in's fixed cost for this model, where it differs from the topology's swap_latency_ms:
+    # `torpor profile` times cold requests through a real server (gateway/sim/requestcost.py),
+    # and what a cold run costs beyond a warm one past its copy's unhidden share -- the swap-in's
+    # set-up on the server -- is this.
+    swap_latency_ms: float | None = None
     # The spread of its execution times (measured by `torpor profile` on CPU devices): each run's
     # time over the median, at evenly spaced probabilities from 0 to 1 (the fastest run, ...,
     # the slowest). A shared host's runs are skewed -- rarely 10% faster than the median, often
@@ -246,6 +251,7 @@ def parse(data: Any, where: str = "profile") -> HardwareProfile:
             request_ms=_positive(m, "request_ms", where, at) or 0.0,
             request_slowdown=_factor(m, "request_slowdown", where, at),
             pipeline_overlap=_share(m, "pipeline_overlap", where, at),
+            swap_latency_ms=_milliseconds(m, "swap_latency_ms", where, at),
             exec_quantiles=_quantiles(m, "exec_quantiles", where, at),
             request_quantiles=_quantiles(m, "request_quantiles", where, at),
         )
@@ -356,6 +362,16 @@ def _positive(m: dict[str, Any], key: str, where: str, at: str) -> float | None:
     return float(v)
 
 
+def _milliseconds(m: dict[str, Any], key: str, where: str, at: str) -> float | None:
+    """An optional number of milliseconds >= 0."""
+    if key not in m:
+        return None
+    v = m[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+        raise ValueError(f"{where}: {at}{key}: expected a number of milliseconds >= 0, got {v!r}")
+    return float(v)
+
+
 def dump(profile: HardwareProfile, device_memory: int, reserve: int = 0) -> dict[str, Any]:
     """The JSON form of a profile (what `torpor profile` writes)."""
     t = profile.topology
@@ -389,6 +405,7 @@ def dump(profile: HardwareProfile, device_memory: int, reserve: int = 0) -> dict
                 **({"request_slowdowns": [round(f, 3) for f in m.request_slowdowns]} if m.request_slowdowns else {}),
                 **({"copy_slowdown": round(m.copy_slowdown, 3)} if m.copy_slowdown != 1.0 else {}),
                 **({"pipeline_overlap": round(m.pipeline_overlap, 3)} if m.pipeline_overlap is not None else {}),
+                **({"swap_latency_ms": round(m.swap_latency_ms, 3)} if m.swap_latency_ms is not None else {}),
                 **({"exec_quantiles": [round(f, 3) for f in m.exec_quantiles]} if m.exec_quantiles else {}),
                 **({"request_quantiles": [round(f, 3) for f in m.request_quantiles]} if m.request_quantiles else {}),
             }

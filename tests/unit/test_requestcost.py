@@ -28,6 +28,29 @@ def test_a_request_is_timed_through_a_real_server_outside_its_queue_and_executio
     assert got["resnet18"].ms > got["mlp"].ms
 
 
+def test_a_cold_request_is_timed_through_a_real_server_against_a_warm_one() -> None:
+    # resnet18's 45 MiB image is copied into the device on every cold request: it costs more than
+    # nothing, and less than a whole second.
+    nbytes = 46_827_520
+    ms = requestcost.cold_penalty("resnet18", nbytes, runs=3)
+    assert 0.0 < ms < 1000.0
+
+
+def test_a_cold_penalty_is_the_copys_unhidden_share_first_then_a_fixed_cost() -> None:
+    from gateway.costmodel import pipelined
+    from gateway.sim.measure import cold_terms
+
+    cases = ((2.0, 8.0, 50.0), (8.0, 6.0, 50.0), (0.0, 6.0, 50.0), (80.0, 90.0, 20.0), (100.0, 90.0, 20.0))
+    for penalty, copy, run in cases:
+        overlap, fixed = cold_terms(penalty, copy, run)
+        assert 0.0 <= overlap <= 1.0 and fixed >= 0.0
+        # What the simulator then charges a cold run alone over a warm one is the penalty measured.
+        assert pipelined(copy, run, overlap) + fixed - run == pytest.approx(penalty)
+    assert cold_terms(2.0, 8.0, 50.0) == (0.75, 0.0)
+    assert cold_terms(8.0, 6.0, 50.0) == (0.0, 2.0)
+    assert cold_terms(50.0, 90.0, 20.0) == (1.0, 0.0)  # below the floor of a copy longer than the run
+
+
 def test_a_model_the_server_cannot_deploy_is_named() -> None:
     with pytest.raises(RuntimeError, match="deploying no-such-model"):
         requestcost.measure(["no-such-model"], devices=1, memory=64 << 20, runs=1, warmup=0)

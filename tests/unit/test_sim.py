@@ -341,6 +341,31 @@ def test_a_models_measured_request_spread_sets_each_requests_own_time() -> None:
             parse(dict(PROFILE, models={"small": dict(PROFILE["models"]["small"], request_quantiles=bad)}))
 
 
+def test_a_models_own_swap_latency_replaces_the_profiles_on_its_cold_runs() -> None:
+    """swap_latency_ms per model (measured through a real server) is what its cold run pays beyond
+    the pipelined copy, in place of the topology's; a warm run pays none."""
+
+    def first_two(latency: float | None) -> list[float]:
+        small = dict(PROFILE["models"]["small"], pipeline_overlap=1.0)
+        if latency is not None:
+            small["swap_latency_ms"] = latency
+        p = parse(dict(PROFILE, models={"small": small}, swap_latency_ms=1.0, exec_jitter=0.0))
+        assert p.models["small"].swap_latency_ms == latency
+        sim = Simulation(p, "torpor", [SimFunction("f", p.models["small"], 1e6)], record=True, preload=False)
+        sim.run([(1.0, 0), (2.0, 0)])
+        return [round((end - began) * 1e3, 6) for _, _, began, end, _, _ in sim.served or []]
+
+    # 100 MB at 10 GB/s: a 10 ms copy; the 5 ms run hides 5 ms of it whole (overlap 1).
+    assert first_two(None) == [11.0, 5.0]  # the profile's 1 ms
+    assert first_two(6.0) == [16.0, 5.0]
+    assert first_two(0.0) == [10.0, 5.0]
+    small = dict(PROFILE["models"]["small"], swap_latency_ms=6.0)
+    assert dump(parse(dict(PROFILE, models={"small": small})), 1)["models"]["small"]["swap_latency_ms"] == 6.0
+    for bad in (-1.0, "6", True):
+        with pytest.raises(ValueError, match=r"models.small.swap_latency_ms: expected a number of milliseconds >= 0"):
+            parse(dict(PROFILE, models={"small": dict(PROFILE["models"]["small"], swap_latency_ms=bad)}))
+
+
 def test_drift_scales_executions_minute_by_minute() -> None:
     """A host whose speed wandered: each execution takes the factor of the minute it starts in."""
     p = parse(dict(PROFILE, pipeline_overlap=1.0))
