@@ -37,9 +37,10 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import httpx
 import numpy as np
@@ -78,70 +79,63 @@ def measure(
     (`devices` CPU devices of `memory` bytes each, enough for every model), its slowdowns beside
     1..`beside` processes executing the model on `threads` threads (none if `beside` is 0), and
     the spread of `spread_runs` requests alone (none if 0; the median is over them too)."""
-    from loadtest.server import Server  # a tool's dependency, imported only when measuring
-
-    with tempfile.TemporaryDirectory(prefix="torpor-requestcost-") as tmp:
-        srv = Server(
-            Path(tmp) / "state", "--compute-threads", str(threads), devices=f"cpu:{devices}", memory=memory_arg(memory)
-        )
-        try:
-            srv.start()
-            for name in models:
-                r = srv.deploy(name, {"model": {"zoo": name}, "slo_ms": 600_000})
-                if r.status_code != 201:
-                    raise RuntimeError(f"request cost: deploying {name}: {r.status_code} {r.text[:200]}")
-            result = {}
-            for name in models:
-                once = _timer(srv.client, name, body_for(name))
-                alone = [once() for _ in range(warmup + max(runs, spread_runs))][warmup:]
-                ms = statistics.median(alone)
-                spread = spread_quantiles([t / max(ms, 1e-3) for t in alone]) if spread_runs else ()
-                result[name] = RequestCost(ms, slowdowns(once, runs, beside, threads, name), spread)
-            return result
-        finally:
-            if srv.proc is not None:  # started, or failed to become ready: stopped either way
-                srv.stop()
+    result = {}
+    with _serving({name: name for name in models}, devices, memory_arg(memory), threads, "request cost") as srv:
+        for name in models:
+            once = _timer(srv.client, name, body_for(name))
+            alone = [once() for _ in range(warmup + max(runs, spread_runs))][warmup:]
+            ms = statistics.median(alone)
+            spread = spread_quantiles([t / max(ms, 1e-3) for t in alone]) if spread_runs else ()
+            result[name] = RequestCost(ms, slowdowns(once, runs, beside, threads, name), spread)
+    return result
 
 
 def cold_penalty(model: str, nbytes: int, runs: int = 9, threads: int = 1) -> float:
     """The median ms a cold request of `model` (its image `nbytes`) takes longer than a warm one,
     through a real server (see the module's docstring)."""
+    body = body_for(model)
+    # Room for one copy and not two (in bytes: a small model's image is well under a MiB).
+    memory = str(nbytes + nbytes // 2)
+    with _serving({"a": model, "b": model}, 1, memory, threads, "cold cost") as srv:
+
+        def timed(name: str, cold: bool) -> float:
+            t0 = time.perf_counter()
+            r = srv.client.post(f"/v1/functions/{name}/invoke", content=body, headers=JSON)
+            ms = (time.perf_counter() - t0) * 1e3
+            if r.status_code != 200:
+                raise RuntimeError(f"cold cost of {model}: {r.status_code} {r.text[:200]}")
+            if (r.headers["x-torpor-cold"] == "1") != cold:
+                raise RuntimeError(f"cold cost of {model}: expected a {'cold' if cold else 'warm'} request")
+            return ms
+
+        timed("b", cold=True)  # b resident: the first request of a is cold
+        extra = []
+        for i in range(runs + 1):
+            name = "ab"[i % 2]  # each evicts the other's copy
+            cold = timed(name, cold=True)
+            warm = timed(name, cold=False)
+            if i:  # the first pair warms the server's paths
+                extra.append(cold - warm)
+    return max(0.0, statistics.median(extra))
+
+
+@contextmanager
+def _serving(functions: dict[str, str], devices: int, memory: str, threads: int, what: str) -> Iterator[Any]:
+    """A real `torpor serve` on `devices` CPU devices of `memory` each, with `functions` (name ->
+    zoo model) deployed; stopped on exit, however it ends."""
     from loadtest.server import Server  # a tool's dependency, imported only when measuring
 
-    # Room for one copy and not two: a request of one function evicts the other's.
-    memory = str(nbytes + nbytes // 2)  # in bytes: a small model is well under a MiB
-    body = body_for(model)
-    with tempfile.TemporaryDirectory(prefix="torpor-coldcost-") as tmp:
-        srv = Server(Path(tmp) / "state", "--compute-threads", str(threads), devices="cpu:1", memory=memory)
+    with tempfile.TemporaryDirectory(prefix="torpor-requestcost-") as tmp:
+        srv = Server(Path(tmp) / "state", "--compute-threads", str(threads), devices=f"cpu:{devices}", memory=memory)
         try:
             srv.start()
-            pair = ("a", "b")
-            for name in pair:
+            for name, model in functions.items():
                 r = srv.deploy(name, {"model": {"zoo": model}, "slo_ms": 600_000})
                 if r.status_code != 201:
-                    raise RuntimeError(f"cold cost: deploying {model}: {r.status_code} {r.text[:200]}")
-
-            def timed(name: str, cold: bool) -> float:
-                t0 = time.perf_counter()
-                r = srv.client.post(f"/v1/functions/{name}/invoke", content=body, headers=JSON)
-                ms = (time.perf_counter() - t0) * 1e3
-                if r.status_code != 200:
-                    raise RuntimeError(f"cold cost of {model}: {r.status_code} {r.text[:200]}")
-                if (r.headers["x-torpor-cold"] == "1") != cold:
-                    raise RuntimeError(f"cold cost of {model}: expected a {'cold' if cold else 'warm'} request")
-                return ms
-
-            timed("b", cold=True)  # b resident: the first a is cold
-            extra = []
-            for i in range(runs + 1):
-                name = pair[i % 2]
-                cold = timed(name, cold=True)
-                warm = timed(name, cold=False)
-                if i:  # the first pair warms the server's paths
-                    extra.append(cold - warm)
-            return max(0.0, statistics.median(extra))
+                    raise RuntimeError(f"{what}: deploying {model}: {r.status_code} {r.text[:200]}")
+            yield srv
         finally:
-            if srv.proc is not None:
+            if srv.proc is not None:  # started, or failed to become ready: stopped either way
                 srv.stop()
 
 
