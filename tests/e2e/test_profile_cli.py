@@ -25,6 +25,10 @@ def test_profile_writes_a_profile_the_simulator_loads(tmp_path: Path) -> None:
     assert mlp.nbytes > 0 and mlp.exec_ms > 0 and mlp.max_batch == 2
     assert mlp.pipeline_overlap is not None and 0 <= mlp.pipeline_overlap <= 1, "the copy hidden by a pipelined run"
     assert mlp.request_ms > 0, "a request timed through uvicorn"
+    r = mlp.request_quantiles  # the requests alone around their median
+    assert len(r) == 21 and list(r) == sorted(r) and r[0] <= 1.0 <= r[-1], r
+    assert mlp.swap_latency_ms is not None and mlp.swap_latency_ms >= 0, "a cold request timed through a server"
+    assert "a cold request" in done.stdout
     q = mlp.exec_quantiles  # the runs in turn around their median: fastest, every 5%, slowest
     assert len(q) == 21 and list(q) == sorted(q) and q[0] <= 1.0 <= q[-1], q
     assert profile.host_cores is not None and profile.host_cores >= 1 and profile.device_threads == 1
