@@ -120,12 +120,15 @@ class CostModel:
         """Reading an image from disk into host memory (pipelined with its copy to the device)."""
         return nbytes / self.disk_bandwidth * 1e3
 
+    def swap_latency_ms(self, own: float | None = None) -> float:
+        """A swap-in's fixed cost: the model's `own` where it has one, else the topology's."""
+        return self.topology.swap_latency_ms if own is None else own
+
     def service_ms(
         self, transfer_ms: float, exec_ms: float, overlap: float | None = None, latency_ms: float | None = None
     ) -> float:
         """A run's time: its swap-in (if any) pipelined with its execution, at `overlap` or the topology's,
         plus the swap-in's fixed `latency_ms` or the topology's."""
-        fixed = self.topology.swap_latency_ms if latency_ms is None else latency_ms
-        extra = fixed if transfer_ms > 0 else 0.0
+        extra = self.swap_latency_ms(latency_ms) if transfer_ms > 0 else 0.0
         share = self.topology.pipeline_overlap if overlap is None else overlap
         return pipelined(transfer_ms, exec_ms, share) + extra

@@ -416,7 +416,7 @@ class Simulation:
             fi,
             p.model_id,
             PREFETCH_DONE,
-            self.profile.topology.swap_latency_ms if m.swap_latency_ms is None else m.swap_latency_ms,
+            self.cost.swap_latency_ms(m.swap_latency_ms),
             nbytes=nbytes,
             count=not p.load.rest,
         )

@@ -99,11 +99,7 @@ def cold_penalty(model: str, nbytes: int, runs: int = 9, threads: int = 1) -> fl
     with _serving({"a": model, "b": model}, 1, memory, threads, "cold cost") as srv:
 
         def timed(name: str, cold: bool) -> float:
-            t0 = time.perf_counter()
-            r = srv.client.post(f"/v1/functions/{name}/invoke", content=body, headers=JSON)
-            ms = (time.perf_counter() - t0) * 1e3
-            if r.status_code != 200:
-                raise RuntimeError(f"cold cost of {model}: {r.status_code} {r.text[:200]}")
+            ms, r = _post(srv.client, name, body, f"cold cost of {model}")
             if (r.headers["x-torpor-cold"] == "1") != cold:
                 raise RuntimeError(f"cold cost of {model}: expected a {'cold' if cold else 'warm'} request")
             return ms
@@ -143,14 +139,20 @@ def memory_arg(nbytes: int) -> str:
     return f"{-(-nbytes // (1 << 20))}MiB"
 
 
+def _post(client: httpx.Client, name: str, body: bytes, what: str) -> tuple[float, httpx.Response]:
+    """(its round trip in ms, the answer) of one invoke of function `name`; anything but 200 raises."""
+    t0 = time.perf_counter()
+    r = client.post(f"/v1/functions/{name}/invoke", content=body, headers=JSON)
+    ms = (time.perf_counter() - t0) * 1e3
+    if r.status_code != 200:
+        raise RuntimeError(f"{what}: {r.status_code} {r.text[:200]}")
+    return ms, r
+
+
 def _timer(client: httpx.Client, name: str, body: bytes) -> Callable[[], float]:
     def once() -> float:
         for _ in range(5):  # a cold request's swap overlaps its execution: time a warm one
-            t0 = time.perf_counter()
-            r = client.post(f"/v1/functions/{name}/invoke", content=body, headers=JSON)
-            total = (time.perf_counter() - t0) * 1e3
-            if r.status_code != 200:
-                raise RuntimeError(f"request cost of {name}: {r.status_code} {r.text[:200]}")
+            total, r = _post(client, name, body, f"request cost of {name}")
             if r.headers["x-torpor-cold"] == "0":
                 h = r.headers
                 served = float(h["x-torpor-queue-ms"]) + float(h["x-torpor-exec-ms"])

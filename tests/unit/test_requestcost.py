@@ -29,11 +29,12 @@ def test_a_request_is_timed_through_a_real_server_outside_its_queue_and_executio
 
 
 def test_a_cold_request_is_timed_through_a_real_server_against_a_warm_one() -> None:
-    # resnet18's 45 MiB image is copied into the device on every cold request: it costs more than
-    # nothing, and less than a whole second.
+    # resnet18's 45 MiB image is copied into the device on every cold request (cold_penalty raises
+    # if a request it expects cold is warm or the other way round). Back to back on a quiet server
+    # the copy can hide whole behind the execution: the median may be 0, never below, and not a second.
     nbytes = 46_827_520
     ms = requestcost.cold_penalty("resnet18", nbytes, runs=3)
-    assert 0.0 < ms < 1000.0
+    assert 0.0 <= ms < 1000.0
 
 
 def test_a_cold_penalty_is_the_copys_unhidden_share_first_then_a_fixed_cost() -> None:
