@@ -18,7 +18,9 @@ The profile is measured on this machine first (as `torpor profile` does; written
 OUT/profile.json): a 2-core machine's speed differs between hosts and hours, and a profile
 measured elsewhere predicts that other machine. The models' execution times are timed
 again, the same way, right after the replay (OUT/profile-after.json); the simulation uses
-the times halfway between the two (a line shows the simulation on the times before only).
+the times halfway between the two, and the host's speed on the straight line from the one
+timing to the other, minute by minute (lines show the simulation at the halfway times
+throughout, and on the times before only).
 The server's SLOs are the ones deployed, from the profile measured before.
 Where the two disagree, the model of the hardware or of the server is what to fix.
 
@@ -43,6 +45,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -127,11 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         busy = float(json.loads(host.read_text())["background_cores"])
         profile = replace(profile, background_cores=capped(busy, profile.host_cores or 1))
     before = functions
+    trend: tuple[float, ...] = ()
     if (out / "profile-after.json").exists() and (measuring or args.again):
         # The host's speed drifts by 10-20% within minutes: the execution times timed before and
-        # after the replay, averaged, are the speed the replay most likely ran at.
+        # after the replay, averaged, are the speed the replay most likely ran at, and the line
+        # between the two timings the likeliest course through it.
         after = load(out / "profile-after.json")
         functions = [replace(f, model=_between(f.model, after.models.get(f.model.name))) for f in functions]
+        trend = speed_trend(before, after, seconds / 60, args.profile_window / 60)
     rows = read_log(log, functions)
     real = outcomes(rows, functions)
     trace = traces.generate(args.functions, -(-seconds // 60), args.rate, SIGMA, BURSTINESS, args.seed)
@@ -146,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         return [summarize(sim) for sim in sims]
 
-    result = compare(real, simulate(functions), functions)
+    result = compare(real, simulate(functions, trend), functions)
+    result["speed_trend"] = trend
     result["background_cores"] = {"idle": idle_background, "replay": profile.background_cores}
     runs = real_runs(rows, functions)
     result["beside"] = {"real": beside([runs]), "sim": beside([sim_runs(sim) for sim in sims])}
@@ -163,27 +170,25 @@ def main(argv: list[str] | None = None) -> int:
     drift = drift_by_minute(lone, speed, runs[0].start) if runs else ()
     seen = compare(real, simulate(at_speed), at_speed)
     wandering = compare(real, simulate(at_speed, drift), at_speed)
-    result["at_server_speed"] = {
-        "speed": speed,
-        "sim_meeting_slo": seen["sim_meeting_slo"],
-        "sim_meeting_slo_range": seen["sim_meeting_slo_range"],
-        "median_p98_ratio": seen["median_p98_ratio"],
-        "drift": drift,
-        "by_minute": {k: wandering[k] for k in ("sim_meeting_slo", "sim_meeting_slo_range", "median_p98_ratio")},
-    }
+    result["at_server_speed"] = {"speed": speed, **_headline(seen), "drift": drift, "by_minute": _headline(wandering)}
+    if trend:
+        result["halfway_speed"] = _headline(compare(real, simulate(functions), functions))
     if functions is not before:
         first = compare(real, simulate(before), before)
         result["profile_before_only"] = {
             "exec_ms": {
                 f.model.name: (b.model.exec_ms, f.model.exec_ms) for f, b in zip(functions, before, strict=True)
             },
-            "sim_meeting_slo": first["sim_meeting_slo"],
-            "sim_meeting_slo_range": first["sim_meeting_slo_range"],
-            "median_p98_ratio": first["median_p98_ratio"],
+            **_headline(first),
         }
     (out / "comparison.json").write_text(json.dumps(result, indent=1))
     print(render(result))
     return 0
+
+
+def _headline(comparison: dict[str, Any]) -> dict[str, Any]:
+    """A simulation's side of a comparison: what a diagnostic line quotes."""
+    return {k: comparison[k] for k in ("sim_meeting_slo", "sim_meeting_slo_range", "median_p98_ratio")}
 
 
 def _scaled(ms: float | None, factor: float) -> float | None:
@@ -229,6 +234,25 @@ def _between(before: ModelProfile, after: ModelProfile | None) -> ModelProfile:
         batch_exec_ms=_scaled(before.batch_exec_ms, exec_ms / before.exec_ms),
         exec_quantiles=spread,
     )
+
+
+def speed_trend(before: list[SimFunction], after: HardwareProfile, minutes: float, window: float) -> tuple[float, ...]:
+    """Per minute of the replay, the host's speed on the straight line from the timings before
+    it to those after it, over their average (which the simulation's execution times are):
+    the median over the models of after / before sets the line. Each timing stands at the
+    middle of its `window` (minutes), which ends as the replay starts and starts as it ends.
+    Empty where no model was timed after."""
+    ratios = [
+        after.models[f.model.name].exec_ms / f.model.exec_ms
+        for f in {f.model.name: f for f in before}.values()
+        if f.model.name in after.models and f.model.exec_ms > 0
+    ]
+    if not ratios:
+        return ()
+    r = float(np.median(ratios))
+    middles = [(i + min(i + 1, minutes)) / 2 for i in range(max(1, math.ceil(minutes)))]  # of the minutes replayed
+    span = minutes + window
+    return tuple(round((1 + (r - 1) * (t + window / 2) / span) / ((1 + r) / 2), 4) for t in middles)
 
 
 def _server_profile(profile: HardwareProfile, devices: str, memory: str) -> HardwareProfile:
@@ -516,6 +540,16 @@ def render(result: dict[str, Any]) -> str:
         f"(gap {100 * result['meeting_gap_share']:.1f}% of deployed, goal <= 5%); median p98 sim/real "
         f"{ms(result['median_p98_ratio'], 2)} (goal 0.75-1.25): {'AGREE' if result['agrees'] else 'DISAGREE'}"
     )
+    level = result.get("halfway_speed")
+    if level:
+        lo, hi = level["sim_meeting_slo_range"]
+        trend = " ".join(f"{f:.2f}" for f in result["speed_trend"])
+        lines.insert(
+            -1,
+            f"the host's speed minute by minute, on the line from the timings before the replay to those "
+            f"after it (over their average): {trend}; at their average throughout: simulated "
+            f"{level['sim_meeting_slo']}/{n} ({lo}-{hi}), median p98 sim/real {ms(level['median_p98_ratio'], 2)}",
+        )
     first = result.get("profile_before_only")
     if first:
         times = ", ".join(f"{m} {b:.0f} -> {a:.0f} ms" for m, (b, a) in first["exec_ms"].items())

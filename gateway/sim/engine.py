@@ -156,7 +156,8 @@ class Simulation:
     ) -> None:
         self.profile = profile
         # The host's speed minute by minute of the trace, as a factor on every execution (the last
-        # for the minutes after): a diagnostic of a host whose speed wandered during a replay.
+        # for the minutes after): a host whose speed moves during a replay (simreal's course
+        # between the timings around it, or the server's own lone runs).
         self.drift = drift
         # With `record`, every served request as (function index, arrived s, began s, ended s,
         # execution ms at full speed, cold): to set beside the server's request log.

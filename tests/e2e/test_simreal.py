@@ -43,6 +43,8 @@ def test_simreal_replays_and_simulates_the_same_trace(tmp_path: Path) -> None:
     before_ms, used_ms = result["profile_before_only"]["exec_ms"]["resnet18"]
     after_ms = json.loads((out / "profile-after.json").read_text())["models"]["resnet18"]["exec_ms"]
     assert used_ms == pytest.approx((before_ms + after_ms) / 2, rel=1e-3)
+    # ... and the host's course between the two timings, minute by minute (one minute here).
+    assert len(result["speed_trend"]) == 1 and "on the line from the timings" in done.stdout
     # What other processes took of the host during the replay, measured beside it, is what the
     # simulation leaves the devices (the profile only has its idle sample).
     busy = json.loads((out / "real" / "host.json").read_text())["background_cores"]
