@@ -533,6 +533,15 @@ def render(result: dict[str, Any]) -> str:
             "and gateway share the rest"
         )
     n = result["functions"]
+
+    def simulated(headline: dict[str, Any]) -> str:
+        """A diagnostic simulation's side (`_headline`) as its line quotes it."""
+        lo, hi = headline["sim_meeting_slo_range"]
+        return (
+            f"simulated {headline['sim_meeting_slo']}/{n} ({lo}-{hi}), "
+            f"median p98 sim/real {ms(headline['median_p98_ratio'], 2)}"
+        )
+
     lo, hi = result["sim_meeting_slo_range"]
     lines.append(
         f"functions meeting SLO: real {result['real_meeting_slo']}/{n}, simulated {result['sim_meeting_slo']}/{n} "
@@ -542,40 +551,32 @@ def render(result: dict[str, Any]) -> str:
     )
     level = result.get("halfway_speed")
     if level:
-        lo, hi = level["sim_meeting_slo_range"]
         trend = " ".join(f"{f:.2f}" for f in result["speed_trend"])
         lines.insert(
             -1,
             f"the host's speed minute by minute, on the line from the timings before the replay to those "
-            f"after it (over their average): {trend}; at their average throughout: simulated "
-            f"{level['sim_meeting_slo']}/{n} ({lo}-{hi}), median p98 sim/real {ms(level['median_p98_ratio'], 2)}",
+            f"after it (over their average): {trend}; at their average throughout: {simulated(level)}",
         )
     first = result.get("profile_before_only")
     if first:
         times = ", ".join(f"{m} {b:.0f} -> {a:.0f} ms" for m, (b, a) in first["exec_ms"].items())
-        lo, hi = first["sim_meeting_slo_range"]
         lines.insert(
             -1,
             f"execution times timed before the replay -> used (halfway to those timed after it): {times}; "
-            f"with the times before it only: simulated {first['sim_meeting_slo']}/{n} ({lo}-{hi}), "
-            f"median p98 sim/real {ms(first['median_p98_ratio'], 2)}",
+            f"with the times before it only: {simulated(first)}",
         )
     seen = result.get("at_server_speed")
     if seen:
         speeds = ", ".join(f"{m} {ms(v, 2)}" for m, v in seen["speed"].items())
-        lo, hi = seen["sim_meeting_slo_range"]
         lines.append(
             f"diagnostic, at the speed the server showed (its executions alone / the profile's: {speeds}): "
-            f"simulated {seen['sim_meeting_slo']}/{n} ({lo}-{hi}), "
-            f"median p98 sim/real {ms(seen['median_p98_ratio'], 2)}"
+            f"{simulated(seen)}"
         )
         wandering = seen.get("by_minute")
         if wandering and seen.get("drift"):
-            lo, hi = wandering["sim_meeting_slo_range"]
             lines.append(
                 f"  and minute by minute (its lone runs' speed each minute / the whole replay's: "
-                f"{' '.join(f'{f:.2f}' for f in seen['drift'])}): simulated {wandering['sim_meeting_slo']}/{n} "
-                f"({lo}-{hi}), median p98 sim/real {ms(wandering['median_p98_ratio'], 2)}"
+                f"{' '.join(f'{f:.2f}' for f in seen['drift'])}): {simulated(wandering)}"
             )
     return "\n".join(lines)
 

@@ -63,6 +63,7 @@ from __future__ import annotations
 import itertools
 import json
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -344,31 +345,28 @@ def _quantiles(m: dict[str, Any], key: str, where: str, at: str) -> tuple[float,
 
 def _share(m: dict[str, Any], key: str, where: str, at: str) -> float | None:
     """An optional fraction within [0, 1] (None when absent)."""
-    if key not in m:
-        return None
-    v = m[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-        raise ValueError(f"{where}: {at}{key}: expected a fraction within [0, 1], got {v!r}")
-    return float(v)
+    return _number(m, key, where, at, lambda v: 0 <= v <= 1, "a fraction within [0, 1]")
 
 
 def _positive(m: dict[str, Any], key: str, where: str, at: str) -> float | None:
     """An optional positive number of milliseconds."""
-    if key not in m:
-        return None
-    v = m[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-        raise ValueError(f"{where}: {at}{key}: expected a number of milliseconds > 0, got {v!r}")
-    return float(v)
+    return _number(m, key, where, at, lambda v: v > 0, "a number of milliseconds > 0")
 
 
 def _milliseconds(m: dict[str, Any], key: str, where: str, at: str) -> float | None:
     """An optional number of milliseconds >= 0."""
+    return _number(m, key, where, at, lambda v: v >= 0, "a number of milliseconds >= 0")
+
+
+def _number(
+    m: dict[str, Any], key: str, where: str, at: str, ok: Callable[[float], bool], expected: str
+) -> float | None:
+    """An optional number that `ok` accepts (None when absent); else an error naming the field."""
     if key not in m:
         return None
     v = m[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-        raise ValueError(f"{where}: {at}{key}: expected a number of milliseconds >= 0, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
+        raise ValueError(f"{where}: {at}{key}: expected {expected}, got {v!r}")
     return float(v)
 
 
