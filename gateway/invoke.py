@@ -160,7 +160,9 @@ async def _invoke(
     if fn.invoke_token_sha256 is not None:
         check_token(fn, authorization)
     limit = svc.cfg.max_body_bytes
+    t0 = time.perf_counter()
     body = await read_body(receive, limit, declared)
+    t_read = time.perf_counter()
     if header_length is not None and not header_length.isdigit():
         raise InvalidInput(
             f"Inference-Header-Content-Length: expected a byte count, got {header_length.decode('latin-1')!r}"
@@ -171,10 +173,13 @@ async def _invoke(
         bad = [w for w in req.outputs if w not in known]
         if bad:
             raise InvalidInput(f"outputs: unknown output {bad[0]!r}; the function returns {sorted(known)}")
+    t_parsed = time.perf_counter()
     out = await svc.invoke(fn, req.inputs, req.timeout_s)
+    t_served = time.perf_counter()
     payload, json_length = oip.response(
         fn.name, req.id, out.outputs, req.outputs, req.binary_outputs, version=str(fn.version)
     )
+    t_encoded = time.perf_counter()
     headers = [
         _BINARY if json_length is not None else JSON_TYPE,
         (b"x-torpor-queue-ms", b"%.3f" % out.queue_ms),
@@ -184,10 +189,38 @@ async def _invoke(
         (b"x-torpor-cold", b"0" if out.source == "resident" else b"1"),
         (b"x-torpor-source", out.source.encode()),
         (b"x-torpor-batch", b"%d" % out.batch),
+        (b"server-timing", server_timing(out, t0, t_read, t_parsed, t_served, t_encoded)),
     ]
     if json_length is not None:
         headers.append((b"inference-header-content-length", b"%d" % json_length))
     return headers, payload, out
+
+
+def server_timing(out: Outcome, t0: float, t_read: float, t_parsed: float, t_served: float, t_encoded: float) -> bytes:
+    """The W3C Server-Timing header of an answered request: where its time in the gateway went, in ms.
+
+    read: the body arriving; parse: decoding and checking it; queue, swap, exec: as the
+    x-torpor-* headers; dispatch: the rest of the wait for the worker (frames crossing the
+    socket, the worker's own handling); encode: the response's body; gateway: all of these,
+    from the body's first byte to the answer ready. What a client measures beyond `gateway` is
+    the request's headers and the answer crossing the connection, and the client itself.
+    """
+    waited = (t_served - t_parsed) * 1e3
+    dispatch = max(0.0, waited - out.queue_ms - out.swap_ms - out.exec_ms)
+    return (
+        b"read;dur=%.3f, parse;dur=%.3f, queue;dur=%.3f, swap;dur=%.3f, exec;dur=%.3f, dispatch;dur=%.3f, "
+        b"encode;dur=%.3f, gateway;dur=%.3f"
+        % (
+            (t_read - t0) * 1e3,
+            (t_parsed - t_read) * 1e3,
+            out.queue_ms,
+            out.swap_ms,
+            out.exec_ms,
+            dispatch,
+            (t_encoded - t_served) * 1e3,
+            (t_encoded - t0) * 1e3,
+        )
+    )
 
 
 async def read_body(receive: Receive, limit: int, declared: bytes | str | None = None) -> bytes:

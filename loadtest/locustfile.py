@@ -25,7 +25,8 @@ Environment:
   TORPOR_REQUEST_LOG      CSV written with one line per request: start (unix s), function,
                           trace_function, ms, status, cold (x-torpor-cold), source
                           (x-torpor-source: resident, host or peer:N), late_ms (fired behind the trace),
-                          queue_ms, swap_ms, exec_ms (the server's own breakdown)
+                          queue_ms, swap_ms, exec_ms, read_ms, parse_ms, dispatch_ms, encode_ms,
+                          gateway_ms (the server's own breakdown, its Server-Timing header)
   TORPOR_DRAIN            seconds to wait at the end for requests still in flight (default 10)
 
 Trace functions map round-robin onto the targets (the deployed functions listed by
@@ -45,7 +46,7 @@ from locust import HttpUser, events, task
 from locust.exception import StopTest, StopUser
 from urllib3 import PoolManager
 
-from loadtest.replay import Replay, ReplayConfig, RequestLog, choose_targets, load_trace
+from loadtest.replay import TIMED_PHASES, Replay, ReplayConfig, RequestLog, choose_targets, load_trace, server_timing
 
 # Filled at each test start and read by every user (locust runs them all in this process).
 STATE: dict[str, Any] = {"replay": None, "config": None, "log": None}
@@ -83,7 +84,8 @@ def _record(name: str, response_time: float, response: Any, context: dict[str, A
     headers = getattr(response, "headers", None) or {}
     ok = status == 200
     cold, source = (headers.get("x-torpor-cold", ""), headers.get("x-torpor-source", "")) if ok else ("", "")
-    parts = [headers.get(f"x-torpor-{p}-ms", "") if ok else "" for p in ("queue", "swap", "exec")]
+    timing = server_timing(headers.get("server-timing", "")) if ok else {}
+    parts = [timing.get(p, "") for p in TIMED_PHASES]
     log.write(
         (
             f"{context['fired']:.3f}",

@@ -21,7 +21,21 @@ from shared.specs import request_body
 
 REQUEST_LOG_COLUMNS = tuple(
     "start function trace_function ms status cold source late_ms queue_ms swap_ms exec_ms".split()
+    + [f"{phase}_ms" for phase in ("read", "parse", "dispatch", "encode", "gateway")]
 )
+TIMED_PHASES = ("queue", "swap", "exec", "read", "parse", "dispatch", "encode", "gateway")  # the log's order
+
+
+def server_timing(header: str) -> dict[str, str]:
+    """name -> duration (ms, as sent) of a Server-Timing header: `name;dur=1.5, other;dur=2`."""
+    phases = {}
+    for metric in header.split(","):
+        name, _, params = metric.strip().partition(";")
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "dur":
+                phases[name] = value
+    return phases
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ def test_load_test_replays_a_trace_and_reports(server: Server, tmp_path: Path) -
     for r in logged:  # the server's own breakdown of every answered request
         if r["status"] == "200":
             assert float(r["exec_ms"]) > 0 and float(r["queue_ms"]) >= 0 and float(r["swap_ms"]) >= 0, r
+            assert float(r["parse_ms"]) > 0 and float(r["gateway_ms"]) >= float(r["exec_ms"]) + float(r["parse_ms"]), r
     for line in report.splitlines():
         if line.startswith(("| mlp ", "| r18 ")):
             cells = [c.strip() for c in line.strip("|").split("|")]

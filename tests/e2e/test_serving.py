@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from loadtest.replay import server_timing
 from loadtest.server import Server
 from tests.e2e.conftest import DEPLOYED
 from tests.e2e.helpers import native_output, output_array, sample_input
@@ -35,6 +36,13 @@ def test_cold_and_warm_outputs_are_bitwise_native(server: Server, name: str) -> 
     assert h2["x-torpor-cold"] == "0" or h2["x-torpor-device"] != h1["x-torpor-device"]
     for key in ("x-torpor-queue-ms", "x-torpor-swap-ms", "x-torpor-exec-ms"):
         assert float(h1[key]) >= 0.0
+    for h in (h1, h2):  # Server-Timing: the same figures, and the gateway's other phases inside its whole
+        timing = {k: float(v) for k, v in server_timing(h["server-timing"]).items()}
+        assert set(timing) == {"read", "parse", "queue", "swap", "exec", "dispatch", "encode", "gateway"}
+        assert all(v >= 0 for v in timing.values())
+        assert timing["exec"] == pytest.approx(float(h["x-torpor-exec-ms"]), abs=1e-3)
+        inside = timing["read"] + timing["parse"] + timing["queue"] + timing["exec"] + timing["encode"]
+        assert inside <= timing["gateway"] + 0.01
 
 
 def test_interleaving_forces_swaps_and_evictions_and_stays_correct(server: Server) -> None:
