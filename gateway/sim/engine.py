@@ -8,12 +8,13 @@ only the devices are simulated. The simulated truth, given a hardware profile:
   when it starts (transfers through one PCIe switch share it equally; NVLink is
   not shared); the share is fixed for the transfer's duration, a simplification;
 - execution takes the profiled time for the batch size, times `interference` for a
-  heavy model if a device on its PCIe switch is swapping when it starts, times the
-  model's `corun_slowdown` if another device is executing when it starts (CPU devices
-  share the host's cores and memory), times its `copy_slowdown` if the profile's
-  devices share one host (`shared_host`) and another device is copying, times
+  heavy model if a device on its PCIe switch is swapping when it starts, times
   a factor drawn from the model's measured spread (`exec_quantiles`) or else log-normal
-  jitter;
+  jitter; while another device executes, it progresses at 1 / the model's
+  `corun_slowdown` of its speed (CPU devices share the host's cores and memory), and
+  while another device copies, at 1 / its `copy_slowdown` if the profile's devices share
+  one host (`shared_host`): over the time they overlap, whichever started first, re-timed
+  at each change;
 - a request first waits for the gateway: its model's `request_ms` (parse and encode), times
   a factor drawn from the model's measured spread (`request_quantiles`) if it has one, on
   the gateway's one event loop, after the requests that arrived before it; the scheduler
@@ -106,6 +107,7 @@ class _Started:
     """What the engine knows of a run in progress, to explain a late request."""
 
     run: Run
+    model: ModelProfile
     exec_ms: float
     wait_ms: dict[int, float]
     swap_ms: float  # service time beyond execution
@@ -180,6 +182,10 @@ class Simulation:
         self._arrival: dict[int, tuple[int, float, bool]] = {}  # rid -> (function index, time, a device idle)
         self._parsing_until = 0.0  # when the gateway has parsed every request that has arrived
         self.devices = [DeviceTally() for _ in range(profile.devices)]
+        # Whether a run's speed depends on what the other devices do (see _beside).
+        self._beside_factors = any(
+            f.model.corun_slowdown != 1.0 or (profile.shared_host and f.model.copy_slowdown != 1.0) for f in functions
+        )
         self.tallies = [FunctionTally() for _ in functions]
         self._index = {f.name: i for i, f in enumerate(functions)}
         self.end = 0.0
@@ -276,16 +282,34 @@ class Simulation:
         return 1.0 if demand <= cores else cores / demand
 
     def _reshare(self) -> None:
-        """Bring every run's progress up to now and re-time its end at the current share of the cores."""
-        if self.profile.host_cores is None:
+        """Bring every run's progress up to now and re-time its end at the current share of the
+        cores and beside what the other devices do now."""
+        if self.profile.host_cores is None and not self._beside_factors:
             return
         rate = self._rate()
         for device, s in self._running.items():
-            if _progress(s, self.now, rate):
+            if _progress(s, self.now, rate / self._beside(device)):
                 self._push(s.finish_at, FINISH, device)
         for device, c in self._copies.items():
             if _progress(c, self.now, rate):
                 self._push(c.finish_at, c.kind, device)
+
+    def _beside(self, device: int) -> float:
+        """How many times slower the run on `device` goes for what the other devices do now:
+        its model's corun_slowdown while another executes (the host's cores and memory, CPU
+        devices), times its copy_slowdown while another copies a model in (shared_host).
+
+        Over the overlap, not by what ran when it started: a run that started alone is slowed
+        once a neighbour starts, as the server's is (on 2026-12-07, resnet50 alone 107 ms, then
+        113-117 with a resnet18 request 0-40 ms after it, where a factor at its start gave 107).
+        """
+        m = self._running[device].model
+        slow = 1.0
+        if m.corun_slowdown != 1.0 and len(self._running) > 1:
+            slow *= m.corun_slowdown
+        if self.profile.shared_host and m.copy_slowdown != 1.0 and any(d != device for d in self._copies):
+            slow *= m.copy_slowdown
+        return slow
 
     # -- internals ---------------------------------------------------------------
     def _step(self) -> None:
@@ -379,10 +403,6 @@ class Simulation:
         swapping_near = any(n in self._copies for n in topo.neighbours(run.device))
         if not pairs and m.heavy and swapping_near:
             exec_ms *= topo.interference
-        if self.profile.shared_host and any(d != run.device for d in self._copies):
-            exec_ms *= m.copy_slowdown  # another device's copy competes for the host's memory
-        if m.corun_slowdown != 1.0 and any(d != run.device for d in self._running):
-            exec_ms *= m.corun_slowdown  # another device executes now: shared cores and memory (CPU devices)
         if self.drift:
             exec_ms *= self.drift[min(len(self.drift) - 1, int((self.now - self.offset) // 60))]
         if m.exec_quantiles:  # the spread measured: skewed, its mean above the median exec_ms
@@ -399,7 +419,7 @@ class Simulation:
         hot = run.load is not None and self.now - self.tallies[fi].last_served < HOT_S
         end = self.now + total_ms / 1e3
         self._running[run.device] = _Started(
-            run, exec_ms, waits, total_ms - exec_ms, total_ms - alone_ms, hot, self.now, total_ms, end, self.now
+            run, m, exec_ms, waits, total_ms - exec_ms, total_ms - alone_ms, hot, self.now, total_ms, end, self.now
         )
         self._push(end, FINISH, run.device)
         self._reshare()

@@ -27,7 +27,8 @@ probabilities, e.g. [0.92, 0.95, ..., 1.3, 1.6] from the fastest run to the slow
 
 Per model, `corun_slowdown` is how much longer its execution takes while another device
 executes at the same time: CPU devices share the host's caches and memory bandwidth
-(`torpor profile` measures it; 1 when absent, as for GPUs). `host_cores` (with
+(`torpor profile` measures it; 1 when absent, as for GPUs); the engine slows a run by it
+over the time the two overlap, whichever started first. `host_cores` (with
 `device_threads` per CPU device) says they share the host's cores too: while the
 executions, copies and the gateway's parsing want more cores than there are, each
 progresses at cores / demand; `background_cores` of them are taken by other processes
@@ -40,7 +41,8 @@ engine spends it on the gateway's one event loop, one request after another, bef
 scheduler sees the request, each request taking it times a factor drawn from the model's
 `request_quantiles` where the profile has them (its measured spread, as `exec_quantiles`).
 With `"shared_host": true` (CPU devices, which share one host's memory system) a model's
-`copy_slowdown` applies to its execution while any other device copies a model in.
+`copy_slowdown` applies to its execution while any other device copies a model in (over
+the time they overlap).
 
 A model's own `pipeline_overlap` (`torpor profile` measures it per model) replaces the
 topology's for its swap-ins: how much of a copy hides behind execution depends on the

@@ -116,21 +116,25 @@ def test_a_cluster_spreads_functions_over_its_nodes() -> None:
 
 
 def test_execution_beside_another_devices_is_slowed_by_the_models_corun_factor() -> None:
-    """CPU devices share the host's cores and memory: a run that starts while another device
-    executes takes the model's corun_slowdown longer; alone, or with the factor absent, it does not."""
+    """CPU devices share the host's cores and memory: while another device executes, a run goes
+    at 1 / its model's corun_slowdown, over the time they overlap, whichever started first;
+    alone, or with the factor absent, it is not slowed."""
     base = dict(PROFILE, pipeline_overlap=1.0)
 
-    def latencies(corun: float | None) -> list[float]:
+    def latencies(corun: float | None, second_at: float = 0.0) -> list[float]:
         big = dict(PROFILE["models"]["big"], **({"corun_slowdown": corun} if corun is not None else {}))
         p = parse(dict(base, models={"big": big}))
         fns = [SimFunction(f"f{i}", p.models["big"], 1000.0) for i in range(2)]
-        # Both made resident (one per device) at t=0 and 2, then both called at once at t=4.
-        sim = Simulation(p, "torpor", fns).run([(0.0, 0), (2.0, 1), (4.0, 0), (4.0, 1)])
-        return sorted(f["p98_ms"] for f in summarize(sim)["per_function"])
+        # Both made resident (one per device) at t=0 and 2, then called at t=4 and 4 + second_at.
+        sim = Simulation(p, "torpor", fns).run([(0.0, 0), (2.0, 1), (4.0, 0), (4.0 + second_at, 1)])
+        return [round(t.latencies_ms[-1], 6) for t in sim.tallies]
 
-    plain, slowed = latencies(None), latencies(2.0)
-    # The first of the two concurrent runs started alone; the second beside it took twice its time.
-    assert slowed[0] == plain[0] and slowed[1] > 1.5 * plain[1]
+    assert latencies(None) == [20.0, 20.0]
+    assert latencies(2.0) == [40.0, 40.0], "together throughout: both at half speed"
+    # f0 alone for 10 ms (half its work), then beside f1 at half speed: 20 ms more. f1 does
+    # 10 ms of work at half speed in those 20 ms, then the rest alone.
+    assert latencies(2.0, 0.010) == [30.0, 30.0]
+    assert latencies(2.0, 0.030) == [20.0, 20.0], "one after the other: neither slowed"
     with pytest.raises(ValueError, match="models.big.corun_slowdown"):
         parse(dict(base, models={"big": dict(PROFILE["models"]["big"], corun_slowdown=0.5)}))
 
@@ -206,8 +210,8 @@ def test_cores_other_processes_keep_busy_are_not_the_devices() -> None:
 
 
 def test_on_a_shared_host_another_devices_copy_slows_execution() -> None:
-    """CPU devices share one memory system: with shared_host, a run that starts while another
-    device copies a model in takes the model's copy_slowdown longer; without it, it does not."""
+    """CPU devices share one memory system: with shared_host, a run goes at 1 / its model's
+    copy_slowdown while another device copies a model in; without it, it is not slowed."""
 
     def latencies(shared: bool) -> list[float]:
         small = dict(PROFILE["models"]["small"], exec_ms=20.0, batch_exec_ms=50.0, copy_slowdown=2.0)
@@ -220,7 +224,8 @@ def test_on_a_shared_host_another_devices_copy_slows_execution() -> None:
         return [round(x, 6) for x in sim.tallies[0].latencies_ms]
 
     assert latencies(False) == [20.0, 20.0]
-    assert latencies(True) == [20.0, 40.0]
+    # 39 ms at half speed beside the copy (it ends at t=2.040): 19.5 ms of work; the last 0.5 alone.
+    assert latencies(True) == [20.0, 39.5]
     with pytest.raises(ValueError, match="shared_host"):
         parse(dict(PROFILE, shared_host="yes"))
 
