@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             measured = load(out / "profile.json")
         else:
             measured = _measured(args, out) if measuring else load(args.profile)
-        profile = _server_profile(measured, args.devices, args.device_memory)
+        profile = server_profile(measured, args.devices, args.device_memory)
     except ValueError as exc:
         raise SystemExit(f"simreal: {exc}") from None
     unknown = [m for m in args.models if m not in profile.models]
@@ -255,7 +255,7 @@ def speed_trend(before: list[SimFunction], after: HardwareProfile, minutes: floa
     return tuple(round((1 + (r - 1) * (t + window / 2) / span) / ((1 + r) / 2), 4) for t in middles)
 
 
-def _server_profile(profile: HardwareProfile, devices: str, memory: str) -> HardwareProfile:
+def server_profile(profile: HardwareProfile, devices: str, memory: str) -> HardwareProfile:
     """The profile's figures on the server's devices and memory."""
     n = len(parse_devices(devices))
     budget = parse_size(memory, "--device-memory")

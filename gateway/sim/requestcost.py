@@ -80,7 +80,7 @@ def measure(
     1..`beside` processes executing the model on `threads` threads (none if `beside` is 0), and
     the spread of `spread_runs` requests alone (none if 0; the median is over them too)."""
     result = {}
-    with _serving({name: name for name in models}, devices, memory_arg(memory), threads, "request cost") as srv:
+    with serving({name: name for name in models}, devices, memory_arg(memory), threads, "request cost") as srv:
         for name in models:
             once = _timer(srv.client, name, body_for(name))
             alone = [once() for _ in range(warmup + max(runs, spread_runs))][warmup:]
@@ -96,7 +96,7 @@ def cold_penalty(model: str, nbytes: int, runs: int = 9, threads: int = 1) -> fl
     body = body_for(model)
     # Room for one copy and not two (in bytes: a small model's image is well under a MiB).
     memory = str(nbytes + nbytes // 2)
-    with _serving({"a": model, "b": model}, 1, memory, threads, "cold cost") as srv:
+    with serving({"a": model, "b": model}, 1, memory, threads, "cold cost") as srv:
 
         def timed(name: str, cold: bool) -> float:
             ms, r = _post(srv.client, name, body, f"cold cost of {model}")
@@ -116,7 +116,7 @@ def cold_penalty(model: str, nbytes: int, runs: int = 9, threads: int = 1) -> fl
 
 
 @contextmanager
-def _serving(functions: dict[str, str], devices: int, memory: str, threads: int, what: str) -> Iterator[Any]:
+def serving(functions: dict[str, str], devices: int, memory: str, threads: int, what: str) -> Iterator[Any]:
     """A real `torpor serve` on `devices` CPU devices of `memory` each, with `functions` (name ->
     zoo model) deployed; stopped on exit, however it ends."""
     from loadtest.server import Server  # a tool's dependency, imported only when measuring

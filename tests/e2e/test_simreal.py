@@ -64,3 +64,29 @@ def test_simreal_replays_and_simulates_the_same_trace(tmp_path: Path) -> None:
     rerun = json.loads((out / "comparison.json").read_text())
     assert [r["real_p98_ms"] for r in rerun["per_function"]] == [r["real_p98_ms"] for r in rows]
     assert rerun["sim_meeting_slo_counts"] == result["sim_meeting_slo_counts"], "the same simulations"
+
+
+def test_simpair_times_two_overlapping_requests_on_a_server_and_in_the_simulator() -> None:
+    cmd = [sys.executable, "-m", "loadtest.simpair", "--profile", "cpu2-measured", "--models", "resnet18", "resnet18"]
+    done = subprocess.run(
+        cmd + ["--offsets", "0", "30", "--repeats", "2", "--sim-seeds", "2"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if " resnet18 " in line]
+    cases = [" ".join(r[: r.index("resnet18")]) for r in rows]
+    assert cases == ["alone", "alone", "offset 0 ms", "offset 0 ms", "offset 30 ms", "offset 30 ms"], done.stdout
+    for r in rows:  # both sides timed each request: a real latency above its execution, a simulated one
+        real, exec_ms = float(r[r.index("real") + 1]), float(r[r.index("exec") + 1])
+        assert real > exec_ms > 0 and float(r[r.index("simulated") + 1]) > 0
+        if r[0] == "offset":  # and each set over its own request alone
+            assert float(r[r.index("alone:") + 2]) > 0 < float(r[-1])
+    assert "a request beside another over alone, real / simulated" in done.stdout
+
+
+def test_simpair_refuses_a_model_the_profile_lacks_before_starting_a_server() -> None:
+    cmd = [sys.executable, "-m", "loadtest.simpair", "--profile", "cpu2-measured", "--models", "resnet18", "mlp"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "--models: ['mlp'] not in the profile" in done.stderr
