@@ -300,8 +300,9 @@ class Simulation:
         devices), times its copy_slowdown while another copies a model in (shared_host).
 
         Over the overlap, not by what ran when it started: a run that started alone is slowed
-        once a neighbour starts, as the server's is (on 2026-12-07, resnet50 alone 107 ms, then
-        113-117 with a resnet18 request 0-40 ms after it, where a factor at its start gave 107).
+        once a neighbour starts, as the server's is (on 2026-12-07, a resnet50 request with a
+        resnet18 request sent 20-40 ms after it took 130.6-133.8 ms on a real server, where a
+        factor taken at its start gave it 129.2 at every offset; `python -m loadtest.simpair`).
         """
         m = self._running[device].model
         slow = 1.0
