@@ -5,7 +5,7 @@
 
 A replay (`loadtest.simreal`) compares whole runs, and on a lightly loaded host its
 verdicts turn on requests that overlap another: on 2026-12-07 its lone requests were
-simulated within 1-3 ms at every quantile while those beside another were not. This
+simulated within 1-6 ms at every quantile while those beside another were not. This
 isolates that case. Each model is deployed as a function of its own on a real `torpor
 serve` (CPU devices, both resident, one per device); the first model's request is sent,
 the second's `offset` ms after it from another client, `repeats` times per offset with a
@@ -37,6 +37,7 @@ from loadtest.simreal import server_profile
 
 PAUSE_S = 0.3  # between pairs: each pair meets an idle server
 PHASES = ("read", "parse", "queue", "exec", "dispatch")
+ALONE = -1.0  # the key of each model's request timed alone
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,9 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-ALONE = -1.0  # the key of each model's request timed alone
-
-
 Timed = tuple[float, dict[str, float]]  # a request's latency (ms) and its Server-Timing phases
 
 
@@ -114,31 +112,32 @@ def measure(
                 except Exception as exc:  # reported by the caller's thread
                     into[k] = exc
 
+            def fire(schedule: list[tuple[int, float]]) -> list[Timed]:
+                """Each (model index, when) from a thread of its own; any failure ends the run."""
+                got: list[Any] = [None, None]
+                threads = [threading.Thread(target=post, args=(k, at, got)) for k, at in schedule]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                time.sleep(PAUSE_S)
+                failed = [g for g in got if isinstance(g, Exception)]
+                if failed:
+                    raise SystemExit(f"simpair: a request failed: {failed[0]}")
+                return [got[k] for k, _ in schedule]
+
             for _ in range(2):  # both models resident, the paths warm
                 for k in range(len(models)):
                     post(k, 0.0, [None, None])
             out: dict[float, list[list[Timed]]] = {o: [[], []] for o in [ALONE, *offsets]}
             for _ in range(repeats):
                 for k in range(len(models)):
-                    got = [None, None]
-                    post(k, 0.0, got)
-                    if isinstance(got[k], Exception):
-                        raise SystemExit(f"simpair: a request failed: {got[k]}")
-                    out[ALONE][k].append(got[k])  # type: ignore[arg-type]
-                    time.sleep(PAUSE_S)
+                    out[ALONE][k] += fire([(k, 0.0)])
                 for o in offsets:
-                    got: list[Any] = [None, None]
                     at = time.perf_counter() + 0.05
-                    pair = [threading.Thread(target=post, args=(k, at + k * o / 1e3, got)) for k in range(2)]
-                    for t in pair:
-                        t.start()
-                    for t in pair:
-                        t.join()
-                    for k, g in enumerate(got):
-                        if isinstance(g, Exception):
-                            raise SystemExit(f"simpair: a request failed: {g}")
-                        out[o][k].append(g)
-                    time.sleep(PAUSE_S)
+                    first, second = fire([(0, at), (1, at + o / 1e3)])
+                    out[o][0].append(first)
+                    out[o][1].append(second)
             return out
         finally:
             for c in clients:
