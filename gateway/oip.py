@@ -18,20 +18,13 @@ import numpy as np
 import orjson
 
 from shared.errors import InvalidInput
-from shared.specs import DATATYPES, ITEMSIZE, TensorSpec
+from shared.specs import DATATYPES, ITEMSIZE, TensorSpec, bf16_from_f32
 
 _KINDS = {"BOOL": "b", "UINT": "u", "INT": "i", "FP": "f", "BF": "f"}
 
 
 def _numpy_dtype(datatype: str) -> np.dtype:
     return np.dtype(DATATYPES[datatype])
-
-
-def _bf16_from_f32(a: np.ndarray) -> np.ndarray:
-    """Round-to-nearest-even float32 -> bfloat16 bit patterns (as torch does)."""
-    bits = a.astype("<f4").view("<u4")
-    rounding = ((bits >> 16) & 1) + 0x7FFF
-    return ((bits + rounding) >> 16).astype("<u2")
 
 
 def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
@@ -179,7 +172,7 @@ def _to_wire(t: dict[str, Any], spec: TensorSpec, raw_bytes: memoryview | bytes 
     try:
         with np.errstate(over="raise", invalid="raise"):  # a value beyond the type is an error, not inf
             if datatype == "BF16":
-                raw = _bf16_from_f32(arr.astype("<f4"))
+                raw = bf16_from_f32(arr.astype("<f4"))
             else:
                 raw = arr.astype(_NUMPY[datatype], casting="unsafe")
                 if datatype not in ("FP16", "FP32", "FP64", "BOOL") and arr.size and not np.array_equal(raw, arr):

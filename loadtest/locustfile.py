@@ -28,10 +28,12 @@ Environment:
                           queue_ms, swap_ms, exec_ms, read_ms, parse_ms, dispatch_ms, encode_ms,
                           gateway_ms (the server's own breakdown, its Server-Timing header)
   TORPOR_DRAIN            seconds to wait at the end for requests still in flight (default 10)
+  TORPOR_ENCODING         json (default): tensors as JSON values; binary: Triton's binary tensor
+                          extension (a JSON header, then the raw bytes), as tritonclient sends them
 
 Trace functions map round-robin onto the targets (the deployed functions listed by
 GET /v1/functions, in order). Each target gets one request body built from its input
-spec: random values of the declared datatype, free dimensions 1 (batch) and 16 (others).
+spec: random values of the declared datatype, free dimensions 1 (batch) and 128 (others, shared.specs.FREE_DIM).
 Requests are named by function, so locust's stats CSV has one row per function.
 """
 
@@ -60,7 +62,7 @@ def _plan(environment: Any, **_: Any) -> None:
         response = httpx.get(f"{environment.host.rstrip('/')}/v1/functions", headers=headers, timeout=30)
         response.raise_for_status()
         targets = choose_targets(response.json()["functions"], cfg)
-        replay = Replay(load_trace(cfg, len(targets)), targets, cfg.seed)
+        replay = Replay(load_trace(cfg, len(targets)), targets, cfg.seed, encoding=cfg.encoding)
     except (ValueError, KeyError, httpx.HTTPError) as exc:
         # StopTest from here makes locust log the message and quit (headless) or stop (web UI).
         raise StopTest(f"torpor replay: {exc}") from exc
@@ -121,9 +123,7 @@ class TraceUser(HttpUser):
             raise StopUser()
         cfg: ReplayConfig = STATE["config"]
         self.drain_s = cfg.drain_s
-        self.headers = {"content-type": "application/json"}
-        if cfg.token:
-            self.headers["authorization"] = f"Bearer {cfg.token}"
+        self.auth = {"authorization": f"Bearer {cfg.token}"} if cfg.token else {}
         self.in_flight = Group()
         self.pending = self.replay.claim()
 
@@ -145,10 +145,11 @@ class TraceUser(HttpUser):
 
     def _invoke(self, name: str, trace_function: str, late_s: float) -> None:
         context = {"trace_function": trace_function, "fired": time.time(), "late_ms": 1000 * late_s}
+        body = self.replay.bodies[name]
         with self.client.post(
             f"/v1/functions/{name}/invoke",
-            data=self.replay.bodies[name],
-            headers=self.headers,
+            data=body.content,
+            headers={**body.headers, **self.auth},
             name=name,
             context=context,
             catch_response=True,

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from shared import traces
-from shared.specs import request_body
+from shared.specs import ENCODINGS, Body, request_body
 
 REQUEST_LOG_COLUMNS = tuple(
     "start function trace_function ms status cold source late_ms queue_ms swap_ms exec_ms".split()
@@ -55,6 +55,7 @@ class ReplayConfig:
     token: str | None = None
     request_log: str | None = None
     drain_s: float = 10.0
+    encoding: str = "json"  # the request bodies: JSON tensors or Triton's binary extension
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ReplayConfig:
@@ -81,7 +82,10 @@ class ReplayConfig:
             token=env.get("TORPOR_TOKEN") or None,
             request_log=env.get("TORPOR_REQUEST_LOG") or None,
             drain_s=get("TORPOR_DRAIN", float, cls.drain_s),
+            encoding=env.get("TORPOR_ENCODING") or cls.encoding,
         )
+        if cfg.encoding not in ENCODINGS:
+            raise ValueError(f"TORPOR_ENCODING: expected one of {', '.join(ENCODINGS)}, got {cfg.encoding!r}")
         for key, value, ok in (
             ("TORPOR_FUNCTIONS", cfg.functions, cfg.functions is None or cfg.functions >= 1),
             ("TORPOR_RATE", cfg.rate, cfg.rate >= 0),
@@ -111,6 +115,7 @@ class ReplayConfig:
             "TORPOR_TOKEN": self.token,
             "TORPOR_REQUEST_LOG": self.request_log,
             "TORPOR_DRAIN": self.drain_s,
+            "TORPOR_ENCODING": self.encoding,
         }
         return {k: "" if v is None else str(v) for k, v in pairs.items()}
 
@@ -157,13 +162,20 @@ class Replay:
     arrival exactly once.
     """
 
-    def __init__(self, trace: traces.Trace, targets: list[dict[str, Any]], seed: int, lead_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        trace: traces.Trace,
+        targets: list[dict[str, Any]],
+        seed: int,
+        lead_s: float = 1.0,
+        encoding: str = "json",
+    ) -> None:
         self.trace = trace
         self.mapping = {name: targets[i % len(targets)]["name"] for i, name in enumerate(trace.functions)}
         rng = np.random.default_rng(seed)
         # One body per function, encoded once: a fresh JSON encoding per request would cost
         # the load generator more CPU than mlp costs the server.
-        self.bodies = {f["name"]: request_body(f["inputs"], rng) for f in targets}
+        self.bodies: dict[str, Body] = {f["name"]: request_body(f["inputs"], rng, encoding) for f in targets}
         self.start = time.time() + lead_s  # every user's clock starts together, after the plan is built
         self._arrivals = self._map(trace.arrivals(seed=seed))
 

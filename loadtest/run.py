@@ -1,7 +1,7 @@
 """Run a headless locust load test against a running torpor server and write a report.
 
     python -m loadtest.run --url http://127.0.0.1:8080 --duration 60 --users 4 \\
-        [--trace AZURE.csv | --functions N --rate R] [--targets mlp,resnet18] --out report/
+        [--trace AZURE.csv | --functions N --rate R] [--targets mlp,resnet18] [--encoding binary] --out report/
 
 Writes OUT/report.md and OUT/report.html (per-function p50/p98/p99, SLO attainment,
 cold-start fraction, throughput and latency over time as PNGs), locust's own CSVs
@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from loadtest import report
+from shared.specs import ENCODINGS
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -34,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=0.5, help="generated trace: mean requests/s per function")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--targets", help="comma list of deployed functions to invoke (default all)")
+    ap.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        default="json",
+        help="request bodies: JSON tensors, or Triton's binary tensor extension (as tritonclient sends them)",
+    )
     ap.add_argument("--out", default="loadtest-report")
     args = ap.parse_args(argv)
 
@@ -50,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "TORPOR_RATE": str(args.rate),
         "TORPOR_SEED": str(args.seed),
         "TORPOR_MINUTES": str(max(1, -(-args.duration // 60))),
+        "TORPOR_ENCODING": args.encoding,
     }
     if args.trace:
         env["TORPOR_TRACE"] = args.trace

@@ -31,7 +31,7 @@ import httpx
 
 from gateway.sim.engine import SimFunction, Simulation
 from gateway.sim.profile import HardwareProfile, load
-from gateway.sim.requestcost import JSON, body_for, serving
+from gateway.sim.requestcost import body_for, serving
 from loadtest.replay import server_timing
 from loadtest.simreal import server_profile
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"simpair: --models: {unknown} not in the profile ({sorted(profile.models)})")
     if args.repeats < 1 or any(o < 0 for o in args.offsets):
         raise SystemExit("simpair: --repeats: expected at least 1; --offsets: expected ms >= 0")
-    real = measure(args.models, args.offsets, args.repeats, args.device_memory, args.threads)
+    real = measure(args.models, args.offsets, args.repeats, args.device_memory, args.threads, profile.request_encoding)
     simulated = simulate(profile, args.models, args.offsets, args.sim_seeds)
     alone = [statistics.median(g[0] for g in real[ALONE][k]) for k in range(2)]
     sim_alone = [statistics.median(s[0] for s in simulated[ALONE][k]) for k in range(2)]
@@ -91,12 +91,13 @@ Timed = tuple[float, dict[str, float]]  # a request's latency (ms) and its Serve
 
 
 def measure(
-    models: list[str], offsets: list[float], repeats: int, memory: str, threads: int
+    models: list[str], offsets: list[float], repeats: int, memory: str, threads: int, encoding: str = "json"
 ) -> dict[float, list[list[Timed]]]:
-    """Per offset, per model (first, second), each pair's request as the server answered it."""
+    """Per offset, per model (first, second), each pair's request as the server answered it (the
+    bodies in `encoding`, the profile's)."""
     names = [f"{k}-{m}" for k, m in enumerate(models)]
     with serving(dict(zip(names, models, strict=True)), 2, memory, threads, "simpair") as srv:
-        bodies = [body_for(m) for m in models]
+        bodies = [body_for(m, encoding) for m in models]
         clients = [httpx.Client(base_url=srv.url, timeout=60) for _ in models]
         try:
 
@@ -104,7 +105,8 @@ def measure(
                 time.sleep(max(0.0, at - time.perf_counter()))  # a sleep, not a spin: no core taken
                 try:
                     t0 = time.perf_counter()
-                    r = clients[k].post(f"/v1/functions/{names[k]}/invoke", content=bodies[k], headers=JSON)
+                    body = bodies[k]
+                    r = clients[k].post(f"/v1/functions/{names[k]}/invoke", content=body.content, headers=body.headers)
                     ms = (time.perf_counter() - t0) * 1e3
                     if r.status_code != 200 or r.headers.get("x-torpor-cold") != "0":
                         raise RuntimeError(f"{names[k]}: {r.status_code}, cold {r.headers.get('x-torpor-cold')}")

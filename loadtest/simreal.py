@@ -62,6 +62,7 @@ from loadtest.server import Server
 from shared import shm, traces
 from shared.config import parse_devices, parse_size
 from shared.hostload import BusyMeter, capped
+from shared.specs import ENCODINGS
 
 SIGMA, BURSTINESS = 1.0, 0.5  # the replay's defaults (loadtest.replay.ReplayConfig)
 
@@ -89,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         default=60.0,
         help="seconds the measured profile samples execution times over (torpor profile --window)",
     )
+    ap.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        default="json",
+        help="the replay's request bodies: JSON tensors, or Triton's binary extension (the profile times the same)",
+    )
     ap.add_argument("--out", default="simreal")
     ap.add_argument("--again", action="store_true", help="re-simulate the replay already in --out")
     args = ap.parse_args(argv)
@@ -108,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         profile = server_profile(measured, args.devices, args.device_memory)
     except ValueError as exc:
         raise SystemExit(f"simreal: {exc}") from None
+    if profile.request_encoding != args.encoding:
+        raise SystemExit(
+            f"simreal: --encoding {args.encoding}: the profile timed {profile.request_encoding} requests "
+            f"(give --encoding {profile.request_encoding}, or a profile measured with this encoding)"
+        )
     unknown = [m for m in args.models if m not in profile.models]
     if unknown:
         raise SystemExit(f"simreal: models {unknown} are not in the profile ({sorted(profile.models)})")
@@ -202,7 +214,14 @@ def _measured(args: argparse.Namespace, out: Path) -> HardwareProfile:
 
     budget = parse_size(args.device_memory, "--device-memory")
     profile = measure_profile(
-        parse_devices(args.devices), budget, args.models, 8, 1, progress=print, window_s=args.profile_window
+        parse_devices(args.devices),
+        budget,
+        args.models,
+        8,
+        1,
+        progress=print,
+        window_s=args.profile_window,
+        encoding=args.encoding,
     )
     (out / "profile.json").write_text(json.dumps(dump(profile, budget), indent=1))
     return profile
@@ -277,7 +296,7 @@ def replay(functions: list[SimFunction], args: argparse.Namespace, seconds: int,
                     raise SystemExit(f"simreal: deploying {f.name}: {r.status_code} {r.text}")
             cmd = [sys.executable, "-m", "loadtest.run", "--url", server.url, "--duration", str(seconds)]
             cmd += ["--users", "2", "--functions", str(len(functions)), "--rate", str(args.rate)]
-            cmd += ["--seed", str(args.seed), "--out", str(out)]
+            cmd += ["--seed", str(args.seed), "--encoding", args.encoding, "--out", str(out)]
             assert server.proc is not None
             others = BusyMeter(server.proc.pid).start()
             done = subprocess.run(cmd, capture_output=True, text=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -114,7 +114,46 @@ def random_inputs(
     return out
 
 
-def request_body(inputs: list[dict[str, Any]], rng: np.random.Generator | None = None) -> bytes:
-    """The JSON body of one batch-1 random request: what the load test sends, and what
-    `torpor profile` times a request of (gateway/sim/requestcost.py)."""
-    return json.dumps({"inputs": random_inputs(inputs, 1, rng=rng)}).encode()
+ENCODINGS = ("json", "binary")
+
+
+class Body(NamedTuple):
+    """An invoke request's bytes and the headers that say how to read them."""
+
+    content: bytes
+    headers: dict[str, str]
+
+
+def request_body(inputs: list[dict[str, Any]], rng: np.random.Generator | None = None, encoding: str = "json") -> Body:
+    """One batch-1 random request: what the load test sends, and what `torpor profile` times a
+    request of (gateway/sim/requestcost.py). `json` carries the values in the JSON body (a
+    224x224 image: 3 MB of text); `binary` as Triton's binary tensor extension does, a JSON
+    header and the raw little-endian bytes after it (600 KB), as tritonclient and perf_analyzer
+    send by default."""
+    tensors = random_inputs(inputs, 1, rng=rng)
+    if encoding == "json":
+        return Body(json.dumps({"inputs": tensors}).encode(), {"content-type": "application/json"})
+    if encoding != "binary":
+        raise ValueError(f"encoding: expected one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    raws = [_raw(t["data"], t["datatype"]) for t in tensors]
+    listed = [
+        {**{k: t[k] for k in ("name", "shape", "datatype")}, "parameters": {"binary_data_size": len(raw)}}
+        for t, raw in zip(tensors, raws, strict=True)
+    ]
+    header = json.dumps({"inputs": listed}).encode()
+    headers = {"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))}
+    return Body(b"".join([header, *raws]), headers)
+
+
+def _raw(data: list[Any], datatype: str) -> bytes:
+    """A tensor's values as the wire's raw bytes (BF16: float32 rounded to its top 16 bits)."""
+    if datatype == "BF16":
+        return bf16_from_f32(np.asarray(data, dtype="<f4")).tobytes()
+    return np.asarray(data, dtype=DATATYPES[datatype]).tobytes()
+
+
+def bf16_from_f32(a: np.ndarray) -> np.ndarray:
+    """Round-to-nearest-even float32 -> bfloat16 bit patterns (as torch does)."""
+    bits = a.astype("<f4").view("<u4")
+    rounding = ((bits >> 16) & 1) + 0x7FFF
+    return ((bits + rounding) >> 16).astype("<u2")

@@ -90,6 +90,12 @@ def add_commands(sub: Any) -> None:
         default=60.0,
         help="seconds over which CPU execution times are sampled, every model in turn (the host's speed drifts)",
     )
+    p.add_argument(
+        "--encoding",
+        choices=("json", "binary"),
+        default="json",
+        help="the request bodies whose cost is timed: JSON tensors, or Triton's binary extension (as the load test's)",
+    )
     p.add_argument("--out", default="profile.json")
     p.set_defaults(func=_profile)
 
@@ -313,7 +319,14 @@ def _profile(args: argparse.Namespace) -> int:
     devices = parse_devices(args.devices)
     memory = parse_size(args.device_memory, "--device-memory")
     profile = measure_profile(
-        devices, memory, args.models, args.max_batch, args.threads, progress=print, window_s=args.window
+        devices,
+        memory,
+        args.models,
+        args.max_batch,
+        args.threads,
+        progress=print,
+        window_s=args.window,
+        encoding=args.encoding,
     )
     path = write_json(dump(profile, memory), Path(args.out))
     print(f"wrote {path}")

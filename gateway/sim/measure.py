@@ -39,9 +39,10 @@ def measure_profile(
     threads: int,
     progress: Callable[[str], None] = lambda _: None,
     window_s: float = 0.0,
+    encoding: str = "json",
 ) -> HardwareProfile:
     if all(d.kind == "cpu" for d in devices):
-        return _measure_cpu(len(devices), device_memory, models, max_batch, threads, progress, window_s)
+        return _measure_cpu(len(devices), device_memory, models, max_batch, threads, progress, window_s, encoding)
     return _measure_cuda(devices, device_memory, models, max_batch, progress)
 
 
@@ -63,6 +64,7 @@ def _measure_cpu(
     threads: int,
     progress: Callable[[str], None],
     window_s: float,
+    encoding: str,
 ) -> HardwareProfile:
     from gpuworker.bench_swap import Bench
 
@@ -112,9 +114,11 @@ def _measure_cpu(
                 f"beside another device's copy {copied:.2f}, "
                 f"execution {slowed:.2f} (spread {spread:.2f})"
             )
-        progress("timing a request of each model through a real torpor serve (outside queue and execution) ...")
+        progress(f"timing a request of each model through a real torpor serve ({encoding}, outside queue and exec)")
         room = sum(m.nbytes for m in measured.values()) + (64 << 20)  # every model resident on every device
-        costs = requestcost.measure(models, n, room, beside=n, threads=threads, spread_runs=REQUEST_SPREAD_RUNS)
+        costs = requestcost.measure(
+            models, n, room, beside=n, threads=threads, spread_runs=REQUEST_SPREAD_RUNS, encoding=encoding
+        )
         for name, cost in costs.items():
             by_k = tuple(round(f, 3) for f in cost.slowdowns)
             measured[name] = replace(
@@ -127,7 +131,7 @@ def _measure_cpu(
         progress("timing cold requests of each model through a real torpor serve (each against a warm one) ...")
         for name in models:
             m = measured[name]
-            penalty = requestcost.cold_penalty(name, m.nbytes, SWAP_REPEATS, threads)
+            penalty = requestcost.cold_penalty(name, m.nbytes, SWAP_REPEATS, threads, encoding)
             overlap, fixed = cold_terms(penalty, copy_ms[name], m.exec_ms)
             measured[name] = replace(m, pipeline_overlap=round(overlap, 3), swap_latency_ms=round(fixed, 3))
             progress(
@@ -161,6 +165,7 @@ def _measure_cpu(
         host_cores=len(os.sched_getaffinity(0)),  # the devices, their copies and the gateway share them
         device_threads=threads,
         background_cores=hostload.capped(background, len(os.sched_getaffinity(0))),
+        request_encoding=encoding,
     )
 
 

@@ -40,6 +40,8 @@ parsed, sent to the worker and answered; `torpor profile` times it through a rea
 engine spends it on the gateway's one event loop, one request after another, before the
 scheduler sees the request, each request taking it times a factor drawn from the model's
 `request_quantiles` where the profile has them (its measured spread, as `exec_quantiles`).
+`request_encoding` says which bodies it was timed with (`json`, the default, or `binary`:
+Triton's binary tensor extension).
 With `"shared_host": true` (CPU devices, which share one host's memory system) a model's
 `copy_slowdown` applies to its execution while any other device copies a model in (over
 the time they overlap).
@@ -72,6 +74,7 @@ from typing import Any
 
 from gateway.costmodel import GB, Topology
 from shared.config import parse_size
+from shared.specs import ENCODINGS
 
 PROFILES = Path(__file__).parent / "profiles"
 
@@ -177,6 +180,9 @@ class HardwareProfile:
     # Of those cores, how many other processes keep busy on average (system services, a load
     # generator): the devices and the gateway share what is left. Measured (shared.hostload).
     background_cores: float = 0.0
+    # How the request bodies whose cost `request_ms` is were encoded (shared.specs.ENCODINGS): a
+    # 224x224 image is 3 MB of JSON text to parse or 600 KB of raw bytes, 10x apart in the gateway.
+    request_encoding: str = "json"
 
     @property
     def devices(self) -> int:
@@ -286,7 +292,15 @@ def parse(data: Any, where: str = "profile") -> HardwareProfile:
         host_cores,
         _count(data, "device_threads", where) or 1,
         _background(data, host_cores, where),
+        _encoding(data, where),
     )
+
+
+def _encoding(data: dict[str, Any], where: str) -> str:
+    v = data.get("request_encoding", "json")
+    if v not in ENCODINGS:
+        raise ValueError(f"{where}: request_encoding: expected one of {', '.join(ENCODINGS)}, got {v!r}")
+    return str(v)
 
 
 def _background(data: dict[str, Any], host_cores: int | None, where: str) -> float:
@@ -392,6 +406,7 @@ def dump(profile: HardwareProfile, device_memory: int, reserve: int = 0) -> dict
         **({"shared_host": True} if profile.shared_host else {}),
         **({"host_cores": profile.host_cores, "device_threads": profile.device_threads} if profile.host_cores else {}),
         **({"background_cores": round(profile.background_cores, 3)} if profile.background_cores else {}),
+        **({"request_encoding": profile.request_encoding} if profile.request_encoding != "json" else {}),
         "native_function_overhead": str(profile.native_overhead),
         "models": {
             m.name: {

@@ -47,8 +47,7 @@ import numpy as np
 
 from gateway.sim.profile import spread_quantiles
 from shared.loadproc import LoadProcesses
-
-JSON = {"content-type": "application/json"}
+from shared.specs import Body
 
 
 class RequestCost(NamedTuple):
@@ -57,12 +56,12 @@ class RequestCost(NamedTuple):
     quantiles: tuple[float, ...]  # a request alone over the median, at every 5% (empty if not asked)
 
 
-def body_for(name: str) -> bytes:
-    """The body the load test sends for a zoo model (loadtest/replay.py)."""
+def body_for(name: str, encoding: str = "json") -> Body:
+    """The body the load test sends for a zoo model (loadtest/replay.py), in `encoding`."""
     from shared import zoo
     from shared.specs import request_body, specs_to_json
 
-    return request_body(specs_to_json(zoo.entry(name).inputs), np.random.default_rng(0))
+    return request_body(specs_to_json(zoo.entry(name).inputs), np.random.default_rng(0), encoding)
 
 
 def measure(
@@ -74,15 +73,17 @@ def measure(
     beside: int = 0,
     threads: int = 1,
     spread_runs: int = 0,
+    encoding: str = "json",
 ) -> dict[str, RequestCost]:
     """Per model, the median ms its request spends in the server outside queue, swap and execution
     (`devices` CPU devices of `memory` bytes each, enough for every model), its slowdowns beside
     1..`beside` processes executing the model on `threads` threads (none if `beside` is 0), and
-    the spread of `spread_runs` requests alone (none if 0; the median is over them too)."""
+    the spread of `spread_runs` requests alone (none if 0; the median is over them too); the
+    bodies in `encoding`."""
     result = {}
     with serving({name: name for name in models}, devices, memory_arg(memory), threads, "request cost") as srv:
         for name in models:
-            once = _timer(srv.client, name, body_for(name))
+            once = _timer(srv.client, name, body_for(name, encoding))
             alone = [once() for _ in range(warmup + max(runs, spread_runs))][warmup:]
             ms = statistics.median(alone)
             spread = spread_quantiles([t / max(ms, 1e-3) for t in alone]) if spread_runs else ()
@@ -90,10 +91,10 @@ def measure(
     return result
 
 
-def cold_penalty(model: str, nbytes: int, runs: int = 9, threads: int = 1) -> float:
+def cold_penalty(model: str, nbytes: int, runs: int = 9, threads: int = 1, encoding: str = "json") -> float:
     """The median ms a cold request of `model` (its image `nbytes`) takes longer than a warm one,
     through a real server (see the module's docstring)."""
-    body = body_for(model)
+    body = body_for(model, encoding)
     # Room for one copy and not two (in bytes: a small model's image is well under a MiB).
     memory = str(nbytes + nbytes // 2)
     with serving({"a": model, "b": model}, 1, memory, threads, "cold cost") as srv:
@@ -139,17 +140,17 @@ def memory_arg(nbytes: int) -> str:
     return f"{-(-nbytes // (1 << 20))}MiB"
 
 
-def _post(client: httpx.Client, name: str, body: bytes, what: str) -> tuple[float, httpx.Response]:
+def _post(client: httpx.Client, name: str, body: Body, what: str) -> tuple[float, httpx.Response]:
     """(its round trip in ms, the answer) of one invoke of function `name`; anything but 200 raises."""
     t0 = time.perf_counter()
-    r = client.post(f"/v1/functions/{name}/invoke", content=body, headers=JSON)
+    r = client.post(f"/v1/functions/{name}/invoke", content=body.content, headers=body.headers)
     ms = (time.perf_counter() - t0) * 1e3
     if r.status_code != 200:
         raise RuntimeError(f"{what}: {r.status_code} {r.text[:200]}")
     return ms, r
 
 
-def _timer(client: httpx.Client, name: str, body: bytes) -> Callable[[], float]:
+def _timer(client: httpx.Client, name: str, body: Body) -> Callable[[], float]:
     def once() -> float:
         for _ in range(5):  # a cold request's swap overlaps its execution: time a warm one
             total, r = _post(client, name, body, f"request cost of {name}")

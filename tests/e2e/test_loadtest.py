@@ -17,7 +17,8 @@ pytestmark = pytest.mark.e2e
 def test_load_test_replays_a_trace_and_reports(server: Server, tmp_path: Path) -> None:
     out = tmp_path / "report"
     cmd = [sys.executable, "-m", "loadtest.run", "--url", server.url, "--duration", "12", "--users", "2"]
-    cmd += ["--functions", "4", "--rate", "1", "--targets", "mlp,r18", "--out", str(out)]
+    # Binary tensors, as tritonclient sends them (the default JSON bodies: tests/e2e/test_simreal.py).
+    cmd += ["--functions", "4", "--rate", "1", "--targets", "mlp,r18", "--encoding", "binary", "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     for name in ("report.md", "report.html", "throughput.png", "latency.png", "locust_stats.csv"):
@@ -31,6 +32,7 @@ def test_load_test_replays_a_trace_and_reports(server: Server, tmp_path: Path) -
     with open(out / "requests.csv", newline="") as fh:
         logged = list(csv.DictReader(fh))
     assert logged and {r["function"] for r in logged} <= {"mlp", "r18"}
+    assert {r["status"] for r in logged} == {"200"}, "every binary request understood"
     for r in logged:  # the server's own breakdown of every answered request
         if r["status"] == "200":
             assert float(r["exec_ms"]) > 0 and float(r["queue_ms"]) >= 0 and float(r["swap_ms"]) >= 0, r

@@ -90,3 +90,10 @@ def test_simpair_refuses_a_model_the_profile_lacks_before_starting_a_server() ->
     cmd = [sys.executable, "-m", "loadtest.simpair", "--profile", "cpu2-measured", "--models", "resnet18", "mlp"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "--models: ['mlp'] not in the profile" in done.stderr
+
+
+def test_simreal_refuses_a_profile_timed_with_other_request_bodies_before_starting_a_server() -> None:
+    # The built-in CPU profile timed JSON requests; a binary replay would pay a tenth of that.
+    cmd = [sys.executable, "-m", "loadtest.simreal", "--profile", "cpu2-measured", "--models", "resnet18"]
+    done = subprocess.run([*cmd, "--encoding", "binary"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "--encoding binary: the profile timed json requests" in done.stderr

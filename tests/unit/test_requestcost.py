@@ -9,9 +9,29 @@ from gateway.sim import requestcost
 
 
 def test_the_body_is_the_load_tests_request_of_the_model() -> None:
-    body = orjson.loads(requestcost.body_for("mlp"))
-    (tensor,) = body["inputs"]
+    body = requestcost.body_for("mlp")
+    assert body.headers == {"content-type": "application/json"}
+    (tensor,) = orjson.loads(body.content)["inputs"]
     assert tensor["name"] == "input" and tensor["shape"] == [1, 64] and len(tensor["data"]) == 64
+
+
+def test_binary_bodies_carry_the_same_tensors_as_json_ones() -> None:
+    from gateway import oip
+    from shared import zoo
+
+    for model in ("mlp", "bert-base"):  # FP32 values; INT64 token ids
+        specs = zoo.entry(model).inputs
+        as_json, binary = requestcost.body_for(model), requestcost.body_for(model, "binary")
+        assert binary.headers["content-type"] == "application/octet-stream"
+        length = int(binary.headers["inference-header-content-length"])
+        if model == "mlp":  # 4 bytes a float, where JSON writes ~20 (token ids below 100 write shorter)
+            assert len(binary.content) < len(as_json.content) / 2
+        parsed_json = oip.parse_request(as_json.content, model, specs)
+        parsed_binary = oip.parse_request(binary.content, model, specs, length)
+        for a, b in zip(parsed_json.inputs, parsed_binary.inputs, strict=True):
+            assert (a["name"], a["shape"], bytes(a["data"])) == (b["name"], b["shape"], bytes(b["data"])), model
+    with pytest.raises(ValueError, match="encoding: expected one of json, binary, got 'xml'"):
+        requestcost.body_for("mlp", "xml")
 
 
 def test_a_request_is_timed_through_a_real_server_outside_its_queue_and_execution() -> None:
@@ -26,6 +46,15 @@ def test_a_request_is_timed_through_a_real_server_outside_its_queue_and_executio
         assert list(spread) == sorted(spread)
     # A resnet18 request carries a 600 KB JSON body, mlp's 1 KB: its time outside execution is longer.
     assert got["resnet18"].ms > got["mlp"].ms
+
+
+def test_a_binary_request_costs_the_server_less_than_its_json_one() -> None:
+    # resnet18's image: 3 MB of JSON text to read and parse, or 600 KB of raw bytes.
+    costs = {
+        encoding: requestcost.measure(["resnet18"], 1, 64 << 20, runs=3, warmup=1, encoding=encoding)["resnet18"].ms
+        for encoding in ("json", "binary")
+    }
+    assert 0.0 < costs["binary"] < costs["json"], costs
 
 
 def test_a_cold_request_is_timed_through_a_real_server_against_a_warm_one() -> None:

@@ -209,6 +209,15 @@ def test_cores_other_processes_keep_busy_are_not_the_devices() -> None:
         parse(dict(PROFILE, background_cores=0.5))
 
 
+def test_a_profile_says_which_request_bodies_its_request_cost_was_timed_with() -> None:
+    assert parse(PROFILE).request_encoding == "json"  # the default, and left out of a dump
+    assert "request_encoding" not in dump(parse(PROFILE), 1 << 30)
+    binary = parse(dict(PROFILE, request_encoding="binary"))
+    assert parse(dump(binary, 1 << 30)).request_encoding == "binary"
+    with pytest.raises(ValueError, match="request_encoding: expected one of json, binary, got 'msgpack'"):
+        parse(dict(PROFILE, request_encoding="msgpack"))
+
+
 def test_on_a_shared_host_another_devices_copy_slows_execution() -> None:
     """CPU devices share one memory system: with shared_host, a run goes at 1 / its model's
     copy_slowdown while another device copies a model in; without it, it is not slowed."""
