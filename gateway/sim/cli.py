@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, NoReturn
 
+from shared.specs import ENCODINGS
+
 POLICY_NAMES = ("torpor", "simpleswap", "native")
 # Defaults of a generated workload; with --trace, functions and minutes come from the file.
 GENERATED = argparse.Namespace(
@@ -92,7 +94,7 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument(
         "--encoding",
-        choices=("json", "binary"),
+        choices=ENCODINGS,
         default="json",
         help="the request bodies whose cost is timed: JSON tensors, or Triton's binary extension (as the load test's)",
     )
