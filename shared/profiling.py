@@ -65,24 +65,36 @@ def run_times(model: torch.nn.Module, inputs: list[torch.Tensor], runs: int = 3,
 
 
 def runs_in_turn(
-    models: dict[str, tuple[torch.nn.Module, list[torch.Tensor]]], window_s: float, min_rounds: int = 7
+    models: dict[str, tuple[torch.nn.Module, list[torch.Tensor]]],
+    window_s: float,
+    min_rounds: int = 7,
+    threads: int | None = None,
 ) -> dict[str, list[float]]:
     """Batch-1 run times (ms) of each model, one run of each in turn, round after round, until
-    `window_s` has passed (and at least `min_rounds` rounds).
+    `window_s` has passed (and at least `min_rounds` rounds), on `threads` compute threads
+    (a worker's; None: the process's own setting).
 
     In turn, as a server runs one function after another's (each run finds the caches full of
     another model), and over a window rather than at one moment: a shared host's speed drifts
     by 10-20% within a minute, and a server's executions see that drift.
     """
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for model, inputs in models.values():  # warm
-        run_times(model, inputs, runs=0)
-    deadline = time.perf_counter() + window_s
-    rounds = 0
-    while rounds < min_rounds or time.perf_counter() < deadline:
-        for name, (model, inputs) in models.items():
-            times[name] += run_times(model, inputs, runs=1, warmup=0)
-        rounds += 1
+    before = torch.get_num_threads()
+    if threads:
+        # Torch's default is one thread per core: timed so, a model's run is another than the
+        # worker's, which computes on its --compute-threads.
+        torch.set_num_threads(threads)
+    try:
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for model, inputs in models.values():  # warm
+            run_times(model, inputs, runs=0)
+        deadline = time.perf_counter() + window_s
+        rounds = 0
+        while rounds < min_rounds or time.perf_counter() < deadline:
+            for name, (model, inputs) in models.items():
+                times[name] += run_times(model, inputs, runs=1, warmup=0)
+            rounds += 1
+    finally:
+        torch.set_num_threads(before)
     return times
 
 

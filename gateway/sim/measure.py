@@ -139,7 +139,7 @@ def _measure_cpu(
                 f"{overlap:.2f} (in-process {m.pipeline_overlap:.2f}), fixed {fixed:.1f} ms"
             )
         progress(f"timing the models in turn for {window_s:.0f} s ...")
-        times = runs_in_turn(built, window_s, RUNS)
+        times = runs_in_turn(built, window_s, RUNS, threads)
         measured = _timed_in_turn(measured, times, progress)
         in_turn = log_spread(times)
     finally:
@@ -188,18 +188,12 @@ def retime(
 ) -> HardwareProfile:
     """The profile with each zoo model's execution time timed again, in turn over `window_s`, as
     `torpor profile` times it (batch times keep their ratio to batch 1): the host's speed now."""
-    threads = profile.device_threads or 1
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)  # as many as a worker computes with
-    try:
-        built = {
-            name: (program.build({"zoo": name}, meta=False), random_tensors(zoo.entry(name).inputs, 1))
-            for name in profile.models
-        }
-        progress(f"timing the models in turn for {window_s:.0f} s ...")
-        times = runs_in_turn(built, window_s, RUNS)
-    finally:
-        torch.set_num_threads(before)
+    built = {
+        name: (program.build({"zoo": name}, meta=False), random_tensors(zoo.entry(name).inputs, 1))
+        for name in profile.models
+    }
+    progress(f"timing the models in turn for {window_s:.0f} s ...")
+    times = runs_in_turn(built, window_s, RUNS, profile.device_threads or 1)
     return replace(profile, models=_timed_in_turn(profile.models, times, progress))
 
 

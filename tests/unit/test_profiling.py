@@ -39,3 +39,32 @@ def test_spread_is_pooled_around_each_models_own_median() -> None:
     expected = math.sqrt((2 * math.log(0.9) ** 2 + 2 * math.log(1.1) ** 2) / 6)
     assert math.isclose(log_spread(times), expected)
     assert log_spread({"a": [5.0, 5.0]}) == 0.0
+
+
+class CountsThreads(torch.nn.Module):
+    """Records the compute threads torch gives each run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(torch.get_num_threads())
+        return x
+
+
+def test_models_are_timed_on_the_workers_threads_and_the_setting_restored() -> None:
+    # A worker computes on --compute-threads; torch's default is one thread per core, so a
+    # timing left at the default times another run than the server's.
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        model = CountsThreads()
+        runs_in_turn({"m": (model, [torch.zeros(1)])}, window_s=0.0, min_rounds=2, threads=1)
+        assert model.seen and set(model.seen) == {1}
+        assert torch.get_num_threads() == 3
+        model.seen.clear()
+        runs_in_turn({"m": (model, [torch.zeros(1)])}, window_s=0.0, min_rounds=2)
+        assert set(model.seen) == {3}, "no threads given: the process's own setting"
+    finally:
+        torch.set_num_threads(before)
