@@ -21,7 +21,10 @@ again, the same way, right after the replay (OUT/profile-after.json); the simula
 the times halfway between the two, and the host's speed on the straight line from the one
 timing to the other, minute by minute (lines show the simulation at the halfway times
 throughout, and on the times before only).
-The server's SLOs are the ones deployed, from the profile measured before.
+The server's SLOs are the ones deployed, from the profile measured before. The server
+measures at deploy, per function, whether a model is heavy (its only copy costly to evict,
+so no duplicate evicts it); the simulated scheduler is told the server's flags
+(OUT/real/deployed.json), not the profile's one per model.
 Where the two disagree, the model of the hardware or of the server is what to fix.
 
 The server is not alone on the host: the load generator and system services take a share
@@ -132,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     log = out / "real" / "requests.csv"
     if not args.again:
         replay(functions, args, seconds, out / "real")
+    functions = as_deployed(functions, out / "real" / DEPLOYED)
     if measuring:
         _retimed(measured, args, out)
     host = out / "real" / "host.json"
@@ -172,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     result["exec_by_model"] = exec_by_model(runs, functions)
     result["by_minute"] = by_minute(rows, sims)
     result["cold_starts"] = cold_starts(rows, functions, sims)
+    result["heavy"] = heavy_by_model(functions)
     lone = lone_runs(runs)
     speed = speed_seen(lone, functions)
     at_speed = [
@@ -294,6 +299,8 @@ def replay(functions: list[SimFunction], args: argparse.Namespace, seconds: int,
                 r = server.deploy(f.name, {"model": {"zoo": f.model.name}, "slo_ms": f.slo_ms})
                 if r.status_code not in (200, 201):
                     raise SystemExit(f"simreal: deploying {f.name}: {r.status_code} {r.text}")
+            out.mkdir(parents=True, exist_ok=True)
+            (out / DEPLOYED).write_text(json.dumps(deployed_flags(server, functions), indent=1))
             cmd = [sys.executable, "-m", "loadtest.run", "--url", server.url, "--duration", str(seconds)]
             cmd += ["--users", "2", "--functions", str(len(functions)), "--rate", str(args.rate)]
             cmd += ["--seed", str(args.seed), "--encoding", args.encoding, "--out", str(out)]
@@ -305,6 +312,45 @@ def replay(functions: list[SimFunction], args: argparse.Namespace, seconds: int,
                 raise SystemExit(f"simreal: the load test failed:\n{done.stdout}{done.stderr}")
         finally:
             server.stop()
+
+
+DEPLOYED = "deployed.json"  # under OUT/real/: what the server measured of each function at deploy
+
+
+def deployed_flags(server: Server, functions: list[SimFunction]) -> dict[str, Any]:
+    """What the server's scheduler was told of each function at deploy that the profile also
+    says: whether its model is heavy (measured per function, a few runs each)."""
+    heavy = {}
+    for f in functions:
+        r = server.client.get(f"/v1/functions/{f.name}")
+        if r.status_code != 200:
+            raise SystemExit(f"simreal: reading {f.name} back: {r.status_code} {r.text}")
+        heavy[f.name] = bool(r.json()["schedule"]["heavy"])
+    return {"heavy": heavy}
+
+
+def as_deployed(functions: list[SimFunction], path: Path) -> list[SimFunction]:
+    """The functions as the server deployed them (`path`, written by the replay): its scheduler
+    decides whether to duplicate or evict a model by its heavy flag, which it measures per
+    function and which can differ from the profile's for the same model. A replay from before
+    the file existed keeps the profile's."""
+    if not path.exists():
+        return functions
+    heavy = json.loads(path.read_text())["heavy"]
+    missing = [f.name for f in functions if f.name not in heavy]
+    if missing:
+        raise SystemExit(f"simreal: {path}: no heavy flag for {missing[:3]}: give the options of its run")
+    return [replace(f, heavy=bool(heavy[f.name])) for f in functions]
+
+
+def heavy_by_model(functions: list[SimFunction]) -> dict[str, dict[str, Any]]:
+    """Per model: functions the server deployed as heavy, of how many, and the profile's flag."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in functions:
+        seen = out.setdefault(f.model.name, {"heavy": 0, "functions": 0, "profile": f.model.heavy})
+        seen["heavy"] += f.model.heavy if f.heavy is None else f.heavy
+        seen["functions"] += 1
+    return out
 
 
 def read_log(log: Path, functions: list[SimFunction]) -> list[dict[str, str]]:
@@ -541,6 +587,16 @@ def render(result: dict[str, Any]) -> str:
     if minutes:
         ratios = " ".join(f"{m['real_exec_ms'] / m['sim_exec_ms']:.2f}" for m in minutes)
         lines.append(f"mean execution per request, real / simulated, minute by minute: {ratios}")
+    heavy = result.get("heavy")
+    if heavy:
+        lines.append(
+            "heavy (its only copy costly to evict) as the server measured each function at deploy, which "
+            "the simulated scheduler is told: "
+            + ", ".join(
+                f"{m} {h['heavy']} of {h['functions']} (profile: {'heavy' if h['profile'] else 'light'})"
+                for m, h in heavy.items()
+            )
+        )
     cold = result.get("cold_starts")
     if cold:
         lines.append("cold starts, real / simulated: " + ", ".join(f"{m} {r}/{s:.0f}" for m, (r, s) in cold.items()))

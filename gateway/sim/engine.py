@@ -63,6 +63,11 @@ class SimFunction:
     percentile: float = 0.98
     max_batch: int = 1
     drop_late: bool = False
+    # What the scheduler is told of the model (its only copy is costly to evict, its swap-in
+    # does not hide): None, the profile's. A server measures it per function at deploy, a
+    # few runs each, so its functions of one model may differ; the hardware's own slowdown
+    # (the execution beside a swap) stays the model's.
+    heavy: bool | None = None
 
 
 @dataclass
@@ -205,7 +210,7 @@ class Simulation:
                     batch_exec_ms=m.batch_exec_ms,
                     max_batch_size=min(f.max_batch, m.max_batch) if m.batch_exec_ms else 1,
                     drop_late=f.drop_late,
-                    heavy=m.heavy,
+                    heavy=m.heavy if f.heavy is None else f.heavy,
                     stages=equal_cuts(m.nbytes + overhead),
                 )
             )

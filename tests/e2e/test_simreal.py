@@ -58,6 +58,12 @@ def test_simreal_replays_and_simulates_the_same_trace(tmp_path: Path) -> None:
     real_cold, sim_cold = result["cold_starts"]["resnet18"]
     assert 1 <= real_cold <= sum(r["real_requests"] for r in rows) and sim_cold >= 1
     assert "cold starts, real / simulated: resnet18" in done.stdout
+    # The server measured each function's heavy flag at deploy; the simulated scheduler is told the same.
+    flags = json.loads((out / "real" / "deployed.json").read_text())["heavy"]
+    assert sorted(flags) == ["f000", "f001", "f002", "f003"] and all(isinstance(v, bool) for v in flags.values())
+    assert result["heavy"]["resnet18"]["heavy"] == sum(flags.values())
+    assert result["heavy"]["resnet18"]["functions"] == 4
+    assert "as the server measured each function at deploy" in done.stdout
     # --again re-simulates that replay without measuring or replaying: the same real side.
     again = subprocess.run([*cmd, "--again"], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stdout + again.stderr
