@@ -348,7 +348,7 @@ def heavy_by_model(functions: list[SimFunction]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for f in functions:
         seen = out.setdefault(f.model.name, {"heavy": 0, "functions": 0, "profile": f.model.heavy})
-        seen["heavy"] += f.model.heavy if f.heavy is None else f.heavy
+        seen["heavy"] += f.told_heavy
         seen["functions"] += 1
     return out
 

@@ -69,6 +69,11 @@ class SimFunction:
     # (the execution beside a swap) stays the model's.
     heavy: bool | None = None
 
+    @property
+    def told_heavy(self) -> bool:
+        """The flag the scheduler is told: the function's own, else its model's."""
+        return self.model.heavy if self.heavy is None else self.heavy
+
 
 @dataclass
 class DeviceTally:
@@ -210,7 +215,7 @@ class Simulation:
                     batch_exec_ms=m.batch_exec_ms,
                     max_batch_size=min(f.max_batch, m.max_batch) if m.batch_exec_ms else 1,
                     drop_late=f.drop_late,
-                    heavy=m.heavy if f.heavy is None else f.heavy,
+                    heavy=f.told_heavy,
                     stages=equal_cuts(m.nbytes + overhead),
                 )
             )
