@@ -307,7 +307,9 @@ class Simulation:
     def _beside(self, device: int) -> float:
         """How many times slower the run on `device` goes for what the other devices do now:
         its model's corun_slowdown while another executes (the host's cores and memory, CPU
-        devices), times its copy_slowdown while another copies a model in (shared_host).
+        devices), times its copy_slowdown while a copy other than its own swap-in is under way
+        (shared_host): another device's, or its own device's prefetch of the next model, whose
+        copy thread reads and writes the same host memory as a neighbour's does.
 
         Over the overlap, not by what ran when it started: a run that started alone is slowed
         once a neighbour starts, as the server's is (on 2026-12-07, a resnet50 request with a
@@ -318,8 +320,10 @@ class Simulation:
         slow = 1.0
         if m.corun_slowdown != 1.0 and len(self._running) > 1:
             slow *= m.corun_slowdown
-        if self.profile.shared_host and m.copy_slowdown != 1.0 and any(d != device for d in self._copies):
-            slow *= m.copy_slowdown
+        if self.profile.shared_host and m.copy_slowdown != 1.0:
+            own = self._running[device].run.model_id
+            if any(d != device or c.model_id != own for d, c in self._copies.items()):
+                slow *= m.copy_slowdown
         return slow
 
     # -- internals ---------------------------------------------------------------

@@ -239,6 +239,29 @@ def test_on_a_shared_host_another_devices_copy_slows_execution() -> None:
         parse(dict(PROFILE, shared_host="yes"))
 
 
+def test_a_devices_own_prefetch_slows_its_run_as_a_neighbours_copy_does() -> None:
+    """The copy engine of a device that executes brings the next model in (the scheduler's
+    prefetch); on a shared host its copy thread slows the run beside it as another device's
+    copy would. A cold run's own swap-in does not: its overlap is the model's pipeline_overlap."""
+
+    def latencies(shared: bool) -> list[float]:
+        small = dict(PROFILE["models"]["small"], exec_ms=20.0, batch_exec_ms=50.0, copy_slowdown=2.0)
+        models = {"small": small, "big": PROFILE["models"]["big"]}
+        p = parse(
+            dict(PROFILE, devices=1, switches=[0], links=[], models=models, pipeline_overlap=1.0, shared_host=shared)
+        )
+        fns = [SimFunction("s", p.models["small"], 1000.0), SimFunction("b", p.models["big"], 1000.0)]
+        # s cold (its 10 ms copy hidden under its 20 ms run), then warm at t=2; b's request at
+        # t=2.001 waits, and the busy device prefetches its 400 MB for 40 ms.
+        sim = Simulation(p, "torpor", fns, preload=False).run([(0.0, 0), (2.0, 0), (2.001, 1)])
+        assert sum(d.swaps["host"] for d in sim.devices) == 2  # s, then b ahead of its run
+        return [round(x, 6) for x in sim.tallies[0].latencies_ms]
+
+    assert latencies(False) == [20.0, 20.0]
+    # 1 ms alone, then half speed beside the prefetch: the 19 ms left take 38.
+    assert latencies(True) == [20.0, 39.0]
+
+
 def test_a_copy_shares_the_cores_and_a_model_may_hide_less_of_it() -> None:
     """A swap-in's copy thread is one more runnable activity: on one core it and the run it
     feeds go at half speed until the copy ends. A model's own pipeline_overlap replaces the
