@@ -46,7 +46,7 @@ def test_a_killed_profile_leaves_no_segment_and_no_server(tmp_path: Path) -> Non
     # started to time requests must go with it, as they do on Ctrl-C.
     before = _owners()
     cmd = [sys.executable, "-m", "gateway.cli", "profile", "--devices", "cpu:2", "--device-memory", "256MiB"]
-    cmd += ["--models", "mlp", "resnet18", "--window", "5", "--out", str(tmp_path / "p.json")]
+    cmd += ["--models", "mlp", "--window", "1", "--out", str(tmp_path / "p.json")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its progress lines as they are printed
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
