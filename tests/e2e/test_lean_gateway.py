@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadtest.bench_memory import child_pids, image_bytes, maps_torch, private_bytes
+from loadtest.bench_memory import child_pids, image_bytes, maps_torch, private_bytes, settle
 from loadtest.server import Server, shm_segments_of
 from tests.e2e.helpers import native_output, output_array, sample_input
 
@@ -32,6 +32,7 @@ def test_deploys_leave_the_gateway_flat_and_models_on_the_host_once(tmp_path: Pa
     srv = Server(tmp_path / "state", devices="cpu:2", memory="256MiB").start()
     try:
         pids = [srv.pid, *child_pids(srv.pid)]  # workers, the builders' fork server, the resource tracker
+        settle(pids)
         idle = {p: private_bytes(p) for p in pids}
         model_bytes = 0
         for seed in range(DEPLOYS):
