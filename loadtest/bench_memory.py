@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from loadtest.server import Server, shm_segments_of
+from shared.hostload import process_cpu_s
 
 MB = 1 << 20
 
@@ -63,20 +64,14 @@ def child_pids(pid: int) -> list[int]:
     )
 
 
-def cpu_ticks(pid: int) -> int:
-    """User + system CPU time of a process so far, in clock ticks (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat(5)
-
-
-def settle(pids: list[int], quiet_s: float = 0.5, timeout_s: float = 60.0) -> None:
-    """Wait until none of `pids` uses the CPU for `quiet_s`: a server is ready before its
-    builders' fork server has finished importing torch, whose memory is no deploy's."""
+def settle(pid: int, quiet_s: float = 0.5, timeout_s: float = 60.0) -> None:
+    """Wait until the server `pid` and its children use no CPU for `quiet_s`: a server is ready
+    before its builders' fork server has finished importing torch, whose memory is no deploy's."""
     deadline = time.monotonic() + timeout_s
-    last = [cpu_ticks(p) for p in pids]
+    last = process_cpu_s(pid)
     while time.monotonic() < deadline:
         time.sleep(quiet_s)
-        now = [cpu_ticks(p) for p in pids]
+        now = process_cpu_s(pid)
         if now == last:
             return
         last = now
@@ -92,7 +87,7 @@ def measure(functions: int, model: str, devices: str, memory: str, out: list[str
         server = Server(Path(tmp) / "state", devices=devices, memory=memory).start()
         try:
             pids = [server.pid, *child_pids(server.pid)]
-            settle(pids)
+            settle(server.pid)
             workers = set(worker_pids(server))
             idle = {p: private_bytes(p) for p in pids}
             model_bytes = 0

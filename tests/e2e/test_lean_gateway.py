@@ -32,7 +32,7 @@ def test_deploys_leave_the_gateway_flat_and_models_on_the_host_once(tmp_path: Pa
     srv = Server(tmp_path / "state", devices="cpu:2", memory="256MiB").start()
     try:
         pids = [srv.pid, *child_pids(srv.pid)]  # workers, the builders' fork server, the resource tracker
-        settle(pids)
+        settle(srv.pid)
         idle = {p: private_bytes(p) for p in pids}
         model_bytes = 0
         for seed in range(DEPLOYS):
