@@ -14,6 +14,10 @@ Environment:
                           if unset, a trace is generated (shared.traces.generate) with:
   TORPOR_FUNCTIONS        trace functions (default: one per target; with TORPOR_TRACE, the first N rows)
   TORPOR_RATE             mean requests/s per trace function (default 0.5)
+  TORPOR_SHAPE            lognormal (default): rates heavy-tailed across functions, bursty within
+                          a minute (the two below); uniform: Torpor's evaluation workload (§7.3),
+                          each function's count per minute uniform in TORPOR_RPM, spread evenly
+  TORPOR_RPM              uniform: LOW:HIGH requests per minute per function (default 5:30)
   TORPOR_SIGMA            log-normal spread of rates across functions (default 1.0)
   TORPOR_BURSTINESS       0..1, minute-to-minute burstiness (default 0.5)
   TORPOR_SEED             trace, arrival times and payloads (default 0)
@@ -62,7 +66,7 @@ def _plan(environment: Any, **_: Any) -> None:
         response = httpx.get(f"{environment.host.rstrip('/')}/v1/functions", headers=headers, timeout=30)
         response.raise_for_status()
         targets = choose_targets(response.json()["functions"], cfg)
-        replay = Replay(load_trace(cfg, len(targets)), targets, cfg.seed, encoding=cfg.encoding)
+        replay = Replay(load_trace(cfg, len(targets)), targets, cfg.seed, encoding=cfg.encoding, even=cfg.even)
     except (ValueError, KeyError, httpx.HTTPError) as exc:
         # StopTest from here makes locust log the message and quit (headless) or stop (web UI).
         raise StopTest(f"torpor replay: {exc}") from exc

@@ -45,6 +45,8 @@ class ReplayConfig:
     trace: str | None = None
     functions: int | None = None  # generated trace: None = one per target
     rate: float = 0.5
+    shape: str = "lognormal"  # generated trace: "lognormal" (bursty) or "uniform" (Torpor's §7.3 workload)
+    rpm: tuple[int, int] = (5, 30)  # uniform: requests per minute per function, low..high
     sigma: float = 1.0
     burstiness: float = 0.5
     minutes: int = 10
@@ -72,6 +74,8 @@ class ReplayConfig:
             trace=env.get("TORPOR_TRACE") or None,
             functions=get("TORPOR_FUNCTIONS", int, None),
             rate=get("TORPOR_RATE", float, cls.rate),
+            shape=env.get("TORPOR_SHAPE") or cls.shape,
+            rpm=_rpm(env.get("TORPOR_RPM") or None, cls.rpm),
             sigma=get("TORPOR_SIGMA", float, cls.sigma),
             burstiness=get("TORPOR_BURSTINESS", float, cls.burstiness),
             minutes=get("TORPOR_MINUTES", int, cls.minutes),
@@ -84,6 +88,8 @@ class ReplayConfig:
             drain_s=get("TORPOR_DRAIN", float, cls.drain_s),
             encoding=env.get("TORPOR_ENCODING") or cls.encoding,
         )
+        if cfg.shape not in SHAPES:
+            raise ValueError(f"TORPOR_SHAPE: expected one of {', '.join(SHAPES)}, got {cfg.shape!r}")
         if cfg.encoding not in ENCODINGS:
             raise ValueError(f"TORPOR_ENCODING: expected one of {', '.join(ENCODINGS)}, got {cfg.encoding!r}")
         for key, value, ok in (
@@ -105,6 +111,8 @@ class ReplayConfig:
             "TORPOR_TRACE": self.trace,
             "TORPOR_FUNCTIONS": self.functions,
             "TORPOR_RATE": self.rate,
+            "TORPOR_SHAPE": self.shape,
+            "TORPOR_RPM": "{}:{}".format(*self.rpm),
             "TORPOR_SIGMA": self.sigma,
             "TORPOR_BURSTINESS": self.burstiness,
             "TORPOR_MINUTES": self.minutes,
@@ -118,6 +126,23 @@ class ReplayConfig:
             "TORPOR_ENCODING": self.encoding,
         }
         return {k: "" if v is None else str(v) for k, v in pairs.items()}
+
+    @property
+    def even(self) -> bool:
+        """Requests spread evenly within each minute (the uniform shape), not in bursts."""
+        return self.shape == "uniform" and not self.trace
+
+
+SHAPES = ("lognormal", "uniform")
+
+
+def _rpm(raw: str | None, default: tuple[int, int]) -> tuple[int, int]:
+    if raw is None:
+        return default
+    try:
+        return traces.parse_rpm(raw)
+    except ValueError as exc:
+        raise ValueError(f"TORPOR_RPM: {exc}") from None
 
 
 def choose_targets(listing: list[dict[str, Any]], cfg: ReplayConfig) -> list[dict[str, Any]]:
@@ -142,6 +167,8 @@ def load_trace(cfg: ReplayConfig, targets: int) -> traces.Trace:
         whole = traces.read_azure_csv(cfg.trace, functions=cfg.functions)
         # A run longer than the file simply ends its trace early, rather than failing.
         trace = traces.Trace(whole.functions, whole.counts[:, : cfg.minutes])
+    elif cfg.shape == "uniform":
+        trace = traces.generate_uniform(cfg.functions or targets, cfg.minutes, *cfg.rpm, seed=cfg.seed)
     else:
         trace = traces.generate(cfg.functions or targets, cfg.minutes, cfg.rate, cfg.sigma, cfg.burstiness, cfg.seed)
     return trace.scaled(cfg.scale, seed=cfg.seed) if cfg.scale != 1.0 else trace
@@ -169,6 +196,7 @@ class Replay:
         seed: int,
         lead_s: float = 1.0,
         encoding: str = "json",
+        even: bool = False,
     ) -> None:
         self.trace = trace
         self.mapping = {name: targets[i % len(targets)]["name"] for i, name in enumerate(trace.functions)}
@@ -177,7 +205,7 @@ class Replay:
         # the load generator more CPU than mlp costs the server.
         self.bodies: dict[str, Body] = {f["name"]: request_body(f["inputs"], rng, encoding) for f in targets}
         self.start = time.time() + lead_s  # every user's clock starts together, after the plan is built
-        self._arrivals = self._map(trace.arrivals(seed=seed))
+        self._arrivals = self._map(trace.arrivals(seed=seed, even=even))
 
     def _map(self, arrivals: Iterator[tuple[float, int]]) -> Iterator[Arrival]:
         names = self.trace.functions

@@ -1,7 +1,8 @@
 """Run a headless locust load test against a running torpor server and write a report.
 
     python -m loadtest.run --url http://127.0.0.1:8080 --duration 60 --users 4 \\
-        [--trace AZURE.csv | --functions N --rate R] [--targets mlp,resnet18] [--encoding binary] --out report/
+        [--trace AZURE.csv | --functions N (--rate R | --shape uniform --rpm 5:30)] \\
+        [--targets mlp,resnet18] [--encoding binary] --out report/
 
 Writes OUT/report.md and OUT/report.html (per-function p50/p98/p99, SLO attainment,
 cold-start fraction, throughput and latency over time as PNGs), locust's own CSVs
@@ -20,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from loadtest import report
+from loadtest.replay import SHAPES, ReplayConfig
 from shared.specs import ENCODINGS
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -33,6 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace", help="Azure Functions 2019 layout CSV (else a generated trace)")
     ap.add_argument("--functions", type=int, help="generated trace: functions (default: those deployed)")
     ap.add_argument("--rate", type=float, default=0.5, help="generated trace: mean requests/s per function")
+    ap.add_argument(
+        "--shape",
+        choices=SHAPES,
+        default="lognormal",
+        help="generated trace: lognormal (heavy-tailed rates, bursts; default) or uniform (Torpor's workload: "
+        "each function's requests per minute uniform in --rpm, spread evenly)",
+    )
+    ap.add_argument("--rpm", default="5:30", help="uniform: LOW:HIGH requests per minute per function")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--targets", help="comma list of deployed functions to invoke (default all)")
     ap.add_argument(
@@ -55,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         **os.environ,
         "TORPOR_REQUEST_LOG": str(out / "requests.csv"),
         "TORPOR_RATE": str(args.rate),
+        "TORPOR_SHAPE": args.shape,
+        "TORPOR_RPM": args.rpm,
         "TORPOR_SEED": str(args.seed),
         "TORPOR_MINUTES": str(max(1, -(-args.duration // 60))),
         "TORPOR_ENCODING": args.encoding,
@@ -65,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         env["TORPOR_FUNCTIONS"] = str(args.functions)
     if args.targets:
         env["TORPOR_TARGETS"] = args.targets
+    try:
+        ReplayConfig.from_env(env)  # a bad option fails here, not inside locust
+    except ValueError as exc:
+        raise SystemExit(f"loadtest: {exc}") from None
     cmd = [
         *(sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless"),
         *("--host", args.url, "--users", str(args.users), "--spawn-rate", str(args.users)),

@@ -61,13 +61,12 @@ import numpy as np
 from gateway.sim.engine import SimFunction, Simulation
 from gateway.sim.profile import HardwareProfile, ModelProfile, load
 from gateway.sim.summary import summarize
+from loadtest.replay import SHAPES, ReplayConfig, load_trace
 from loadtest.server import Server
 from shared import shm, traces
 from shared.config import parse_devices, parse_size
 from shared.hostload import BusyMeter, capped
 from shared.specs import ENCODINGS
-
-SIGMA, BURSTINESS = 1.0, 0.5  # the replay's defaults (loadtest.replay.ReplayConfig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=["resnet50", "resnet152", "bert-base"])
     ap.add_argument("--minutes", type=float, default=10, help="replay length (fractions allowed for a quick try)")
     ap.add_argument("--rate", type=float, default=0.05, help="mean requests/s per function")
+    ap.add_argument(
+        "--shape",
+        choices=SHAPES,
+        default="lognormal",
+        help="the generated trace: lognormal (rates heavy-tailed across functions, bursts within a minute; "
+        "default) or uniform (Torpor's workload: each function's requests per minute uniform in --rpm, "
+        "spread evenly; --rate is then unused)",
+    )
+    ap.add_argument("--rpm", default="5:30", help="uniform: LOW:HIGH requests per minute per function")
     ap.add_argument("--slo-factor", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sim-seeds", type=int, default=5, help="simulations of the trace (execution-time draws)")
@@ -105,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     shm.exit_on_sigterm()  # a kill still stops the server and unlinks the profile's segments
     if args.sim_seeds < 1:
         raise SystemExit(f"simreal: --sim-seeds: expected at least 1, got {args.sim_seeds}")
+    try:
+        rpm = traces.parse_rpm(args.rpm)
+    except ValueError as exc:
+        raise SystemExit(f"simreal: --rpm: {exc}") from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.again and not (out / "real" / "requests.csv").exists():
@@ -156,8 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         trend = speed_trend(before, after, seconds / 60, args.profile_window / 60)
     rows = read_log(log, functions)
     real = outcomes(rows, functions)
-    trace = traces.generate(args.functions, -(-seconds // 60), args.rate, SIGMA, BURSTINESS, args.seed)
-    arrivals = [(t, fi) for t, fi in trace.arrivals(seed=args.seed) if t < seconds]
+    # The replay's own trace and arrival times (what loadtest.run gives locust), built the same way.
+    plan = ReplayConfig(
+        functions=args.functions, rate=args.rate, shape=args.shape, rpm=rpm, minutes=-(-seconds // 60), seed=args.seed
+    )
+    trace = load_trace(plan, args.functions)
+    arrivals = [(t, fi) for t, fi in trace.arrivals(seed=args.seed, even=plan.even) if t < seconds]
 
     sims: list[Simulation] = []
 
@@ -303,6 +319,7 @@ def replay(functions: list[SimFunction], args: argparse.Namespace, seconds: int,
             (out / DEPLOYED).write_text(json.dumps(deployed_flags(server, functions), indent=1))
             cmd = [sys.executable, "-m", "loadtest.run", "--url", server.url, "--duration", str(seconds)]
             cmd += ["--users", "2", "--functions", str(len(functions)), "--rate", str(args.rate)]
+            cmd += ["--shape", args.shape, "--rpm", args.rpm]
             cmd += ["--seed", str(args.seed), "--encoding", args.encoding, "--out", str(out)]
             assert server.proc is not None
             others = BusyMeter(server.proc.pid).start()

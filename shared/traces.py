@@ -181,6 +181,17 @@ def generate_uniform(functions: int, minutes: int, low: int = 5, high: int = 30,
     return Trace([f"f{i:04d}" for i in range(functions)], counts)
 
 
+def parse_rpm(text: str) -> tuple[int, int]:
+    """`LOW:HIGH` requests per minute (generate_uniform's range), e.g. "5:30"."""
+    try:
+        low, high = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise ValueError(f"expected LOW:HIGH requests per minute, e.g. 5:30, got {text!r}") from None
+    if not 0 <= low <= high:
+        raise ValueError(f"expected 0 <= LOW <= HIGH requests per minute, got {text!r}")
+    return low, high
+
+
 def read_azure_csv(
     path: str | Path, functions: int | None = None, start_minute: int = 1, minutes: int | None = None
 ) -> Trace:

@@ -224,10 +224,12 @@ def _workload(args: argparse.Namespace, functions: int | None) -> Any:
         "kill_at": args.kill_at,
     }
     if args.rpm:
+        from shared import traces
+
         try:
-            given["rpm_low"], given["rpm_high"] = (int(x) for x in args.rpm.split(":"))
-        except ValueError:
-            raise ValueError(f"--rpm: expected LOW:HIGH requests per minute, e.g. 5:30, got {args.rpm!r}") from None
+            given["rpm_low"], given["rpm_high"] = traces.parse_rpm(args.rpm)
+        except ValueError as exc:
+            raise ValueError(f"--rpm: {exc}") from None
     given = {k: v for k, v in given.items() if v is not None}
     if args.workload:
         path = Path(args.workload)
