@@ -22,6 +22,7 @@ import httpx
 
 from loadtest import report
 from loadtest.replay import SHAPES, ReplayConfig
+from shared import traces
 from shared.specs import ENCODINGS
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -53,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", default="loadtest-report")
     args = ap.parse_args(argv)
+    try:
+        traces.parse_rpm(args.rpm)
+    except ValueError as exc:
+        ap.error(f"--rpm: {exc}")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

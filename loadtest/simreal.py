@@ -5,7 +5,9 @@
 
 1. starts a real `torpor serve` (CPU devices) and deploys N functions round-robin over
    the models, each with SLO = slo_factor × the model's execution time in the profile;
-2. replays a generated trace against it with the locust replay (`loadtest.run`), open loop;
+2. replays a generated trace against it with the locust replay (`loadtest.run`), open loop:
+   the bursty lognormal trace (`--rate`), or Torpor's own workload (`--shape uniform --rpm
+   5:30`: each function's requests per minute uniform in 5-30, spread evenly in the minute);
 3. simulates the very same trace (same generator, seed and arrival times) on the profile,
    with the server's device count and memory, once per simulator seed (`--sim-seeds`: the
    simulator draws execution times, so its prediction is the median over seeds, with their range);
@@ -245,7 +247,9 @@ def _measured(args: argparse.Namespace, out: Path) -> HardwareProfile:
         encoding=args.encoding,
     )
     (out / "profile.json").write_text(json.dumps(dump(profile, budget), indent=1))
-    return profile
+    # The figures as written (rounded), which --again reads: near the knee a simulated count
+    # moves by two functions of 32 between the measured figures and their rounding.
+    return load(out / "profile.json")
 
 
 def _retimed(measured: HardwareProfile, args: argparse.Namespace, out: Path) -> None:

@@ -43,3 +43,34 @@ def test_load_test_replays_a_trace_and_reports(server: Server, tmp_path: Path) -
             in_slo = float(cells[7].rstrip("%")) / 100
             cold = float(cells[8].rstrip("%")) / 100
             assert 0 <= in_slo <= 1 and 0 <= cold <= 1
+
+
+def test_torpors_workload_shape_fires_each_functions_requests_evenly(server: Server, tmp_path: Path) -> None:
+    out = tmp_path / "uniform"
+    cmd = [sys.executable, "-m", "loadtest.run", "--url", server.url, "--duration", "12", "--users", "2"]
+    cmd += ["--functions", "2", "--shape", "uniform", "--rpm", "20:20", "--targets", "mlp", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with open(out / "requests.csv", newline="") as fh:
+        logged = list(csv.DictReader(fh))
+    starts: dict[str, list[float]] = {}
+    for r in logged:
+        assert r["status"] == "200", r
+        starts.setdefault(r["trace_function"], []).append(float(r["start"]))
+    assert sorted(starts) == ["f0000", "f0001"]
+    for times in starts.values():  # 20 a minute, evenly: one every 3 s, no bursts
+        gaps = [b - a for a, b in zip(sorted(times), sorted(times)[1:], strict=False)]
+        assert len(times) >= 3 and all(abs(g - 3.0) < 0.5 for g in gaps), gaps
+
+
+def test_a_bad_rate_range_is_named_before_locust_starts(server: Server, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "loadtest.run", "--url", server.url, "--duration", "5"]
+    done = subprocess.run(
+        [*cmd, "--shape", "uniform", "--rpm", "30:5", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "--rpm: expected 0 <= LOW <= HIGH requests per minute, got '30:5'" in done.stderr
+    assert not (tmp_path / "locust.log").exists(), "nothing started"
