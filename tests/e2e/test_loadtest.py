@@ -14,12 +14,16 @@ from loadtest.server import Server
 pytestmark = pytest.mark.e2e
 
 
+def load_test(server: Server, out: Path, *options: str, seconds: int = 12) -> subprocess.CompletedProcess[str]:
+    """`python -m loadtest.run` against the server for `seconds`, its report in `out`."""
+    cmd = [sys.executable, "-m", "loadtest.run", "--url", server.url, "--duration", str(seconds), "--users", "2"]
+    return subprocess.run([*cmd, *options, "--out", str(out)], capture_output=True, text=True, timeout=120)
+
+
 def test_load_test_replays_a_trace_and_reports(server: Server, tmp_path: Path) -> None:
     out = tmp_path / "report"
-    cmd = [sys.executable, "-m", "loadtest.run", "--url", server.url, "--duration", "12", "--users", "2"]
     # Binary tensors, as tritonclient sends them (the default JSON bodies: tests/e2e/test_simreal.py).
-    cmd += ["--functions", "4", "--rate", "1", "--targets", "mlp,r18", "--encoding", "binary", "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    done = load_test(server, out, "--functions", "4", "--rate", "1", "--targets", "mlp,r18", "--encoding", "binary")
     assert done.returncode == 0, done.stdout + done.stderr
     for name in ("report.md", "report.html", "throughput.png", "latency.png", "locust_stats.csv"):
         assert (out / name).stat().st_size > 0, name
@@ -47,9 +51,7 @@ def test_load_test_replays_a_trace_and_reports(server: Server, tmp_path: Path) -
 
 def test_torpors_workload_shape_fires_each_functions_requests_evenly(server: Server, tmp_path: Path) -> None:
     out = tmp_path / "uniform"
-    cmd = [sys.executable, "-m", "loadtest.run", "--url", server.url, "--duration", "12", "--users", "2"]
-    cmd += ["--functions", "2", "--shape", "uniform", "--rpm", "20:20", "--targets", "mlp", "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    done = load_test(server, out, "--functions", "2", "--shape", "uniform", "--rpm", "20:20", "--targets", "mlp")
     assert done.returncode == 0, done.stdout + done.stderr
     with open(out / "requests.csv", newline="") as fh:
         logged = list(csv.DictReader(fh))
@@ -64,13 +66,7 @@ def test_torpors_workload_shape_fires_each_functions_requests_evenly(server: Ser
 
 
 def test_a_bad_rate_range_is_named_before_locust_starts(server: Server, tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "loadtest.run", "--url", server.url, "--duration", "5"]
-    done = subprocess.run(
-        [*cmd, "--shape", "uniform", "--rpm", "30:5", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = load_test(server, tmp_path, "--shape", "uniform", "--rpm", "30:5", seconds=5)
     assert done.returncode != 0
     assert "--rpm: expected 0 <= LOW <= HIGH requests per minute, got '30:5'" in done.stderr
     assert not (tmp_path / "locust.log").exists(), "nothing started"
